@@ -1,0 +1,205 @@
+"""Result records: one JSON object per measurement, written atomically, loaded into pandas.
+
+A record (``SCHEMA_VERSION`` 1) holds at least::
+
+    kind            "train" | "bench"
+    task            LRA task name (train; the model-step shape for bench) or null
+    variant         attention variant name;  variant_config: its knobs (dict)
+    seq_len, batch_size, dtype, seed
+    device          {type, name, count, memory_mb}
+    versions        {python, torch, cuda, cudnn, xformers, lra_bench}
+    git_commit      commit of the code that produced it (with "-dirty" when modified)
+    status          "ok" | "oom" | "nan" | "error";  message: why, when not ok
+    metrics         {accuracy, loss, steps_per_s, tokens_per_s, ms_fwd, ms_fwd_bwd,
+                     peak_mem_mb, tflops, approx_error, ...} (those that apply)
+    case            free-form facts that identify a benchmark case (mode, heads, ...)
+    config          the full resolved Hydra config of the run
+    started_at, finished_at   ISO-8601 UTC timestamps
+
+:func:`load` is the only way reports read records.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import uuid
+from importlib.metadata import PackageNotFoundError, version as _pkg_version
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+SCHEMA_VERSION = 1
+STATUSES = ("ok", "oom", "nan", "error")
+RECORD_FILENAME = "record.json"
+
+
+def now() -> str:
+    """Current UTC time, ISO-8601."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _maybe_version(dist: str) -> str | None:
+    try:
+        return _pkg_version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+def versions() -> dict[str, str | None]:
+    """Versions of the software stack that affect results."""
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": str(torch.backends.cudnn.version()) if torch.backends.cudnn.is_available() else None,
+        "triton": _maybe_version("triton"),
+        "xformers": _maybe_version("xformers"),
+        "lra_bench": _maybe_version("lra-bench") or __import__("lra").__version__,
+    }
+
+
+def device_info(device: Any = None) -> dict[str, Any]:
+    """Name, count and memory of the device a run used (CPU: processor and core count)."""
+    import torch
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return {"type": "cuda", "name": props.name, "count": torch.cuda.device_count(),
+                "memory_mb": round(props.total_memory / 2**20)}
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    except (ValueError, OSError, AttributeError):
+        mem = None
+    name = platform.processor() or platform.machine() or "cpu"
+    return {"type": device.type, "name": f"CPU {name}", "count": os.cpu_count(), "memory_mb": mem}
+
+
+def git_commit() -> str | None:
+    """Commit of the lra-bench source tree (``-dirty`` if it has uncommitted changes), or None."""
+    src = Path(__file__).resolve().parent.parent
+    if "LRA_GIT_COMMIT" in os.environ:  # set by launchers that copy the tree without .git
+        return os.environ["LRA_GIT_COMMIT"]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=src,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("-dirty" if dirty else "")
+
+
+def make_record(kind: str, *, variant: str, task: str | None = None, status: str = "ok",
+                message: str | None = None, metrics: dict | None = None, device: Any = None,
+                **fields: Any) -> dict[str, Any]:
+    """A record with provenance filled in; ``fields`` adds or overrides top-level keys."""
+    if kind not in ("train", "bench"):
+        raise ValueError(f"record kind must be 'train' or 'bench', got {kind!r}")
+    if status not in STATUSES:
+        raise ValueError(f"record status must be one of {STATUSES}, got {status!r}")
+    record = {
+        "schema": SCHEMA_VERSION, "kind": kind, "task": task, "variant": variant,
+        "variant_config": {}, "seq_len": None, "batch_size": None, "dtype": None, "seed": None,
+        "device": device_info(device), "versions": versions(), "git_commit": git_commit(),
+        "status": status, "message": message, "metrics": dict(metrics or {}), "case": {},
+        "config": {}, "started_at": None, "finished_at": now(),
+    }
+    record.update(fields)
+    return record
+
+
+def write_record(record: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``record`` as JSON to ``path`` atomically (temp file in the same folder + rename).
+
+    If ``path`` is a directory, the file gets a unique name inside it. Readers never see a
+    partial file: the temp file's name does not end in ``.json``.
+    """
+    path = Path(path)
+    if path.is_dir() or str(path).endswith(os.sep):
+        path.mkdir(parents=True, exist_ok=True)
+        path = path / f"{record.get('kind', 'record')}-{record.get('variant', 'x')}-{uuid.uuid4().hex[:12]}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=1, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_record(path: str | os.PathLike) -> dict[str, Any] | None:
+    """One record file, or None if the file is not a record (other JSON, e.g. Hydra's)."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if isinstance(data, dict) and "schema" in data and "kind" in data:
+        data["_path"] = str(path)
+        return data
+    return None
+
+
+def iter_records(paths: Iterable[str | os.PathLike] | str | os.PathLike) -> Iterable[dict[str, Any]]:
+    """Records from files and (recursively) directories; non-record JSON is skipped."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            files = sorted(p.rglob("*.json"))
+        elif p.is_file():
+            files = [p]
+        else:
+            raise FileNotFoundError(f"no record file or directory at {p}")
+        for f in files:
+            rec = read_record(f)
+            if rec is not None:
+                yield rec
+
+
+_FLAT_PREFIXED = ("device", "versions")
+_FLAT_PLAIN = ("metrics", "case")
+
+
+def flatten(record: dict[str, Any]) -> dict[str, Any]:
+    """One table row: metrics and case facts as plain columns, device/versions prefixed."""
+    row: dict[str, Any] = {}
+    for key, value in record.items():
+        if key in _FLAT_PLAIN and isinstance(value, dict):
+            for k, v in value.items():
+                row.setdefault(k, v)
+        elif key in _FLAT_PREFIXED and isinstance(value, dict):
+            for k, v in value.items():
+                row[f"{key}_{k}"] = v
+        else:
+            row[key] = value
+    return row
+
+
+def load(paths: Iterable[str | os.PathLike] | str | os.PathLike) -> pd.DataFrame:
+    """Load records from any mix of files and directories into one DataFrame (a row each).
+
+    Columns: the record's top-level keys, every metric and case fact as its own column,
+    ``device_name``/``device_type``/..., ``versions_torch``/..., and ``_path``.
+    """
+    rows = [flatten(r) for r in iter_records(paths)]
+    df = pd.DataFrame(rows)
+    if not df.empty:
+        for col in ("finished_at", "started_at"):
+            if col in df:
+                df[col] = pd.to_datetime(df[col], utc=True, errors="coerce")
+    return df
