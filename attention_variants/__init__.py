@@ -7,13 +7,19 @@ Public API::
     attn = av.build("performer", heads=8, head_dim=64, num_features=256)
     out = attn(q, k, v, key_padding_mask=mask)   # (B, H, N, D) -> (B, H, N, D)
 
-Depends on torch only.
+Depends on torch only. Every module of this package other than the infrastructure below
+is a variant and registers itself with ``@register`` when imported here.
 """
+import importlib
+import pkgutil
+
 from .base import Attention, AttentionConfig
 from .registry import UnknownVariantError, available, build, get, make_config, register
 
-# In-tree variants register themselves on import.
-from . import full, flash  # noqa: E402,F401  (isort: skip)
+_INFRASTRUCTURE = {"base", "registry", "masking"}
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
+    if _module not in _INFRASTRUCTURE and not _module.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module}")
 
 __all__ = ["Attention", "AttentionConfig", "UnknownVariantError", "available", "build", "get",
            "make_config", "register"]
