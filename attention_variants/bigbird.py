@@ -1,0 +1,255 @@
+"""BigBird block-sparse attention (Zaheer et al. 2020, "Big Bird: Transformers for Longer
+Sequences", NeurIPS), the ITC variant used by the LRA paper (Tay et al. 2021).
+
+The sequence is cut into ``nb = ceil(N / block_size)`` blocks (padded internally; padded
+keys are masked out and padded rows dropped on return). The attention pattern is a fixed
+block layout ``(heads, nb, nb)``:
+
+* **global** -- the first ``ceil(global_blocks / 2)`` and the last ``floor(global_blocks / 2)``
+  blocks (default 2: the first and the last block). Global query blocks attend to every
+  key; every query attends to the global key blocks.
+* **window** -- query block ``i`` attends key blocks ``i - (window_blocks - 1) // 2 ..
+  i + window_blocks // 2`` (default 3: itself and one neighbour on each side), clipped at
+  the sequence ends (no wrap-around).
+* **random** -- ``random_blocks`` (default 3) further key blocks per query block and head,
+  drawn once at construction from ``torch.Generator().manual_seed(config.seed)`` for
+  ``max_length`` (each row picks distinct blocks outside its window and the global
+  blocks, as in the paper's code) and kept in the buffer ``rand_blocks: (heads,
+  ceil(max_length / block_size), random_blocks)``; never redrawn. A shorter sequence uses
+  the first ``nb`` rows, with block indices folded into range (``index % nb``).
+
+Within a row a key block picked twice (e.g. a folded random block landing in the window)
+counts once. When the sequence has no more blocks than one row may select
+(``nb <= window_blocks + global_blocks + random_blocks``) every block is selected and the
+result equals ``full`` attention.
+
+Shapes: ``q, k, v: (B, H, N, D)`` -> ``(B, H, N, D)`` with ``H == heads`` (the random
+layout is per head); ``key_padding_mask: (B, N)`` bool, True = real; ``N <= max_length``.
+
+Complexity: time and memory O(N * (window + global + random) * block_size) per head, i.e.
+"O(N)" for fixed knobs, plus O(global * block_size * N) for the global query rows.
+
+Backends (knob ``backend``):
+
+* ``reference`` -- any device: for each non-global query block gather its selected key
+  blocks into ``(B, H, nb, K * block_size, D)`` and take a masked softmax over them
+  (duplicates and padded keys masked); global query blocks attend densely. Vectorized, no
+  Python loops over heads or blocks.
+* ``flex`` -- :func:`torch.nn.attention.flex_attention.flex_attention` with a BlockMask
+  built from the same block layout and the key padding mask (compiled on CUDA, eager and
+  unfused elsewhere, for testing), so both compute the same function.
+* ``auto`` -- ``flex`` on CUDA tensors (falling back to ``reference`` if the kernel fails),
+  ``reference`` otherwise; ``last_backend`` records which one ran.
+
+A query with no real key in its allowed set gets a zero output, never NaN.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .base import Attention, AttentionConfig
+from .local import flex_with_mask_mod, masked_softmax_av, scores_qk
+from .masking import normalize_key_padding_mask
+from .registry import register
+
+BACKENDS = ("auto", "reference", "flex")
+
+
+@dataclass
+class BigBirdConfig(AttentionConfig):
+    #: tokens per block (LRA / paper: 64)
+    block_size: int = 64
+    #: sliding key blocks per query block, itself included (paper ITC: 3)
+    window_blocks: int = 3
+    #: global blocks: first ceil(g/2) and last floor(g/2) blocks (paper ITC: 2)
+    global_blocks: int = 2
+    #: random key blocks per query block and head (LRA: 3)
+    random_blocks: int = 3
+    #: "auto" (flex on CUDA, reference elsewhere) | "reference" | "flex"
+    backend: str = "auto"
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"bigbird: {name} must be an int >= {minimum}, got {value!r}")
+
+
+@register("bigbird", BigBirdConfig)
+class BigBirdAttention(Attention):
+    """BigBird ITC block-sparse attention (Zaheer et al. 2020): window + global + random
+    blocks. ``(B, H, N, D)`` in and out; time and memory O(N) for fixed knobs."""
+
+    exact = False  # exact only when every block is selected
+    complexity = "O(N)"
+    fast_devices = ("cuda",)
+
+    rand_blocks: torch.Tensor
+
+    def __init__(self, config: BigBirdConfig):
+        super().__init__(config)
+        _check_int("block_size", config.block_size, 1)
+        _check_int("window_blocks", config.window_blocks, 1)
+        _check_int("global_blocks", config.global_blocks, 0)
+        _check_int("random_blocks", config.random_blocks, 0)
+        _check_int("heads", config.heads, 1)
+        _check_int("max_length", config.max_length, 1)
+        if config.backend not in BACKENDS:
+            raise ValueError(f"unknown bigbird backend {config.backend!r}; choose one of {', '.join(BACKENDS)}")
+        self.left = (config.window_blocks - 1) // 2
+        self.right = config.window_blocks // 2
+        self.global_first = (config.global_blocks + 1) // 2
+        self.global_last = config.global_blocks // 2
+        self.max_blocks = -(-config.max_length // config.block_size)
+        self.register_buffer("rand_blocks", self._draw_random_blocks(), persistent=True)
+        self.last_backend: str | None = None
+
+    # ------------------------------------------------------------------ layout
+    def _draw_random_blocks(self) -> torch.Tensor:
+        """``(heads, max_blocks, r)`` long: per head and query block, ``r`` distinct key blocks
+        outside the row's window and the global blocks (fewer candidates than ``r``: the
+        rest repeat window blocks and are masked as duplicates)."""
+        cfg, nb = self.config, self.max_blocks
+        r = min(cfg.random_blocks, nb)
+        gen = torch.Generator().manual_seed(cfg.seed)
+        priority = torch.rand(cfg.heads, nb, nb, generator=gen)
+        i = torch.arange(nb)[:, None]
+        j = torch.arange(nb)[None, :]
+        excluded = ((j >= i - self.left) & (j <= i + self.right)
+                    | (j < self.global_first) | (j >= nb - self.global_last))
+        priority = priority.masked_fill(excluded, -1.0)
+        return priority.topk(r, dim=-1).indices  # (heads, nb, r)
+
+    def slots_per_row(self) -> int:
+        """How many key blocks one query block may select: window + global + random."""
+        return self.config.window_blocks + self.config.global_blocks + self.rand_blocks.shape[-1]
+
+    def selects_all(self, nb: int) -> bool:
+        """True when a sequence of ``nb`` blocks is too short for sparsity: all blocks chosen."""
+        return nb <= self.slots_per_row()
+
+    def block_slots(self, nb: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Key blocks of the non-global query blocks ``global_first .. nb - global_last - 1``.
+
+        Returns ``(index, valid)``, both ``(heads, nm, K)`` with ``K = slots_per_row()``:
+        ``index`` in ``[0, nb)`` and ``valid`` False for slots outside the sequence or
+        repeating an earlier slot of the same row. Only meaningful when not
+        :meth:`selects_all`.
+        """
+        cfg = self.config
+        h = cfg.heads
+        rows = torch.arange(self.global_first, nb - self.global_last, device=device)
+        nm = rows.numel()
+        window = rows[:, None] + torch.arange(-self.left, self.right + 1, device=device)
+        glob = torch.cat([torch.arange(self.global_first, device=device),
+                          torch.arange(nb - self.global_last, nb, device=device)])
+        rand = self.rand_blocks.to(device)[:, rows] % nb
+        index = torch.cat([window.expand(h, nm, -1), glob.expand(h, nm, -1), rand], dim=-1)
+        index = index.masked_fill((index < 0) | (index >= nb), -1)
+        earlier = torch.ones(index.shape[-1], index.shape[-1], dtype=torch.bool, device=device).tril(-1)
+        duplicate = ((index[..., :, None] == index[..., None, :]) & earlier).any(-1)
+        valid = (index >= 0) & ~duplicate
+        return index.clamp(min=0), valid
+
+    def block_layout(self, nb: int, device=None) -> torch.Tensor:
+        """``(heads, nb, nb)`` bool: query block ``i`` of head ``h`` attends key block ``j``."""
+        h = self.config.heads
+        if self.selects_all(nb):
+            return torch.ones(h, nb, nb, dtype=torch.bool, device=device)
+        index, valid = self.block_slots(nb, device)
+        middle = torch.zeros(h, index.shape[1], nb, dtype=torch.long, device=device)
+        middle = middle.scatter_add_(-1, index, valid.long()) > 0
+        full_rows = torch.ones(h, 1, nb, dtype=torch.bool, device=device)
+        return torch.cat([full_rows.expand(h, self.global_first, nb), middle,
+                          full_rows.expand(h, self.global_last, nb)], dim=1)
+
+    def token_mask(self, n: int, device=None) -> torch.Tensor:
+        """``(heads, n, n)`` bool: the layout expanded to tokens (for tests; O(N^2))."""
+        bs = self.config.block_size
+        pos = torch.arange(n, device=device) // bs
+        layout = self.block_layout(-(-n // bs), device)
+        return layout[:, pos[:, None], pos[None, :]]
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, q, k, v, key_padding_mask=None):
+        b, h, n, d = q.shape
+        cfg = self.config
+        if k.shape[-2] != n:
+            raise ValueError(f"bigbird needs queries and keys of one length, got {n} and {k.shape[-2]}")
+        if h != cfg.heads:
+            raise ValueError(f"bigbird: input has {h} heads but the config has heads={cfg.heads} "
+                             "(the random block layout is drawn per head)")
+        nb = -(-n // cfg.block_size)
+        if nb > self.max_blocks:
+            raise ValueError(f"bigbird: sequence length {n} exceeds max_length={cfg.max_length} "
+                             "(the random blocks are drawn once for max_length); raise max_length")
+        mask = normalize_key_padding_mask(key_padding_mask, b, n, q.device)
+        backend = cfg.backend
+        if backend == "auto":
+            backend = "flex" if q.is_cuda else "reference"
+            if backend == "flex":
+                try:
+                    out = self._flex(q, k, v, mask)
+                    self.last_backend = "flex"
+                    return out
+                except torch.OutOfMemoryError:
+                    raise
+                except Exception:  # noqa: BLE001 - compiled kernel unavailable: stay correct
+                    backend = "reference"
+        self.last_backend = backend
+        if backend == "flex":
+            return self._flex(q, k, v, mask)
+        return self._reference(q, k, v, mask)
+
+    def _reference(self, q, k, v, mask):
+        b, h, n, d = q.shape
+        bs = self.config.block_size
+        nb = -(-n // bs)
+        scale = 1.0 / math.sqrt(d)
+        if self.selects_all(nb):
+            allowed = (torch.ones(1, 1, 1, n, dtype=torch.bool, device=q.device)
+                       if mask is None else mask[:, None, None, :])
+            return masked_softmax_av(scores_qk(q, k.transpose(-2, -1), scale), allowed, v)
+
+        pad = nb * bs - n
+        real = torch.ones(1, n, dtype=torch.bool, device=q.device) if mask is None else mask
+        real = F.pad(real, (0, pad), value=False)                          # (B|1, Np)
+        qb, kb, vb = (F.pad(t, (0, 0, 0, pad)).view(b, h, nb, bs, d) for t in (q, k, v))
+
+        # non-global query blocks: gather their selected key blocks
+        index, valid = self.block_slots(nb, q.device)                      # (H, nm, K)
+        nm, slots = index.shape[1], index.shape[2]
+        heads = torch.arange(h, device=q.device)[:, None, None]
+        k_sel = kb[:, heads, index].reshape(b, h, nm, slots * bs, d)       # (B, H, nm, K*bs, D)
+        v_sel = vb[:, heads, index].reshape(b, h, nm, slots * bs, d)
+        real_sel = real.view(-1, nb, bs)[:, index] & valid[None, ..., None]  # (B|1, H, nm, K, bs)
+        allowed = real_sel.reshape(real_sel.shape[0], h, nm, 1, slots * bs)
+        q_mid = qb[:, :, self.global_first:nb - self.global_last]
+        scores = scores_qk(q_mid, k_sel.transpose(-2, -1), scale)     # (B, H, nm, bs, K*bs)
+        out_mid = masked_softmax_av(scores, allowed, v_sel)                # (B, H, nm, bs, D)
+
+        # global query blocks attend to every (real) key
+        gf, gl = self.global_first, self.global_last
+        q_glob = torch.cat([qb[:, :, :gf], qb[:, :, nb - gl:]], dim=2).reshape(b, h, (gf + gl) * bs, d)
+        k_all, v_all = kb.reshape(b, h, nb * bs, d), vb.reshape(b, h, nb * bs, d)
+        scores = scores_qk(q_glob, k_all.transpose(-2, -1), scale)
+        out_glob = masked_softmax_av(scores, real[:, None, None, :], v_all).view(b, h, gf + gl, bs, d)
+
+        out = torch.cat([out_glob[:, :, :gf], out_mid.to(out_glob.dtype), out_glob[:, :, gf:]], dim=2)
+        return out.reshape(b, h, nb * bs, d)[:, :, :n]
+
+    def _flex(self, q, k, v, mask):
+        b, h, n, _ = q.shape
+        bs = self.config.block_size
+        layout = self.block_layout(-(-n // bs), q.device)
+        if mask is None:
+            def mask_mod(bi, hi, q_idx, kv_idx):
+                return layout[hi, q_idx // bs, kv_idx // bs]
+            return flex_with_mask_mod(q, k, v, mask_mod, None, h)
+
+        def mask_mod(bi, hi, q_idx, kv_idx):
+            return layout[hi, q_idx // bs, kv_idx // bs] & mask[bi, kv_idx]
+        return flex_with_mask_mod(q, k, v, mask_mod, b, h)

@@ -1,0 +1,91 @@
+"""Linformer attention (Wang, Li, Khabsa, Fang & Ma 2020, "Linformer: Self-Attention with
+Linear Complexity", arXiv:2006.04768).
+
+Shapes: ``q, k, v: (B, H, N, D)`` -> ``(B, H, N, D)``; ``key_padding_mask: (B, N)`` bool,
+True = real token.
+
+Keys and values are projected along the length with learned matrices ``E, F: (k, max_length)``
+(the first ``N`` columns are used when ``N < max_length``)::
+
+    out = softmax(Q (E K)^T / sqrt(D)) (F V)        E K, F V: (B, H, k, D)
+
+Sharing: ``E`` and ``F`` are shared across heads (the paper's "headwise sharing", Sec. 4);
+``share_kv=True`` ties ``F = E`` ("key-value sharing", which is what the LRA reference code
+does, with a single ``(max_len, 16)`` kernel). Layerwise sharing is the encoder's business.
+Initialisation: Xavier-uniform over ``(k, max_length)``, as the LRA reference code, drawn from
+``torch.Generator(seed)``.
+
+Padding: the projections mix positions, so padding cannot be excluded the way softmax masking
+does; instead padded rows of ``K`` and ``V`` are zeroed **before** projecting, which makes every
+output independent of the padded keys' and values' contents (the property the interface asks
+for). Zero rows add nothing to ``E K`` and ``F V``, so a right-padded sequence gives its real
+queries the same outputs as the real prefix run alone.
+
+Time O(N k D), memory O(N k) per head. Scores and softmax in fp32.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .base import Attention, AttentionConfig
+from .masking import normalize_key_padding_mask
+from .registry import register
+
+
+@dataclass
+class LinformerConfig(AttentionConfig):
+    #: projected length; the paper's main setting (k=256; LRA's Nystromformer runs "linformer-256")
+    k: int = 256
+    #: tie F = E (key-value sharing); False = separate E and F (the paper's default)
+    share_kv: bool = False
+
+
+@register("linformer", LinformerConfig)
+class LinformerAttention(Attention):
+    """Low-rank length projections of keys and values (Wang et al. 2020).
+
+    ``forward(q, k, v, key_padding_mask=None)``: ``(B, H, N, D)`` -> ``(B, H, N, D)``, ``N <= max_length``.
+    """
+
+    exact = False
+    complexity = "O(N k)"
+
+    def __init__(self, config: LinformerConfig):
+        super().__init__(config)
+        if config.k < 1:
+            raise ValueError(f"linformer: k must be >= 1, got {config.k}")
+        gen = torch.Generator().manual_seed(config.seed)
+        bound = math.sqrt(6.0 / (config.k + config.max_length))
+
+        def init():
+            return (torch.rand(config.k, config.max_length, generator=gen) * 2 - 1) * bound
+
+        self.E = nn.Parameter(init())
+        self.F = None if config.share_kv else nn.Parameter(init())
+
+    def projections(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(E, F)`` restricted to the first ``n`` positions, each ``(k, n)``."""
+        if n > self.config.max_length:
+            raise ValueError(f"linformer: length {n} exceeds max_length={self.config.max_length}; "
+                             "its projections cover max_length positions, raise max_length")
+        e = self.E[:, :n]
+        f = e if self.F is None else self.F[:, :n]
+        return e, f
+
+    def forward(self, q, k, v, key_padding_mask=None):
+        b, h, n, d = q.shape
+        mask = normalize_key_padding_mask(key_padding_mask, b, k.shape[-2], q.device)
+        if mask is not None:
+            keep = mask[:, None, :, None]
+            k = k.masked_fill(~keep, 0)
+            v = v.masked_fill(~keep, 0)
+        e, f = self.projections(k.shape[-2])
+        k_proj = torch.matmul(e.to(k.dtype), k)  # (B, H, k, D)
+        v_proj = torch.matmul(f.to(v.dtype), v)
+        scores = torch.matmul(q, k_proj.transpose(-2, -1)).float() * (1.0 / math.sqrt(d))
+        probs = torch.softmax(scores, dim=-1).to(v_proj.dtype)
+        return torch.matmul(probs, v_proj)

@@ -1,0 +1,148 @@
+"""Nyströmformer attention (Xiong, Zeng, Chakraborty, Tan, Fung, Li & Singh 2021, AAAI,
+"Nyströmformer: A Nyström-Based Algorithm for Approximating Self-Attention", arXiv:2102.03902).
+
+Shapes: ``q, k, v: (B, H, N, D)`` -> ``(B, H, N, D)``; ``key_padding_mask: (B, N)`` bool,
+True = real token.
+
+With ``m = min(landmarks, N)`` landmarks ``Q~, K~: (B, H, m, D)`` taken as segment means of
+``Q`` and ``K`` (``N`` split into ``m`` contiguous segments)::
+
+    out = softmax(Q K~^T / sqrt(D)) · pinv(softmax(Q~ K~^T / sqrt(D))) · softmax(Q~ K^T / sqrt(D)) V
+          + conv(V)
+
+``pinv`` is the paper's iterative Moore-Penrose approximation (its Eq. 13, after Razavi et al.
+2014): ``Z0 = A^T / (||A||_1 ||A||_inf)`` (per matrix), then ``pinv_iterations`` steps of
+``Z <- Z (13 I - A Z (15 I - A Z (7 I - A Z))) / 4``, in fp32 even under autocast.
+``conv`` is the reference code's optional skip connection: a learned depthwise
+``Conv2d(heads, heads, (conv_kernel, 1))`` over the sequence, one filter per head, applied to
+``V`` with padded rows zeroed; ``conv_kernel=0`` disables it (it must be odd otherwise).
+
+Padding: landmarks are means over the real tokens of each segment only (padded tokens are
+zeroed and not counted), the third kernel masks padded keys, and the conv sees zeros at padded
+positions, so no output depends on padded tokens' contents. A segment with no real token
+gives an *empty* landmark: its column is masked in the first two kernels and its row of the
+second kernel is replaced by the identity row, so it drops out of the product exactly.
+``N`` not a multiple of ``m`` is padded internally (as masked tokens) and unpadded.
+
+Time O(N m D + m^3 · pinv_iterations), memory O(N m) per head: linear in N.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .base import Attention, AttentionConfig
+from .masking import normalize_key_padding_mask, pad_mask_to_multiple, pad_to_multiple
+from .registry import register
+
+
+def iterative_pinv(a: torch.Tensor, iterations: int) -> torch.Tensor:
+    """Approximate Moore-Penrose pseudo-inverse of ``(..., m, m)`` matrices (Xiong et al. Eq. 13).
+
+    Initial ``Z0 = A^T / (max column abs-sum * max row abs-sum)``, per matrix, which makes the
+    iteration converge (Razavi et al. 2014); each step is a 7th-order Newton-Schulz-type update.
+    """
+    a = a.float()
+    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+    norm_1 = a.abs().sum(dim=-2).amax(dim=-1)  # max column sum
+    norm_inf = a.abs().sum(dim=-1).amax(dim=-1)  # max row sum
+    z = a.transpose(-2, -1) / (norm_1 * norm_inf)[..., None, None]
+    for _ in range(iterations):  # sequential by nature; every step is batched over (B, H)
+        az = a @ z
+        z = 0.25 * z @ (13 * eye - az @ (15 * eye - az @ (7 * eye - az)))
+    return z
+
+
+@dataclass
+class NystromConfig(AttentionConfig):
+    #: number of landmarks m; Nystromformer LRA runs ("nystrom-64")
+    landmarks: int = 64
+    #: iterations of the pseudo-inverse; paper and reference code use 6
+    pinv_iterations: int = 6
+    #: depthwise conv on V over the sequence (odd; 0 = off); reference LRA config uses 35
+    conv_kernel: int = 35
+
+
+@register("nystrom", NystromConfig)
+class NystromAttention(Attention):
+    """Nyström approximation of softmax attention with segment-mean landmarks (Xiong et al. 2021).
+
+    ``forward(q, k, v, key_padding_mask=None)``: ``(B, H, N, D)`` -> ``(B, H, N, D)``.
+    """
+
+    exact = False
+    complexity = "O(N)"
+
+    def __init__(self, config: NystromConfig):
+        super().__init__(config)
+        if config.landmarks < 1:
+            raise ValueError(f"nystrom: landmarks must be >= 1, got {config.landmarks}")
+        if config.pinv_iterations < 0:
+            raise ValueError(f"nystrom: pinv_iterations must be >= 0, got {config.pinv_iterations}")
+        if config.conv_kernel < 0 or (config.conv_kernel and config.conv_kernel % 2 == 0):
+            raise ValueError(f"nystrom: conv_kernel must be 0 (off) or odd, got {config.conv_kernel}")
+        self.conv = None
+        if config.conv_kernel:
+            self.conv = nn.Conv2d(config.heads, config.heads, kernel_size=(config.conv_kernel, 1),
+                                  padding=(config.conv_kernel // 2, 0), groups=config.heads, bias=False)
+            # seeded version of Conv2d's default init (kaiming-uniform, a=sqrt(5): bound 1/sqrt(fan_in))
+            gen = torch.Generator().manual_seed(config.seed)
+            bound = 1.0 / math.sqrt(config.conv_kernel)
+            with torch.no_grad():
+                self.conv.weight.copy_((torch.rand(self.conv.weight.shape, generator=gen) * 2 - 1) * bound)
+
+    @staticmethod
+    def landmarks_of(x: torch.Tensor, mask: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Segment means over real tokens: ``(B, H, N, D)``, ``(B, N)`` -> ``(B, H, m, D)``, empty ``(B, m)``.
+
+        ``N`` must be a multiple of ``m``; a segment with no real token gives a zero landmark
+        flagged in ``empty``.
+        """
+        b, h, n, d = x.shape
+        keep = mask.to(x.dtype)
+        sums = (x * keep[:, None, :, None]).reshape(b, h, m, n // m, d).sum(dim=-2)
+        counts = keep.reshape(b, m, n // m).sum(dim=-1)
+        return sums / counts.clamp(min=1)[:, None, :, None], counts == 0
+
+    def forward(self, q, k, v, key_padding_mask=None):
+        cfg = self.config
+        b, h, n, d = q.shape
+        mask = normalize_key_padding_mask(key_padding_mask, b, n, q.device)
+        m = min(cfg.landmarks, n)
+        full_mask = pad_mask_to_multiple(mask, b, n, m, q.device)
+        if full_mask is None:
+            full_mask = torch.ones(b, n, dtype=torch.bool, device=q.device)
+        qp, _ = pad_to_multiple(q, m)
+        kp, _ = pad_to_multiple(k, m)
+        vp, _ = pad_to_multiple(v, m)
+        keep = full_mask[:, None, :, None]
+        vp = vp.masked_fill(~keep, 0)
+        scale = 1.0 / math.sqrt(d)
+        neg = torch.finfo(torch.float32).min
+
+        q_l, empty = self.landmarks_of(qp, full_mask, m)
+        k_l, _ = self.landmarks_of(kp, full_mask, m)
+        real_l = ~empty[:, None, None, :]  # (B, 1, 1, m): landmark columns
+
+        s1 = (qp @ k_l.transpose(-2, -1)).float() * scale  # (B, H, Np, m)
+        kernel_1 = torch.softmax(s1.masked_fill(~real_l, neg), dim=-1)
+        s2 = (q_l @ k_l.transpose(-2, -1)).float() * scale  # (B, H, m, m)
+        kernel_2 = torch.softmax(s2.masked_fill(~real_l, neg), dim=-1)
+        eye = torch.eye(m, dtype=kernel_2.dtype, device=q.device)
+        kernel_2 = torch.where(empty[:, None, :, None], eye, kernel_2)
+        s3 = (q_l @ kp.transpose(-2, -1)).float() * scale  # (B, H, m, Np)
+        kernel_3 = torch.softmax(s3.masked_fill(~keep.transpose(-2, -1), neg), dim=-1)
+
+        with torch.autocast(q.device.type, enabled=False):
+            z = iterative_pinv(kernel_2, cfg.pinv_iterations)
+            ctx = z @ (kernel_3 @ vp.float())  # (B, H, m, D), fp32
+        out = kernel_1.to(v.dtype) @ ctx.to(v.dtype)
+        out = out[..., :n, :]
+        if self.conv is not None:
+            if h != cfg.heads:
+                raise ValueError(f"nystrom: conv built for heads={cfg.heads}, got {h} heads")
+            out = out + self.conv(vp[..., :n, :])
+        return out

@@ -1,0 +1,178 @@
+"""Performer attention with FAVOR+ (Choromanski et al. 2021, "Rethinking Attention with
+Performers", ICLR).
+
+The softmax kernel ``exp(q . k / sqrt(d))`` is estimated without bias by positive random
+features. With ``x = q d^{-1/4}`` (and likewise for keys),
+
+    phi(x) = exp(W x - |x|^2 / 2) / sqrt(m),   E[phi(x) . phi(y)] = exp(x . y),
+
+where the ``m`` rows of ``W (m, d)`` are *orthogonal random features*: stacked blocks of the
+Q factor of QR-decomposed ``d x d`` Gaussian matrices, each row rescaled by the norm of an
+independent ``d``-dim Gaussian vector (chi-distributed with d degrees of freedom), so that each
+row is marginally ``N(0, I_d)`` while rows within a block are exactly orthogonal (lower variance).
+Attention is then the normalized kernel attention of :func:`attention_variants._kernel.kernel_attention`:
+O(N m d) time and O(N (m + d)) memory per head, i.e. O(N).
+
+Numerical stabilizer: ``exp`` is taken of ``W x - |x|^2/2 - c``. For queries ``c`` is the
+per-row maximum over features; a factor ``exp(-c_i)`` that depends only on query i scales both
+the numerator and the denominator of row i and cancels. For keys ``c`` must be one number shared
+by every key of a (batch, head) -- the maximum over all real keys and features: a per-key shift
+would reweight keys relative to one another and change the result. The maximum is taken over real
+keys only (so padded keys cannot move it) and detached (it cancels, so its gradient is zero).
+
+``kernel="relu"`` is the paper's generalized-kernel variant ``phi(x) = relu(W x) + kernel_eps``
+(a positive but non-softmax kernel; its scale cancels in the normalization).
+
+Projection redraws: the projection is a registered buffer drawn from ``torch.Generator`` seeded
+with ``config.seed`` (draw i > 0 from a seed derived from ``(seed, i)``, so resuming a checkpoint
+continues identically). Training forwards are counted in the buffer ``steps``; the forward that
+starts step ``s`` (``s > 0``, ``s % redraw_interval == 0``) first redraws. ``redraw_interval=0``
+never redraws; eval forwards never redraw and do not count. Each Performer layer counts its own
+forwards (with gradient accumulation that is micro-batches, not optimizer steps).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ._kernel import fp32, kernel_attention, mask_keys, splitmix64
+from .base import Attention, AttentionConfig
+from .masking import normalize_key_padding_mask
+from .registry import register
+
+KERNELS = ("softmax", "relu")
+
+
+def gaussian_orthogonal_random_matrix(num_rows: int, dim: int, generator: torch.Generator,
+                                      scaling: str = "chi") -> torch.Tensor:
+    """``(num_rows, dim)`` orthogonal random features (Choromanski et al. 2021, Sec. 2.4).
+
+    ``ceil(num_rows / dim)`` independent Haar-random orthogonal ``dim x dim`` blocks (QR of a
+    Gaussian matrix, signs fixed by ``diag(R)``) are stacked and truncated to ``num_rows`` rows.
+    ``scaling="chi"`` rescales row i by the norm of a fresh ``N(0, I_dim)`` vector, so every row
+    has the marginal law of a Gaussian vector; ``"sqrt_d"`` uses the constant ``sqrt(dim)``.
+    """
+    num_blocks = math.ceil(num_rows / dim)
+    g = torch.randn(num_blocks, dim, dim, generator=generator, dtype=torch.float64)
+    q, r = torch.linalg.qr(g)                                   # batched over blocks
+    diag = torch.diagonal(r, dim1=-2, dim2=-1)
+    q = q * torch.where(diag < 0, -1.0, 1.0).unsqueeze(-2)      # Haar: fix the column signs
+    w = q.transpose(-2, -1).reshape(num_blocks * dim, dim)[:num_rows]  # rows orthonormal per block
+    if scaling == "chi":
+        norms = torch.randn(num_rows, dim, generator=generator, dtype=torch.float64).norm(dim=1)
+    elif scaling == "sqrt_d":
+        norms = torch.full((num_rows,), math.sqrt(dim), dtype=torch.float64)
+    else:
+        raise ValueError(f"unknown scaling {scaling!r}; choose 'chi' or 'sqrt_d'")
+    return (norms[:, None] * w).float()
+
+
+def softmax_features(x: torch.Tensor, w: torch.Tensor, is_query: bool,
+                     mask: torch.Tensor | None = None) -> torch.Tensor:
+    """FAVOR+ positive features of ``x (B, H, N, d)`` (already scaled by ``d^-1/4``) -> ``(B, H, N, m)``.
+
+    Computes ``exp(x W^T - |x|^2/2 - c) / sqrt(m)`` in fp32 with the stabilizer ``c`` described in
+    the module docstring (per query row; shared over the real keys of a (batch, head) for keys).
+    Padded keys (``mask`` False) get feature 0.
+    """
+    x = x.float()
+    m = w.shape[0]
+    expo = torch.einsum("bhnd,md->bhnm", x, w.float()) - 0.5 * x.square().sum(-1, keepdim=True)
+    if is_query:
+        c = expo.amax(dim=-1, keepdim=True).detach()
+    else:
+        expo = mask_keys(expo, mask, float("-inf"))   # exp(-inf) = 0, and no gradient
+        c = expo.amax(dim=(-2, -1), keepdim=True).detach()
+        c = torch.where(torch.isfinite(c), c, torch.zeros_like(c))  # every key padded
+    return torch.exp(expo - c) * (1.0 / math.sqrt(m))
+
+
+def relu_features(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """Generalized-kernel features ``relu(x W^T) + eps``: ``(B, H, N, d) -> (B, H, N, m)``, fp32."""
+    return torch.relu(torch.einsum("bhnd,md->bhnm", x.float(), w.float())) + eps
+
+
+@dataclass
+class PerformerConfig(AttentionConfig):
+    #: number of random features m (the paper and the LRA performer config use 256)
+    num_features: int = 256
+    #: "softmax" (FAVOR+, unbiased softmax estimator) or "relu" (generalized kernel)
+    kernel: str = "softmax"
+    #: redraw the projection every this many training forwards; 0 = never
+    redraw_interval: int = 1000
+    #: row norms of the projection: "chi" (paper, Gaussian-marginal rows) or "sqrt_d"
+    scaling: str = "chi"
+    #: added to relu features (keeps them positive); unused by the softmax kernel
+    kernel_eps: float = 1e-3
+    #: lower bound on the attention normalizer
+    eps: float = 1e-6
+
+
+@register("performer", PerformerConfig)
+class Performer(Attention):
+    """FAVOR+ attention: ``q, k, v (B, H, N, D) -> (B, H, N, D)`` in O(N); see the module docstring.
+
+    Buffers: ``projection (num_features, head_dim)`` (shared by all heads, as in the reference
+    implementations), ``steps`` (training forwards seen), ``draws`` (index of the current draw).
+    """
+
+    exact = False
+    complexity = "O(N)"
+
+    def __init__(self, config: PerformerConfig):
+        super().__init__(config)
+        if config.kernel not in KERNELS:
+            raise ValueError(f"unknown performer kernel {config.kernel!r}; choose one of {KERNELS}")
+        if config.num_features < 1 or config.redraw_interval < 0:
+            raise ValueError("performer needs num_features >= 1 and redraw_interval >= 0")
+        self.register_buffer("projection", self._draw(0))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self.register_buffer("draws", torch.zeros((), dtype=torch.long))
+        # host-side mirrors of the counters, so a training forward needs no device sync;
+        # refreshed from the buffers whenever a state dict is loaded
+        self._steps = 0
+        self._draws = 0
+        self.register_load_state_dict_post_hook(Performer._sync_counters)
+
+    @staticmethod
+    def _sync_counters(module, incompatible_keys) -> None:
+        module._steps, module._draws = int(module.steps), int(module.draws)
+
+    def _draw(self, index: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(splitmix64(self.config.seed, index))
+        return gaussian_orthogonal_random_matrix(self.config.num_features, self.config.head_dim,
+                                                 gen, self.config.scaling)
+
+    @torch.no_grad()
+    def redraw(self) -> None:
+        """Replace the projection by the next draw of the seeded sequence."""
+        self._draws += 1
+        self.draws.fill_(self._draws)
+        self.projection.copy_(self._draw(self._draws))
+
+    @torch.no_grad()
+    def _maybe_redraw(self) -> None:
+        if not self.training:
+            return
+        interval = self.config.redraw_interval
+        if interval > 0 and self._steps > 0 and self._steps % interval == 0:
+            self.redraw()
+        self._steps += 1
+        self.steps.fill_(self._steps)
+
+    def feature_map(self, x: torch.Tensor, is_query: bool, mask: torch.Tensor | None = None):
+        """``(B, H, N, D) -> (B, H, N, num_features)`` fp32 features of queries or keys."""
+        x = x.float() * x.shape[-1] ** -0.25
+        if self.config.kernel == "relu":
+            return relu_features(x, self.projection, self.config.kernel_eps)
+        return softmax_features(x, self.projection, is_query, mask)
+
+    def forward(self, q, k, v, key_padding_mask=None):
+        mask = normalize_key_padding_mask(key_padding_mask, q.shape[0], k.shape[-2], q.device)
+        self._maybe_redraw()
+        with fp32(q.device):
+            phi_q = self.feature_map(q, is_query=True)
+            phi_k = self.feature_map(k, is_query=False, mask=mask)
+        return kernel_attention(phi_q, phi_k, v, mask, self.config.eps)

@@ -1,0 +1,398 @@
+"""``lra-train``: train and evaluate the common encoder on one LRA task with one attention variant.
+
+A Hydra app (configs in ``conf/``; groups ``task/ attention/ model/ trainer/ experiment/``).
+Writes one result record (``record.json``) into the job directory and, with
+``results_dir=...``, a copy there. Checkpoints every ``trainer.checkpoint_every`` steps into
+the job directory; running the same job directory again (``hydra.run.dir=<dir>``) resumes
+from the last checkpoint and ends in the same state as an uninterrupted run.
+
+Failures never raise out of the job (so a sweep goes on and its report is built): NaN/inf
+losses give status ``nan`` (with the first bad step), out-of-memory ``oom``, anything else
+``error``; in a single (non ``-m``) run an ``error`` also exits non-zero with its message.
+"""
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+import attention_variants as av
+
+from . import conf_dir, tasks
+from .data import DeviceBatches
+from .model import Encoder, EncoderConfig
+from .results import RECORD_FILENAME, make_record, now, read_record, write_record
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot work; raised before any data is prepared or training starts."""
+
+
+# ----------------------------------------------------------------------------- configuration
+
+def _merge(*layers) -> dict[str, Any]:
+    """Later layers override earlier ones; ``None`` values mean "not set" and are skipped."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for k, v in (OmegaConf.to_container(layer, resolve=True) if isinstance(layer, DictConfig)
+                     else dict(layer or {})).items():
+            if v is not None:
+                out[k] = v
+    return out
+
+
+def resolve(cfg: DictConfig) -> tuple[DictConfig, dict, dict, dict]:
+    """Effective (task cfg, model kwargs, trainer settings, attention knobs) of a run."""
+    task_cfg = OmegaConf.merge(cfg.task, {k: v for k, v in (cfg.trainer.get("task_overrides") or {}).items()})
+    model = _merge(cfg.task.get("model"), cfg.trainer.get("model_overrides"), cfg.model)
+    trainer = _merge(cfg.task.get("trainer"), {k: v for k, v in cfg.trainer.items()
+                                                if k not in ("task_overrides", "model_overrides")})
+    knobs = _merge(cfg.attention)
+    knobs.pop("name", None)
+    return task_cfg, model, trainer, knobs
+
+
+def device_of(setting: str) -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(setting)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.device={setting!r} but no CUDA GPU is visible; use trainer.device=auto or cpu")
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp32":
+        return None
+    raise ConfigError(f"trainer.precision={precision!r} is not one of auto, bf16, fp32")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check the config before any data is prepared: names, divisibility, lengths."""
+    task_cfg, model, trainer, knobs = resolve(cfg)
+    tasks.get(task_cfg.name)  # unknown task -> ValueError with the list
+    name = cfg.attention.name
+    try:
+        av.get(name)
+        av.make_config(name, **knobs)
+    except (KeyError, TypeError) as err:
+        raise ConfigError(str(err)) from None
+    for key in ("d_model", "heads", "layers"):
+        if key not in model:
+            raise ConfigError(f"model.{key} is not set and task {task_cfg.name!r} has no default for it")
+    if model["d_model"] % model["heads"]:
+        raise ConfigError(f"model.d_model={model['d_model']} is not divisible by model.heads={model['heads']}; "
+                          "each head gets d_model/heads dimensions: change model.heads or model.d_model")
+    for key in ("batch_size", "steps", "lr", "schedule", "warmup"):
+        if key not in trainer:
+            raise ConfigError(f"trainer.{key} is not set and task {task_cfg.name!r} has no default for it")
+    if trainer["schedule"] not in ("rsqrt", "linear", "cosine"):
+        raise ConfigError(f"trainer.schedule={trainer['schedule']!r} is not one of rsqrt, linear, cosine")
+    device = device_of(trainer.get("device", "auto"))
+    autocast_dtype(trainer.get("precision", "auto"), device)
+    attn = av.build(name, heads=model["heads"], head_dim=model["d_model"] // model["heads"],
+                    max_length=int(task_cfg.seq_len) + 1, **knobs)
+    check = getattr(attn, "check_length", None)
+    if check is not None:
+        try:
+            check(int(task_cfg.seq_len) + (model.get("pooling", "cls") == "cls"))
+        except ValueError as err:
+            raise ConfigError(f"attention={name} cannot take task {task_cfg.name!r} at length "
+                              f"{task_cfg.seq_len}: {err}") from None
+
+
+def lr_factor(schedule: str, warmup: int, steps: int):
+    """Multiplier of the base lr at step s (0-based optimizer steps)."""
+    def rsqrt(s):  # LRA: constant * linear_warmup * rsqrt_decay
+        s = s + 1
+        return min(1.0, s / max(warmup, 1)) / math.sqrt(max(s, warmup, 1))
+
+    def linear(s):
+        if s < warmup:
+            return (s + 1) / warmup
+        return max(0.0, (steps - s) / max(1, steps - warmup))
+
+    def cosine(s):
+        if s < warmup:
+            return (s + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (s - warmup) / max(1, steps - warmup))))
+
+    return {"rsqrt": rsqrt, "linear": linear, "cosine": cosine}[schedule]
+
+
+# ----------------------------------------------------------------------------- training
+
+def build_model(data: tasks.TaskData, model: dict, attention: str, knobs: dict) -> Encoder:
+    return Encoder(EncoderConfig(vocab_size=data.vocab_size, num_classes=data.num_classes, max_length=data.seq_len,
+                                 dual=data.dual, attention=attention, attention_cfg=knobs, **model))
+
+
+@torch.no_grad()
+def evaluate(model: Encoder, batches: DeviceBatches, amp: torch.dtype | None, max_batches: int | None = None):
+    """(accuracy, mean loss) over a split; accumulates on device, one sync at the end."""
+    model.eval()
+    device = batches.labels.device
+    correct = torch.zeros((), device=device)
+    loss_sum = torch.zeros((), device=device)
+    count = 0
+    for i, (x, mask, y) in enumerate(batches):
+        if max_batches is not None and i >= max_batches:
+            break
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            logits = model(x, mask)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(-1) == y).sum()
+        count += len(y)
+    model.train()
+    return (correct / count).item(), (loss_sum / count).item()
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def save_checkpoint(path: Path, **state) -> None:
+    tmp = path.with_name(f".{path.name}.part")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+class Preempted(Exception):
+    """SIGTERM/SIGUSR1 arrived: checkpoint written, the job can be resubmitted."""
+
+
+def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
+    """Train + evaluate one run; returns the result record (also written to the job dir).
+
+    Raises only for invalid configs/data (:class:`ConfigError`, ``tasks.DataNotFoundError``,
+    ``ValueError``) before training starts; everything after is captured in the record.
+    """
+    started = now()
+    validate(cfg)
+    task_cfg, model_kw, tr, knobs = resolve(cfg)
+    device = device_of(tr.get("device", "auto"))
+    amp = autocast_dtype(tr.get("precision", "auto"), device)
+    data = tasks.prepare(task_cfg)
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(data, model_kw, cfg.attention.name, {**knobs, "seed": int(cfg.seed)}).to(device)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "pos" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "pos" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tr.get("weight_decay", 0.0)},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=tr["lr"], betas=tuple(tr.get("betas", (0.9, 0.98))), eps=1e-8)
+    steps = int(tr["steps"])
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(tr["schedule"], int(tr["warmup"]), steps))
+    train_b = DeviceBatches(*data.splits["train"], tr["batch_size"], device, data.pad_id, shuffle=True, seed=cfg.seed)
+    val_b = DeviceBatches(*data.splits["val"], tr["batch_size"], device, data.pad_id, shuffle=False)
+    test_b = DeviceBatches(*data.splits["test"], tr["batch_size"], device, data.pad_id, shuffle=False)
+    step_fn = torch.compile(model) if tr.get("compile") else model
+
+    base = dict(task=data.name, variant=cfg.attention.name, variant_config=knobs, seq_len=data.seq_len,
+                batch_size=train_b.batch_size, dtype=str(amp or torch.float32).replace("torch.", ""),
+                seed=int(cfg.seed), config=OmegaConf.to_container(cfg, resolve=True), started_at=started,
+                device=device)
+    ckpt_path = job_dir / CHECKPOINT
+    step, train_time, history, best_val = 0, 0.0, [], 0.0
+    if ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        step, train_time, history, best_val = ckpt["step"], ckpt["train_time"], ckpt["history"], ckpt["best_val"]
+        _set_rng_state(ckpt["rng"], device)
+        print(f"[lra] resuming {job_dir} from step {step}")
+
+    def checkpoint():
+        save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                        step=step, train_time=train_time, history=history, best_val=best_val, rng=_rng_state(device))
+
+    stop = {"signal": None}
+
+    def on_signal(signum, _frame):
+        stop["signal"] = signum
+
+    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGUSR1)
+                    if _main_thread()}
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    bad_step = torch.full((), -1, dtype=torch.long, device=device)
+    loss_sum = torch.zeros((), device=device)
+    correct_sum = torch.zeros((), device=device)
+    seen = 0
+    log_every = max(1, int(tr.get("log_every", 50)))
+    status, message = "ok", None
+    model.train()
+    bar = tqdm(total=steps, initial=step, desc=f"{data.name}/{cfg.attention.name}", unit="step",
+               disable=not tr.get("progress", True), dynamic_ncols=True)
+    t0 = time.perf_counter()
+    try:
+        while step < steps:
+            x, mask, y = train_b.batch(step)
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                logits = step_fn(x, mask)
+            loss = F.cross_entropy(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if tr.get("grad_clip"):
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tr["grad_clip"])
+            opt.step()
+            sched.step()
+            bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss.detach()),
+                                   torch.tensor(step, device=device), bad_step)
+            loss_sum += loss.detach()
+            correct_sum += (logits.detach().argmax(-1) == y).sum()
+            seen += len(y)
+            step += 1
+            bar.update()
+            boundary = step % log_every == 0 or step == steps
+            if boundary:
+                first_bad = int(bad_step)  # the only host sync of the loop, once per log_every steps
+                if first_bad >= 0:
+                    status, message = "nan", f"non-finite training loss at step {first_bad}"
+                    break
+                bar.set_postfix(loss=f"{(loss_sum / max(1, seen / len(y))).item():.3f}",
+                                acc=f"{(correct_sum / max(1, seen)).item():.3f}",
+                                lr=f"{sched.get_last_lr()[0]:.2e}")
+                loss_sum.zero_(), correct_sum.zero_()
+                seen = 0
+            eval_now = step % int(tr.get("eval_every", 500)) == 0 and step < steps
+            ckpt_now = step % int(tr.get("checkpoint_every", 500)) == 0 or stop["signal"] is not None
+            if eval_now or ckpt_now:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                train_time += time.perf_counter() - t0
+                if eval_now:
+                    val_acc, val_loss = evaluate(model, val_b, amp, tr.get("eval_batches"))
+                    best_val = max(best_val, val_acc)
+                    history.append({"step": step, "val_accuracy": val_acc, "val_loss": val_loss})
+                    bar.write(f"[lra] step {step}: val_accuracy {val_acc:.4f} val_loss {val_loss:.4f}")
+                if ckpt_now:
+                    checkpoint()
+                if stop["signal"] is not None:
+                    raise Preempted(f"signal {stop['signal']} at step {step}; checkpoint written")
+                t0 = time.perf_counter()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        train_time += time.perf_counter() - t0
+    except Preempted:
+        bar.close()
+        raise
+    except torch.cuda.OutOfMemoryError as err:
+        status, message = "oom", f"out of memory at step {step}: {str(err).splitlines()[0]}"
+    except RuntimeError as err:
+        if "out of memory" in str(err).lower():
+            status, message = "oom", f"out of memory at step {step}: {str(err).splitlines()[0]}"
+        else:
+            status, message = "error", f"{type(err).__name__} at step {step}: {err}\n{traceback.format_exc(limit=4)}"
+    finally:
+        bar.close()
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+
+    metrics: dict[str, Any] = {"steps": step, "train_time_s": round(train_time, 3)}
+    if status == "ok":
+        checkpoint()
+        metrics["val_accuracy"], metrics["val_loss"] = evaluate(model, val_b, amp)
+        metrics["accuracy"], metrics["loss"] = evaluate(model, test_b, amp)
+        metrics["best_val_accuracy"] = max(best_val, metrics["val_accuracy"])
+    if train_time > 0 and step:
+        metrics["steps_per_s"] = round(step / train_time, 4) if train_time else None
+        metrics["tokens_per_s"] = round(step * train_b.batch_size * data.seq_len * (2 if data.dual else 1) / train_time, 1)
+    if device.type == "cuda":
+        metrics["peak_mem_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    metrics["params"] = sum(p.numel() for p in model.parameters())
+    backend = getattr(model.blocks[0].attn.attention, "last_backend", None)
+    case = {"history": history, **({"backend": backend} if backend else {})}
+    return make_record("train", status=status, message=message, metrics=metrics, case=case, **base)
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def run(cfg: DictConfig, job_dir: Path, raise_config_errors: bool = True) -> dict[str, Any]:
+    """Run one job in ``job_dir``: train (or resume), write the record, never lose it.
+
+    A job whose record already says ``ok`` is not run again (a resubmitted finished job).
+    Config and data errors raise when ``raise_config_errors`` (single runs) and are recorded
+    as status ``error`` otherwise (sweeps go on).
+    """
+    job_dir.mkdir(parents=True, exist_ok=True)
+    existing = read_record(job_dir / RECORD_FILENAME) if (job_dir / RECORD_FILENAME).is_file() else None
+    if existing and existing.get("status") == "ok":
+        print(f"[lra] {job_dir} already finished; record at {job_dir / RECORD_FILENAME}")
+        return existing
+    try:
+        record = train(cfg, job_dir)
+    except Preempted:
+        raise
+    except (ConfigError, tasks.DataNotFoundError, ValueError, KeyError, TypeError) as err:
+        if raise_config_errors:
+            raise
+        record = make_record("train", variant=str(cfg.attention.get("name")), task=str(cfg.task.get("name")),
+                             status="error", message=f"{type(err).__name__}: {err}", seed=int(cfg.seed),
+                             config=OmegaConf.to_container(cfg, resolve=False))
+    except Exception as err:  # a bug: record it so that the sweep goes on
+        record = make_record("train", variant=str(cfg.attention.get("name")), task=str(cfg.task.get("name")),
+                             status="error", message=f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=6)}",
+                             seed=int(cfg.seed), config=OmegaConf.to_container(cfg, resolve=False))
+    path = write_record(record, job_dir / RECORD_FILENAME)
+    if cfg.get("results_dir"):
+        write_record(record, Path(cfg.results_dir))
+    m = record["metrics"]
+    summary = ", ".join(f"{k} {m[k]:.4f}" if isinstance(m.get(k), float) else f"{k} {m[k]}"
+                        for k in ("val_accuracy", "accuracy", "steps_per_s", "peak_mem_mb") if k in m)
+    print(f"[lra] {record['task']}/{record['variant']}: status {record['status']}"
+          f"{' (' + record['message'].splitlines()[0] + ')' if record['message'] else ''}; {summary}")
+    print(f"[lra] result record: {path}")
+    return record
+
+
+def _hydra_main():
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
+    def main(cfg: DictConfig) -> None:
+        hc = HydraConfig.get()
+        multirun = hc.mode == RunMode.MULTIRUN
+        try:
+            run(cfg, Path(hc.runtime.output_dir), raise_config_errors=not multirun)
+        except (ConfigError, tasks.DataNotFoundError, ValueError, KeyError, TypeError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+
+    main()
+
+
+if __name__ == "__main__":
+    _hydra_main()

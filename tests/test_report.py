@@ -1,0 +1,240 @@
+"""lra.report: tables, derived numbers, figures and the baseline comparison, on synthetic records."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lra import report
+from lra.results import make_record, write_record
+
+H100 = {"type": "cuda", "name": "NVIDIA H100 80GB HBM3", "count": 1, "memory_mb": 81559}
+A100 = {"type": "cuda", "name": "NVIDIA A100-SXM4-40GB", "count": 1, "memory_mb": 40536}
+VERSIONS = {"python": "3.12.0", "torch": "2.13.0", "cuda": "12.8"}
+
+# op time per call (ms) = c * (N/1024)^p; memory (MiB) = m * (N/1024)^q
+OPS = {"full": (1.0, 2, 100.0, 2), "flash": (0.5, 2, 10.0, 1), "performer": (2.0, 1, 20.0, 1)}
+LENGTHS = (1024, 2048, 4096, 8192)
+
+
+def _write(root, device, kind, **kw):
+    rec = make_record(kind, **kw)
+    rec["device"] = dict(device)  # make_record queries the local device; records carry the measured one
+    rec["versions"] = VERSIONS
+    rec["started_at"] = "2025-01-02T03:04:05+00:00"
+    folder = root / device["name"].split()[1]
+    folder.mkdir(parents=True, exist_ok=True)
+    write_record(rec, folder)
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LRA_GIT_COMMIT", "0123abc")  # no git subprocess per record
+        return _make_records(tmp_path_factory.mktemp("records"))
+
+
+def _make_records(root):
+    for dev, speed in ((H100, 1.0), (A100, 2.0)):
+        for v, (c, p, m, q) in OPS.items():
+            for n in LENGTHS:
+                x = n / 1024
+                if dev is A100 and v == "full" and n == 8192:
+                    _write(root, dev, "bench", variant=v, status="oom", seq_len=n, batch_size=4, dtype="bf16",
+                           message="CUDA out of memory. Tried to allocate 4 GiB\nsecond line", case={"mode": "op_fwd_bwd"})
+                    continue
+                _write(root, dev, "bench", variant=v, seq_len=n, batch_size=4, dtype="bf16",
+                       case={"mode": "op_fwd_bwd"}, metrics={"ms": speed * c * x ** p, "peak_mem_mb": m * x ** q})
+            for n, sps, mem in ((1024, 4.0, 1000.0), (2048, 2.0, 4000.0)):
+                factor = {"full": 1.0, "flash": 2.0, "performer": 3.0}[v]
+                _write(root, dev, "bench", variant=v, task="text", seq_len=n, batch_size=32, dtype="bf16",
+                       case={"mode": "model_step"},
+                       metrics={"steps_per_s": sps * factor / speed, "peak_mem_mb": mem / factor})
+    # accuracy on the H100: two seeds of full/listops, one failed Path-X run
+    for seed, acc in ((0, 0.36), (1, 0.38)):
+        _write(root, H100, "train", variant="full", task="listops", seq_len=2000, seed=seed,
+               metrics={"accuracy": acc, "steps_per_s": 5.0})
+    _write(root, H100, "train", variant="full", task="text", seq_len=4000, seed=0, metrics={"accuracy": 0.6426})
+    _write(root, H100, "train", variant="full", task="pathx", seq_len=16384, seed=0, status="oom",
+           message="CUDA out of memory")
+    _write(root, H100, "train", variant="performer", task="listops", seq_len=2000, seed=0, metrics={"accuracy": 0.18})
+    _write(root, H100, "train", variant="performer", task="text", seq_len=4000, seed=0, metrics={"accuracy": 0.65})
+    _write(root, H100, "train", variant="performer", task="pathx", seq_len=16384, seed=0, metrics={"accuracy": 0.5})
+    # exactness and smoothness on the H100
+    for n in (256, 1024):
+        for pat, e in (("random", 0.01), ("concentrated", 0.1)):
+            _write(root, H100, "bench", variant="performer", seq_len=n, case={"mode": "exactness", "pattern": pat},
+                   metrics={"approx_error": e * n / 256})
+        _write(root, H100, "bench", variant="performer", seq_len=n, case={"mode": "smoothness"},
+               metrics={"lipschitz": 2.0 * n ** 0.5})
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(records, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    path = report.build_report([records], out, figure_formats=("png",))
+    return out, path.read_text()
+
+
+def _row(md, first_cell, after=None):
+    """The first markdown table row starting with ``first_cell`` (after the line containing ``after``)."""
+    lines = md.splitlines()
+    start = next(i for i, ln in enumerate(lines) if after in ln) if after else 0
+    for ln in lines[start:]:
+        if ln.startswith(f"| {first_cell} |"):
+            return [c.strip() for c in ln.strip("|").split("|")]
+    raise AssertionError(f"no row {first_cell!r} after {after!r}")
+
+
+# ---------------------------------------------------------------------------------------------- numbers
+
+def test_fit_exponent_quadratic_and_linear():
+    n = np.array([256, 512, 1024, 2048, 4096])
+    assert report.fit_exponent(n, 3e-6 * n ** 2) == pytest.approx(2.0, abs=1e-9)
+    # upper half only: a constant overhead at small N does not bend the slope much
+    y = 0.2 + 1e-3 * n
+    whole = np.polyfit(np.log(n), np.log(y), 1)[0]
+    upper = report.fit_exponent(n, y)
+    assert whole < 0.8 < upper < 1.0
+    assert math.isnan(report.fit_exponent([1024], [1.0]))
+    assert math.isnan(report.fit_exponent([1024, 2048], [float("nan"), 2.0]))
+
+
+def test_crossover_linear_vs_quadratic():
+    lengths = [512, 1024, 2048, 4096, 8192]
+    flash = {n: (n / 1024) ** 2 for n in lengths}          # 1 ms at 1K, quadratic
+    linear = {n: 2.5 * n / 1024 for n in lengths}          # 2.5 ms at 1K, linear: equal at N = 2.5K
+    assert report.crossover_length(linear, flash) == 4096
+    # a variant that OOMs at the largest length does not "stay below"
+    assert report.crossover_length({**linear, 8192: float("nan")}, flash) is None
+    # a reference that OOMs counts as slower; both failing says nothing
+    assert report.crossover_length(linear, {**flash, 8192: float("nan")}) == 4096
+    assert report.crossover_length({**linear, 8192: np.inf}, {**flash, 8192: np.inf}) == 4096
+    # never faster
+    assert report.crossover_length({n: 10 * t for n, t in flash.items()}, flash) is None
+
+
+def test_derived_numbers(records):
+    df = report.load_frame([records])
+    der = report.derived_numbers(df, "NVIDIA H100 80GB HBM3").set_index("variant")
+    assert der.loc["full", "time_exponent"] == pytest.approx(2.0, abs=1e-6)
+    assert der.loc["flash", "memory_exponent"] == pytest.approx(1.0, abs=1e-6)
+    assert der.loc["performer", "time_exponent"] == pytest.approx(1.0, abs=1e-6)
+    # performer 2*x vs flash 0.5*x^2: equal at x = 4 (4K); strictly below only at 8K
+    assert der.loc["performer", "crossover"] == 8192
+    assert der.loc["full", "crossover"] is None
+    a100 = report.derived_numbers(df, "NVIDIA A100-SXM4-40GB").set_index("variant")
+    assert a100.loc["full", "largest_ok"] == 4096 and a100.loc["full", "n_max"] == 8192
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+def test_accuracy_table(built):
+    _, md = built
+    row = _row(md, "full", after="## 1. Accuracy")
+    header = _row(md, "variant", after="## 1. Accuracy")
+    cells = dict(zip(header, row))
+    assert cells["ListOps"] == "37.00 ± 1.41"
+    assert cells["Text"] == "64.26"
+    assert cells["Path-X"] == "oom"                      # failed, not blank, not zero
+    assert cells["Avg"] == "50.63 (2/3)"
+    perf = dict(zip(header, _row(md, "performer", after="## 1. Accuracy")))
+    assert perf["Path-X"] == "50.00" and perf["Avg"] == "44.33"
+    gap = _row(md, "full vs Transformer")
+    assert gap[1] == "+0.63" and gap[2] == "-0.01"
+    assert "Tay et al. 2020" in md
+    assert _row(md, "BigBird", after="### Published numbers")[-1] == "55.01"
+
+
+def test_speed_tables(built):
+    _, md = built
+    after = "### Device: NVIDIA H100 80GB HBM3"
+    sec2 = md[md.index("## 2. Speed"):]
+    h100 = sec2[sec2.index(after):]
+    rel_full = h100[h100.index("relative to `full`"):]
+    assert _row(rel_full, "flash")[1:] == ["2.00×", "2.00×", "0.50×", "0.50×"]
+    assert _row(rel_full, "performer")[1] == "3.00×"
+    rel_flash = h100[h100.index("relative to `flash`"):]
+    assert _row(rel_flash, "performer")[1] == "1.50×"
+    absolute = h100[h100.index("absolute values"):]
+    assert _row(absolute, "full")[1:3] == ["4.00", "2.00"]
+    assert _row(absolute, "full")[3] == "1,000 MiB"
+
+
+def test_op_tables_and_failures(built):
+    _, md = built
+    sec3 = md[md.index("## 3. Op-level"):md.index("## 4. Derived")]
+    a100 = sec3[sec3.index("NVIDIA A100-SXM4-40GB"):]
+    assert _row(a100, "full") == ["full", "2.00", "8.00", "32.0", "oom"]
+    sec4 = md[md.index("## 4. Derived"):md.index("## 5. Figures")]
+    h100 = sec4[sec4.index("NVIDIA H100"):]
+    assert _row(h100, "performer") == ["performer", "1.00", "1.00", "8K", "8K"]
+    assert _row(h100, "full")[3] == "none up to 8K"
+    sec6 = md[md.index("## 6. Failed"):]
+    row = _row(sec6, "bench")
+    assert "oom" in row and "CUDA out of memory. Tried to allocate 4 GiB" in row and "second line" not in sec6
+    assert "2025-01-02" in md and "`0123abc`" in md and "2.13.0" in md
+
+
+def test_figures_are_pngs(built):
+    out, md = built
+    pngs = sorted((out / "figures").glob("*.png"))
+    names = {p.name for p in pngs}
+    assert any(n.startswith("time_op_fwd_bwd_") for n in names)
+    assert any(n.startswith("memory_op_fwd_bwd_") for n in names)
+    assert any(n.startswith("bubble_nvidia_h100") for n in names)
+    assert any(n.startswith("approx_error_") for n in names)
+    assert any(n.startswith("smoothness_") for n in names)
+    assert "cross_device_op_fwd_bwd.png" in names
+    for p in pngs:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", p
+        assert f"figures/{p.name}" in md
+    assert (out / "report.html").read_text().startswith("<!doctype html>")
+
+
+def test_tidy_csv(built):
+    out, _ = built
+    tidy = pd.read_csv(out / "tidy.csv")
+    assert len(tidy) > 50 and "config" not in tidy.columns
+    assert tidy["variant_config"].dropna().eq("{}").all()
+    assert {"device_name", "mode", "ms", "status"} <= set(tidy.columns)
+
+
+def test_compare_flags_planted_regression(records, built, tmp_path):
+    out, _ = built
+    cur = pd.read_csv(out / "tidy.csv")
+    slow = (cur["variant"] == "performer") & (cur["mode"] == "op_fwd_bwd") & (cur["seq_len"] == 2048) \
+        & (cur["device_name"] == "NVIDIA H100 80GB HBM3")
+    assert slow.sum() == 1
+    cur.loc[slow, "ms"] *= 1.5                       # 50% slower than the baseline
+    small = (cur["variant"] == "flash") & (cur["mode"] == "op_fwd_bwd") & (cur["seq_len"] == 1024) \
+        & (cur["device_name"] == "NVIDIA H100 80GB HBM3")
+    cur.loc[small, "ms"] *= 1.02                     # within tolerance
+    cur_csv = tmp_path / "current.csv"
+    cur.to_csv(cur_csv, index=False)
+    path = report.build_report([cur_csv], tmp_path / "rep", compare=out, tolerance=0.05, figure_formats=())
+    md = path.read_text()
+    cmp = pd.read_csv(tmp_path / "rep" / "compare.csv")
+    reg = cmp[cmp["regression"]]
+    assert len(reg) == 1
+    assert reg.iloc[0]["variant"] == "performer" and reg.iloc[0]["metric"] == "ms"
+    assert reg.iloc[0]["change"] == pytest.approx(0.5)
+    assert "1 regression(s)" in md
+    row = _row(md[md.index("## 8."):], "bench")
+    assert "+50.0%" in row and any("REGRESSION" in c for c in row)
+    assert report.main([str(cur_csv), "--out", str(tmp_path / "cli"), "--compare", str(out),
+                        "--fail-on-regression", "--no-figures"]) == 1
+
+
+def test_empty_and_partial_inputs(tmp_path, monkeypatch):
+    monkeypatch.setenv("LRA_GIT_COMMIT", "0123abc")
+    (tmp_path / "none").mkdir()
+    md = report.build_report([tmp_path / "none"], tmp_path / "out").read_text()
+    assert "No records found" in md and "## 8. Comparison" in md
+    # only one train record: every other section says there is nothing
+    rec = make_record("train", variant="linear", task="image", metrics={"accuracy": 0.4}, git_commit="x")
+    write_record(rec, tmp_path / "one.json")
+    md = report.build_report([tmp_path / "one.json"], tmp_path / "out2", figure_formats=()).read_text()
+    assert _row(md, "linear")[1] == "40.00"
+    assert "No records (no op-level" in md
