@@ -62,13 +62,15 @@ def sinusoidal_table(length: int, dim: int) -> torch.Tensor:
 class MultiHeadAttention(nn.Module):
     """Projections around a registry attention: ``(B, N, d) -> (B, N, d)``."""
 
-    def __init__(self, cfg: EncoderConfig):
+    def __init__(self, cfg: EncoderConfig, layer: int = 0):
         super().__init__()
         self.heads = cfg.heads
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.out = nn.Linear(cfg.d_model, cfg.d_model)
         attn_cfg = {"heads": cfg.heads, "head_dim": cfg.d_model // cfg.heads,
                     "max_length": cfg.max_length + (cfg.pooling == "cls"), **cfg.attention_cfg}
+        # each layer draws its own random projections: seed + layer
+        attn_cfg["seed"] = int(attn_cfg.get("seed", 0)) * 1009 + layer
         self.attention = av.build(cfg.attention, **attn_cfg)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -81,10 +83,10 @@ class MultiHeadAttention(nn.Module):
 class Block(nn.Module):
     """Pre-LayerNorm transformer block: x + Attn(LN(x)), then x + MLP(LN(x)) with GELU."""
 
-    def __init__(self, cfg: EncoderConfig):
+    def __init__(self, cfg: EncoderConfig, layer: int = 0):
         super().__init__()
         self.norm1 = nn.LayerNorm(cfg.d_model)
-        self.attn = MultiHeadAttention(cfg)
+        self.attn = MultiHeadAttention(cfg, layer)
         self.norm2 = nn.LayerNorm(cfg.d_model)
         self.mlp = nn.Sequential(nn.Linear(cfg.d_model, cfg.mlp_dim), nn.GELU(), nn.Dropout(cfg.dropout),
                                  nn.Linear(cfg.mlp_dim, cfg.d_model))
@@ -114,7 +116,7 @@ class Encoder(nn.Module):
         if extra:
             self.cls = nn.Parameter(torch.zeros(1, 1, cfg.d_model))
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.d_model)
         feat = cfg.d_model * (4 if cfg.dual else 1)
         self.head = nn.Sequential(nn.Linear(feat, cfg.mlp_dim), nn.GELU(), nn.Linear(cfg.mlp_dim, cfg.num_classes))
