@@ -421,8 +421,9 @@ def derived_numbers(df: pd.DataFrame, device: str | None = None, mode: str = "op
     """Per variant on one device: time and memory exponents, crossover N vs ``reference``, largest N that fit.
 
     Uses bench records of ``mode`` (time: ``time_ms``). If ``reference`` has no records, ``full``
-    is used instead. Columns: variant, time_exponent, memory_exponent, crossover (int or None),
-    reference, n_max (largest measured N), largest_ok (largest N with status ok, or None).
+    is used instead. Columns: variant, time_exponent, memory_exponent, crossover, reference,
+    n_max (largest measured N), largest_ok (largest N with status ok); the last three are
+    nullable integers (``pd.NA`` = no crossover / nothing measured / nothing fit).
     """
     d = df[(df["kind"] == "bench") & (df["mode"] == mode)]
     if device is not None:
@@ -446,7 +447,10 @@ def derived_numbers(df: pd.DataFrame, device: str | None = None, mode: str = "op
             reference=ref,
             n_max=int(g["seq_len"].max()) if g["seq_len"].notna().any() else None,
             largest_ok=int(ok["seq_len"].max()) if ok["seq_len"].notna().any() else None))
-    return pd.DataFrame(out, columns=cols)
+    out = pd.DataFrame(out, columns=cols)
+    for col in ("crossover", "n_max", "largest_ok"):
+        out[col] = out[col].astype("Int64")
+    return out
 
 
 def _derived_display(der: pd.DataFrame) -> pd.DataFrame:
@@ -457,15 +461,15 @@ def _derived_display(der: pd.DataFrame) -> pd.DataFrame:
             return "no reference"
         if r.variant == ref:
             return "(reference)"
-        if r.crossover is None or (isinstance(r.crossover, float) and np.isnan(r.crossover)):
-            return f"none up to {length_label(r.n_max)}" if r.n_max else "—"
+        if pd.isna(r.crossover):
+            return f"none up to {length_label(r.n_max)}" if pd.notna(r.n_max) else "—"
         return length_label(r.crossover)
 
     out = pd.DataFrame({
         "time ~ N^k": der["time_exponent"].map(lambda x: f"{x:.2f}" if np.isfinite(x) else "—"),
         "memory ~ N^k": der["memory_exponent"].map(lambda x: f"{x:.2f}" if np.isfinite(x) else "—"),
         f"faster than {ref} from N =": [cross(r) for r in der.itertuples()],
-        "largest N that fit": der["largest_ok"].map(lambda x: length_label(x) if x and np.isfinite(x) else "none"),
+        "largest N that fit": der["largest_ok"].map(lambda x: "none" if pd.isna(x) else length_label(x)),
     })
     out.index = pd.Index(der["variant"], name="variant")
     return out
@@ -1025,6 +1029,9 @@ def _section_compare(doc: _Doc, df: pd.DataFrame, compare: Path | None, toleranc
         doc.p("No matching cases.")
         return cmp
     show = cmp[(cmp["note"] != "") | cmp["regression"]]
+    if show.empty:
+        doc.p("No case changed by more than the tolerance.")
+        return cmp
     if len(show) < len(cmp):
         doc.p(f"Showing the {len(show)} pair(s) that changed by more than the tolerance.")
     if len(show) > 300:

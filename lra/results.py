@@ -122,13 +122,15 @@ def write_record(record: dict[str, Any], path: str | os.PathLike) -> Path:
     If ``path`` is a directory, the file gets a unique name inside it. Readers never see a
     partial file: the temp file's name does not end in ``.json``.
     """
+    as_dir = str(path).endswith(("/", os.sep))
     path = Path(path)
-    if path.is_dir() or str(path).endswith(os.sep):
+    if as_dir or path.is_dir():
         path.mkdir(parents=True, exist_ok=True)
         path = path / f"{record.get('kind', 'record')}-{record.get('variant', 'x')}-{uuid.uuid4().hex[:12]}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes owner-only files; records are meant to be shared
         with os.fdopen(fd, "w") as f:
             json.dump(record, f, indent=1, default=str)
             f.flush()

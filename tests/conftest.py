@@ -35,3 +35,23 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def compose_train(*overrides):
+    """The lra-train config composed as the CLI would, with overrides."""
+    from hydra import compose, initialize_config_dir
+
+    import lra
+
+    with initialize_config_dir(config_dir=str(lra.conf_dir()), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+def tiny_train_overrides(cache_dir, *extra):
+    """A seconds-long ListOps run: 32 tokens, a 2-layer width-16 model."""
+    return ["trainer=quick", f"task.cache_dir={cache_dir}", "trainer.steps=8", "trainer.progress=false",
+            "trainer.eval_every=4", "trainer.checkpoint_every=4", "trainer.log_every=2", "trainer.warmup=2",
+            "trainer.batch_size=8", "trainer.task_overrides.seq_len=32", "trainer.task_overrides.num_train=64",
+            "trainer.task_overrides.num_val=16", "trainer.task_overrides.num_test=16",
+            "trainer.model_overrides.d_model=16", "trainer.model_overrides.heads=2",
+            "trainer.model_overrides.mlp_dim=32", "trainer.model_overrides.dropout=0.1", *extra]
