@@ -1111,8 +1111,14 @@ def build_report(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m lra.report [inputs...] --out DIR [--compare BASELINE] [--tolerance 0.05]``."""
-    ap = argparse.ArgumentParser(prog="python -m lra.report",
+    """``lra-report [inputs...] out=DIR [compare=BASELINE] [tolerance=0.05]`` (``--out DIR`` etc. work too)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Hydra-style key=value arguments, as the other lra-* commands take them
+    argv = [a for arg in argv for a in (
+        [f"--{arg.split('=', 1)[0].replace('_', '-')}", arg.split("=", 1)[1]]
+        if "=" in arg and not arg.startswith("-") and arg.split("=", 1)[0] in ("out", "compare", "tolerance")
+        else [arg])]
+    ap = argparse.ArgumentParser(prog="lra-report",
                                  description="Build a markdown report, figures and a tidy CSV from result records.")
     ap.add_argument("inputs", nargs="*", default=["results"],
                     help="record files or directories (searched recursively), or tidy CSVs (default: results)")
