@@ -52,7 +52,8 @@ import torch
 import torch.nn.functional as F
 
 from .base import Attention, AttentionConfig
-from .local import flex_with_mask_mod, masked_softmax_av, scores_qk
+from .local import (BlockMaskCache, flex_with_block_mask, make_block_mask, masked_softmax_av,
+                    run_flex_or_none, scores_qk)
 from .masking import normalize_key_padding_mask
 from .registry import register
 
@@ -98,7 +99,8 @@ class BigBirdAttention(Attention):
         _check_int("heads", config.heads, 1)
         _check_int("max_length", config.max_length, 1)
         if config.backend not in BACKENDS:
-            raise ValueError(f"unknown bigbird backend {config.backend!r}; choose one of {', '.join(BACKENDS)}")
+            raise ValueError(f"unknown bigbird backend {config.backend!r}; "
+                             f"choose one of {', '.join(BACKENDS)}")
         self.left = (config.window_blocks - 1) // 2
         self.right = config.window_blocks // 2
         self.global_first = (config.global_blocks + 1) // 2
@@ -106,6 +108,8 @@ class BigBirdAttention(Attention):
         self.max_blocks = -(-config.max_length // config.block_size)
         self.register_buffer("rand_blocks", self._draw_random_blocks(), persistent=True)
         self.last_backend: str | None = None
+        self._block_masks = BlockMaskCache()
+        self._flex_failed: dict[tuple, str] = {}  # input kinds flex could not run (auto backend)
 
     # ------------------------------------------------------------------ layout
     def _draw_random_blocks(self) -> torch.Tensor:
@@ -115,13 +119,14 @@ class BigBirdAttention(Attention):
         cfg, nb = self.config, self.max_blocks
         r = min(cfg.random_blocks, nb)
         gen = torch.Generator().manual_seed(cfg.seed)
-        priority = torch.rand(cfg.heads, nb, nb, generator=gen)
         i = torch.arange(nb)[:, None]
         j = torch.arange(nb)[None, :]
         excluded = ((j >= i - self.left) & (j <= i + self.right)
                     | (j < self.global_first) | (j >= nb - self.global_last))
-        priority = priority.masked_fill(excluded, -1.0)
-        return priority.topk(r, dim=-1).indices  # (heads, nb, r)
+        # one head at a time (construction only) to keep the (nb, nb) priorities small
+        heads = [torch.rand(nb, nb, generator=gen).masked_fill(excluded, -1.0).topk(r, dim=-1).indices
+                 for _ in range(cfg.heads)]
+        return torch.stack(heads)  # (heads, nb, r): the r highest random priorities per row
 
     def slots_per_row(self) -> int:
         """How many key blocks one query block may select: window + global + random."""
@@ -191,14 +196,10 @@ class BigBirdAttention(Attention):
         if backend == "auto":
             backend = "flex" if q.is_cuda else "reference"
             if backend == "flex":
-                try:
-                    out = self._flex(q, k, v, mask)
-                    self.last_backend = "flex"
+                out = run_flex_or_none(self, q, k, v, mask)
+                if out is not None:
                     return out
-                except torch.OutOfMemoryError:
-                    raise
-                except Exception:  # noqa: BLE001 - compiled kernel unavailable: stay correct
-                    backend = "reference"
+                backend = "reference"
         self.last_backend = backend
         if backend == "flex":
             return self._flex(q, k, v, mask)
@@ -241,15 +242,21 @@ class BigBirdAttention(Attention):
         out = torch.cat([out_glob[:, :, :gf], out_mid.to(out_glob.dtype), out_glob[:, :, gf:]], dim=2)
         return out.reshape(b, h, nb * bs, d)[:, :, :n]
 
-    def _flex(self, q, k, v, mask):
-        b, h, n, _ = q.shape
-        bs = self.config.block_size
-        layout = self.block_layout(-(-n // bs), q.device)
+    def flex_block_mask(self, n: int, mask: torch.Tensor | None, device):
+        """Flex ``BlockMask`` of the block layout (per head) and the real keys."""
+        bs, heads = self.config.block_size, self.config.heads
+        layout = self.block_layout(-(-n // bs), device)
         if mask is None:
-            def mask_mod(bi, hi, q_idx, kv_idx):
-                return layout[hi, q_idx // bs, kv_idx // bs]
-            return flex_with_mask_mod(q, k, v, mask_mod, None, h)
+            def mask_mod(b, h, q_idx, kv_idx):
+                return layout[h, q_idx // bs, kv_idx // bs]
+            return make_block_mask(mask_mod, None, heads, n, device)
 
-        def mask_mod(bi, hi, q_idx, kv_idx):
-            return layout[hi, q_idx // bs, kv_idx // bs] & mask[bi, kv_idx]
-        return flex_with_mask_mod(q, k, v, mask_mod, b, h)
+        def mask_mod(b, h, q_idx, kv_idx):
+            return layout[h, q_idx // bs, kv_idx // bs] & mask[b, kv_idx]
+        return make_block_mask(mask_mod, mask.shape[0], heads, n, device)
+
+    def _flex(self, q, k, v, mask):
+        n = q.shape[-2]
+        block_mask = self._block_masks.get(n, q.device, mask, lambda: self.flex_block_mask(n, mask, q.device),
+                                           extra=(self.rand_blocks.data_ptr(), self.rand_blocks._version))
+        return flex_with_block_mask(q, k, v, block_mask)

@@ -73,17 +73,20 @@ def local_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """Block-banded sliding-window attention, ``(B, H, N, D) x3 -> (B, H, N, D)``.
 
     Query ``i`` attends key ``j`` iff ``|i - j| <= window`` and key ``j`` is real.
-    Memory O(B H N window); no Python loop over heads or chunks.
+    Memory O(B H N window); no Python loop over heads or chunks. (When ``3 * window >= N``
+    the band is computed densely, which then costs no more.)
     """
     b, h, n, d = q.shape
     scale = 1.0 / math.sqrt(d)
-    if window >= n - 1:  # the window reaches every key: plain (masked) full attention
+    c = max(window, 1)                      # chunk size
+    if 3 * c >= n:  # three chunks would cover the sequence: a dense (N, N) band is no larger
         scores = scores_qk(q, k.transpose(-2, -1), scale)
-        allowed = (torch.ones(1, 1, 1, n, dtype=torch.bool, device=q.device)
-                   if key_padding_mask is None else key_padding_mask[:, None, None, :])
+        i = torch.arange(n, device=q.device)
+        allowed = ((i[:, None] - i[None, :]).abs() <= window)[None, None]
+        if key_padding_mask is not None:
+            allowed = allowed & key_padding_mask[:, None, None, :]
         return masked_softmax_av(scores, allowed, v)
 
-    c = max(window, 1)                      # chunk size
     nc = -(-n // c)                         # number of chunks
     pad = nc * c - n
     # keys/values padded by one chunk on the left and one (plus the tail) on the right, so
@@ -116,44 +119,95 @@ _compiled_flex = None
 
 
 def flex_attention_fn(device_type: str):
-    """``flex_attention``, compiled once per process on CUDA; eager (unfused) elsewhere."""
+    """``flex_attention``, compiled once per process on CUDA (default ``dynamic``: a second
+    sequence length compiles a dynamic-shape kernel instead of one per length, which would
+    hit dynamo's recompile limit in length sweeps); eager (unfused) elsewhere."""
     global _compiled_flex
     from torch.nn.attention.flex_attention import flex_attention  # noqa: PLC0415
 
     if device_type != "cuda":
         return flex_attention
     if _compiled_flex is None:
-        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+        _compiled_flex = torch.compile(flex_attention)
     return _compiled_flex
 
 
-def flex_with_mask_mod(q, k, v, mask_mod, batch: int | None, heads: int | None):
-    """Run flex attention for ``mask_mod`` over ``(B, H, N, D)`` inputs, in one dtype."""
+class BlockMaskCache:
+    """Keeps the last flex ``BlockMask`` built by one module, keyed by sequence length, device
+    and the padding-mask tensor (identity and in-place version), so repeated calls with the
+    same mask (evaluation, benchmarking) skip rebuilding it."""
+
+    def __init__(self):
+        self._key: tuple | None = None
+        self._mask: torch.Tensor | None = None
+        self._block_mask = None
+
+    def get(self, n: int, device: torch.device, mask: torch.Tensor | None, build, extra=()):
+        key = (n, str(device), None if mask is None else mask._version, *extra)
+        if self._block_mask is not None and key == self._key and mask is self._mask:
+            return self._block_mask
+        self._block_mask = build()
+        self._key, self._mask = key, mask
+        return self._block_mask
+
+
+def make_block_mask(mask_mod, batch: int | None, heads: int | None, n: int, device: torch.device):
+    """``create_block_mask`` over an ``(n, n)`` pattern; compiled on CUDA so the full
+    ``(B, H, n, n)`` boolean mask is never materialized."""
     from torch.nn.attention.flex_attention import create_block_mask  # noqa: PLC0415
 
-    n, m = q.shape[-2], k.shape[-2]
-    block_mask = create_block_mask(mask_mod, batch, heads, n, m, device=q.device)
+    device = torch.device(device)
+    return create_block_mask(mask_mod, batch, heads, n, n, device=device, _compile=device.type == "cuda")
+
+
+def flex_with_block_mask(q, k, v, block_mask):
+    """Run flex attention with ``block_mask`` over ``(B, H, N, D)`` inputs, in one dtype
+    (the autocast dtype when autocast is on for CUDA)."""
     dtype = q.dtype
     if q.is_cuda and torch.is_autocast_enabled("cuda"):
         dtype = torch.get_autocast_dtype("cuda")
     with torch.autocast(q.device.type, enabled=False):
-        out = flex_attention_fn(q.device.type)(q.to(dtype), k.to(dtype), v.to(dtype),
-                                               block_mask=block_mask)
-    return out
+        return flex_attention_fn(q.device.type)(q.to(dtype), k.to(dtype), v.to(dtype),
+                                                block_mask=block_mask)
 
 
-def local_attention_flex(q, k, v, window: int, key_padding_mask=None):
-    """Same function as :func:`local_attention_reference`, via flex_attention."""
+def local_block_mask(n: int, window: int, key_padding_mask: torch.Tensor | None, device):
+    """Flex ``BlockMask`` for ``|q_idx - kv_idx| <= window`` and real keys."""
     if key_padding_mask is None:
         def mask_mod(b, h, q_idx, kv_idx):
             return (q_idx - kv_idx).abs() <= window
-        return flex_with_mask_mod(q, k, v, mask_mod, None, None)
+        return make_block_mask(mask_mod, None, None, n, device)
 
     real = key_padding_mask
 
     def mask_mod(b, h, q_idx, kv_idx):
         return ((q_idx - kv_idx).abs() <= window) & real[b, kv_idx]
-    return flex_with_mask_mod(q, k, v, mask_mod, q.shape[0], None)
+    return make_block_mask(mask_mod, real.shape[0], None, n, device)
+
+
+def local_attention_flex(q, k, v, window: int, key_padding_mask=None):
+    """Same function as :func:`local_attention_reference`, via flex_attention."""
+    block_mask = local_block_mask(q.shape[-2], window, key_padding_mask, q.device)
+    return flex_with_block_mask(q, k, v, block_mask)
+
+
+def run_flex_or_none(module, q, k, v, mask):
+    """``backend=auto`` on CUDA: ``module._flex(...)``, or None when flex cannot run this
+    input kind (remembered per device/dtype/head_dim so it is not retried every call).
+    Out-of-memory is re-raised, never hidden."""
+    kind = (str(q.device), q.dtype, q.shape[-1], torch.is_autocast_enabled(q.device.type))
+    failed = module._flex_failed
+    if kind in failed:
+        return None
+    try:
+        out = module._flex(q, k, v, mask)
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as err:  # noqa: BLE001 - e.g. no Triton / unsupported head_dim: stay correct
+        failed[kind] = f"{type(err).__name__}: {err}"
+        return None
+    module.last_backend = "flex"
+    return out
 
 
 # --------------------------------------------------------------------------- module
@@ -183,6 +237,14 @@ class LocalAttention(Attention):
         if config.backend not in BACKENDS:
             raise ValueError(f"unknown local backend {config.backend!r}; choose one of {', '.join(BACKENDS)}")
         self.last_backend: str | None = None
+        self._block_masks = BlockMaskCache()
+        self._flex_failed: dict[tuple, str] = {}  # input kinds flex could not run (auto backend)
+
+    def _flex(self, q, k, v, mask):
+        n, window = q.shape[-2], self.config.window
+        block_mask = self._block_masks.get(n, q.device, mask,
+                                           lambda: local_block_mask(n, window, mask, q.device))
+        return flex_with_block_mask(q, k, v, block_mask)
 
     def forward(self, q, k, v, key_padding_mask=None):
         if q.shape[-2] != k.shape[-2]:
@@ -194,15 +256,11 @@ class LocalAttention(Attention):
         if backend == "auto":
             backend = "flex" if q.is_cuda else "reference"
             if backend == "flex":
-                try:
-                    out = local_attention_flex(q, k, v, window, mask)
-                    self.last_backend = "flex"
+                out = run_flex_or_none(self, q, k, v, mask)
+                if out is not None:
                     return out
-                except torch.OutOfMemoryError:
-                    raise
-                except Exception:  # noqa: BLE001 - compiled kernel unavailable: stay correct
-                    backend = "reference"
+                backend = "reference"
         self.last_backend = backend
         if backend == "flex":
-            return local_attention_flex(q, k, v, window, mask)
+            return self._flex(q, k, v, mask)
         return local_attention_reference(q, k, v, window, mask)

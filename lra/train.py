@@ -64,9 +64,17 @@ def resolve(cfg: DictConfig) -> tuple[DictConfig, dict, dict, dict]:
     return task_cfg, model, trainer, knobs
 
 
-def device_of(setting: str) -> torch.device:
+def device_of(setting: str, acquire: bool = False) -> torch.device:
+    """``auto`` | ``cpu`` | ``cuda[:N]`` | ``exclusive`` (lock a GPU no other job holds; see lra.devices)."""
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if setting == "exclusive":
+        if not torch.cuda.is_available():
+            raise ConfigError("trainer.device=exclusive locks a free GPU, but no CUDA GPU is visible; "
+                              "use trainer.device=auto or cpu")
+        from .devices import acquire_free_gpu
+
+        return acquire_free_gpu() if acquire else torch.device("cuda")
     device = torch.device(setting)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"trainer.device={setting!r} but no CUDA GPU is visible; use trainer.device=auto or cpu")
@@ -195,7 +203,7 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
     started = now()
     validate(cfg)
     task_cfg, model_kw, tr, knobs = resolve(cfg)
-    device = device_of(tr.get("device", "auto"))
+    device = device_of(tr.get("device", "auto"), acquire=True)
     amp = autocast_dtype(tr.get("precision", "auto"), device)
     data = tasks.prepare(task_cfg)
 
@@ -232,12 +240,14 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
         save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
                         step=step, train_time=train_time, history=history, best_val=best_val, rng=_rng_state(device))
 
+    # SIGTERM / SIGUSR1 / SIGUSR2 (SLURM preemption, submitit's timeout signal): finish the step,
+    # write a checkpoint, then hand over to the previous handler (submitit's requeue) or stop.
     stop = {"signal": None}
 
     def on_signal(signum, _frame):
         stop["signal"] = signum
 
-    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGUSR1)
+    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
                     if _main_thread()}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -295,7 +305,10 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
                 if ckpt_now:
                     checkpoint()
                 if stop["signal"] is not None:
-                    raise Preempted(f"signal {stop['signal']} at step {step}; checkpoint written")
+                    previous = old_handlers.get(stop["signal"])
+                    if callable(previous):  # e.g. submitit: requeue the job (it resumes from this checkpoint)
+                        previous(stop["signal"], None)
+                    raise Preempted(f"signal {stop['signal']} at step {step}; checkpoint written to {ckpt_path}")
                 t0 = time.perf_counter()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -378,6 +391,10 @@ def run(cfg: DictConfig, job_dir: Path, raise_config_errors: bool = True) -> dic
 
 def _hydra_main():
     import hydra
+
+    from . import register_resolvers
+
+    register_resolvers()
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -387,6 +404,10 @@ def _hydra_main():
         multirun = hc.mode == RunMode.MULTIRUN
         try:
             run(cfg, Path(hc.runtime.output_dir), raise_config_errors=not multirun)
+        except Preempted as err:
+            print(f"[lra] preempted: {err}. Run the same job directory again "
+                  f"(hydra.run.dir={hc.runtime.output_dir}) to resume.", file=sys.stderr)
+            sys.exit(143)
         except (ConfigError, tasks.DataNotFoundError, ValueError, KeyError, TypeError) as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)

@@ -1,6 +1,9 @@
 import pytest
 import torch
 
+# Tiny shapes: one thread is faster than two contending ones (CPU bf16 batched matmuls especially).
+torch.set_num_threads(1)
+
 # Small knobs so that every variant runs on tiny CPU shapes (heads=2, head_dim=16, N<=128).
 SMALL_KNOBS = {
     "full": {},
