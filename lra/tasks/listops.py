@@ -17,8 +17,10 @@ splits tokens, so an expression is the token sequence ``[MAX 2 9 ]``. Id 0 is pa
 """
 from __future__ import annotations
 
+import os
 import random
 import statistics
+import sys
 from pathlib import Path
 
 import torch
@@ -117,28 +119,59 @@ def encode(tokens: list[str], seq_len: int) -> torch.Tensor:
     return out
 
 
+CHUNK = 1000  # expressions per generation chunk; chunk i draws from random.Random((seed, i))
+
+
+def _generate_chunk(args):
+    seed, index, n, min_length, max_length, max_depth, max_args = args
+    rng = random.Random(f"{seed}-{index}")
+    out = []
+    while len(out) < n:
+        try:
+            tokens, value = generate_tree(rng, 1, max_depth, max_args, max_tokens=max_length)
+        except _TooLong:
+            continue
+        if min_length < len(tokens) < max_length:
+            out.append((tuple(tokens), value))
+    return out
+
+
 def generate(n: int, seed: int, min_length: int, max_length: int, max_depth: int = 10, max_args: int = 10,
-             progress: bool = True):
-    """``n`` distinct expressions with min_length < tokens < max_length: (inputs (n, max_length) int8, labels)."""
-    rng = random.Random(seed)
+             progress: bool = True, workers: int | None = None):
+    """``n`` distinct expressions with min_length < tokens < max_length: (inputs (n, max_length) int8, labels).
+
+    Generated in chunks of ``CHUNK`` seeded by (seed, chunk index), in parallel over ``workers``
+    processes (default: the CPU count), so the result depends on ``seed`` only.
+    """
+    workers = workers or min(os.cpu_count() or 1, 32)
     seen: set[tuple] = set()
     inputs = torch.zeros(n, max_length, dtype=torch.int8)
     labels = torch.zeros(n, dtype=torch.int64)
+    index = 0
     with tqdm(total=n, desc=f"ListOps: generating {n} expressions", disable=not progress, unit="ex") as bar:
         while len(seen) < n:
-            try:
-                tokens, value = generate_tree(rng, 1, max_depth, max_args, max_tokens=max_length)
-            except _TooLong:
-                continue
-            if not (min_length < len(tokens) < max_length):
-                continue
-            key = tuple(tokens)
-            if key in seen:
-                continue
-            inputs[len(seen)] = encode(tokens, max_length)
-            labels[len(seen)] = value
-            seen.add(key)
-            bar.update()
+            missing = n - len(seen)
+            jobs = [(seed, index + i, CHUNK, min_length, max_length, max_depth, max_args)
+                    for i in range(-(-missing // CHUNK))]
+            index += len(jobs)
+            if workers > 1 and len(jobs) > 1:
+                import multiprocessing as mp
+
+                with mp.get_context("spawn" if sys.platform == "darwin" else "fork").Pool(workers) as pool:
+                    chunks = pool.imap(_generate_chunk, jobs)
+                    chunks = list(chunks)
+            else:
+                chunks = map(_generate_chunk, jobs)
+            for chunk in chunks:
+                for tokens, value in chunk:
+                    if len(seen) == n:
+                        break
+                    if tokens in seen:
+                        continue
+                    inputs[len(seen)] = encode(list(tokens), max_length)
+                    labels[len(seen)] = value
+                    seen.add(tokens)
+                    bar.update()
     return inputs, labels
 
 
