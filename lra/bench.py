@@ -1,0 +1,711 @@
+"""``lra-bench``: speed, memory, approximation error and smoothness of attention variants.
+
+A Hydra app (``conf/bench.yaml``). It runs a grid of cases -- variant x length x batch x
+dtype x mode -- and writes one result record per case (:func:`lra.results.make_record`,
+``kind="bench"``) into ``<job dir>/records/`` and, with ``results_dir=...``, a copy there.
+No data is needed; every input is random and seeded.
+
+Modes (``case.mode`` in the record):
+
+``op_fwd`` / ``op_fwd_bwd``
+    The variant alone on random ``(B, H, N, D)`` q, k, v, built with ``max_length=N``.
+    ``op_fwd`` runs under ``torch.no_grad`` in eval mode; ``op_fwd_bwd`` runs forward plus
+    ``torch.autograd.grad`` of a fixed random output gradient w.r.t. q, k, v and the
+    variant's parameters, in train mode. Reduced precision (``dtype=bfloat16``) means bf16
+    inputs under ``torch.autocast`` (as the encoder runs them; some variants keep fp32
+    parameters). Metrics: ``ms`` (median), ``ms_p10``/``ms_p90``, ``ms_fwd`` or
+    ``ms_fwd_bwd``, ``peak_mem_mb``, ``input_mem_mb``, ``flops``, ``tflops``, ``tflops_fraction``.
+``model_step``
+    One training step (forward, cross-entropy, backward, AdamW step) of
+    :class:`lra.model.Encoder` at an LRA task shape (default Text). Metrics: ``ms_step``,
+    ``steps_per_s``, ``tokens_per_s``, ``peak_mem_mb``, ``params``.
+``exactness``
+    ``approx_error = ||out - exact||_F / ||exact||_F`` against
+    :func:`attention_variants.full.softmax_attention` (in float64) on the same inputs, for
+    input patterns ``random`` (q, k, v ~ N(0, 1)) and ``concentrated`` (each query built from
+    a few keys, q and k scaled up: peaked attention). Averaged over ``exactness.seeds`` draws
+    of inputs and variant seeds (``approx_error_max``: the worst).
+``smoothness``
+    ``lipschitz``: spectral norm of the Jacobian of ``X -> Attention(X Wq, X Wk, X Wv)`` (one
+    head, fixed random projections, unit-scale rows) by power iteration
+    (:func:`lra.smoothness.lipschitz_estimate`); the summary fits ``L ~ N^alpha``.
+
+Measurement rules (``lra.timing``): warm-up calls first (they also compile
+``torch.compile`` paths); ``torch.cuda.synchronize()``; CUDA events around each timed call
+(``case.timer = "cuda_event"``), or ``time.perf_counter`` on CPU (``"perf_counter"``); the
+median of ``repeats``. Peak memory: ``torch.cuda.reset_peak_memory_stats`` before the case,
+``torch.cuda.max_memory_allocated`` after the warm-up and timed calls (the peak of the timed
+loop itself, not a separate call), counted from what was allocated before the case; it
+includes the inputs (``input_mem_mb`` says how much of it they are). CPU memory is not
+measured (``peak_mem_mb`` null). FLOPs: exact variants (``exact = True``: ``full``, ``flash``)
+use the analytic 4·B·H·N²·D forward and 3.5x that for forward+backward
+(``case.flops_source = "analytic"``); the others count matmul-like ops of one extra untimed
+call with ``FlopCounterMode`` (``"flop_counter"``), except on a ``flex_attention`` backend,
+which it would count as dense (``flops`` null). TFLOP/s fractions are of the device's dense
+BF16 peak (``lra.timing.PEAK_BF16_TFLOPS``; null where unknown, e.g. on CPU).
+
+Failures never stop the grid: an out-of-memory case is a record with status ``oom`` (and the
+same variant's larger N in that mode/batch/dtype are recorded as ``oom`` with message
+"skipped: smaller N already out of memory", without running); a non-finite result ``nan``;
+any other exception ``error`` with its message.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+import attention_variants as av
+from attention_variants.full import softmax_attention
+
+from . import conf_dir
+from .results import flatten, git_commit, make_record, now, write_record
+from .smoothness import attention_map, growth_exponent, lipschitz_estimate, unit_rows
+from .timing import (PeakMemory, attention_flops, count_flops, free_memory, is_oom,
+                     peak_bf16_tflops, tflops, time_fn)
+
+MODES = ("op_fwd", "op_fwd_bwd", "model_step", "exactness", "smoothness")
+PATTERNS = ("random", "concentrated")
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
+          "float64": torch.float64}
+SKIPPED_OOM = "skipped: smaller N already out of memory"
+RECORDS_DIR = "records"
+
+
+class ConfigError(ValueError):
+    """A bench configuration that cannot work (unknown variant, mode, dtype or knob)."""
+
+
+# ----------------------------------------------------------------------------- configuration
+
+def _plain(node) -> Any:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) or \
+        OmegaConf.is_list(node) else node
+
+
+def _as_list(value) -> list:
+    value = _plain(value)
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _fill(explicit: dict, defaults: dict) -> dict:
+    """``explicit`` with its ``None`` values taken from ``defaults``."""
+    out = dict(defaults or {})
+    out.update({k: v for k, v in (explicit or {}).items() if v is not None})
+    return out
+
+
+def resolve_device(setting: str) -> torch.device:
+    if setting in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(setting)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={setting!r} but no CUDA GPU is visible; use device=auto or cpu")
+    return device
+
+
+def resolve_settings(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
+    """The effective bench settings: ``null`` values replaced by the device's defaults."""
+    raw = _plain(cfg)
+    all_defaults = raw.get("device_defaults") or {}
+    dd = all_defaults.get(device.type) or all_defaults.get("cpu") or {}
+    s: dict[str, Any] = {k: v for k, v in raw.items() if k != "device_defaults"}
+    for key in ("lengths", "batch_size", "heads", "head_dim", "dtype", "repeats", "warmup"):
+        if s.get(key) is None:
+            s[key] = dd.get(key)
+        if s[key] is None:
+            raise ConfigError(f"{key} is null and device_defaults.{device.type} has no {key}")
+    s["lengths"] = [int(n) for n in _as_list(s["lengths"])]
+    s["batch_size"] = [int(b) for b in _as_list(s["batch_size"])]
+    s["dtype"] = [str(d) for d in _as_list(s["dtype"])]
+    for section in ("model_step", "exactness", "smoothness"):
+        s[section] = _fill(s.get(section), dd.get(section))
+        if s[section].get("lengths") is None:
+            s[section]["lengths"] = s["lengths"]
+        s[section]["lengths"] = [int(n) for n in _as_list(s[section]["lengths"])]
+    for key in ("layers", "d_model", "heads", "mlp_dim", "batch_size"):
+        if s["model_step"].get(key) is None:
+            raise ConfigError(f"model_step.{key} is null and device_defaults.{device.type}.model_step has none")
+    s["device"] = str(device)
+    modes = _as_list(s.get("modes"))
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise ConfigError(f"unknown mode(s) {bad}; modes are {list(MODES)}")
+    s["modes"] = modes
+    for d in s["dtype"] + [s["exactness"]["dtype"], s["smoothness"]["dtype"]]:
+        if d not in DTYPES:
+            raise ConfigError(f"unknown dtype {d!r}; choose one of {sorted(DTYPES)}")
+    patterns = _as_list(s["exactness"].get("patterns") or list(PATTERNS))
+    bad = [p for p in patterns if p not in PATTERNS]
+    if bad:
+        raise ConfigError(f"unknown exactness pattern(s) {bad}; patterns are {list(PATTERNS)}")
+    s["exactness"]["patterns"] = patterns
+    s["variants"] = resolve_variants(s.get("variants"))
+    s["knobs"] = {name: variant_knobs(name, (raw.get("knobs") or {}).get(name)) for name in s["variants"]}
+    return s
+
+
+def resolve_variants(setting) -> list[str]:
+    known = av.available()
+    if setting in (None, "all"):
+        return known
+    names = [str(n) for n in _as_list(setting)]
+    if "all" in names:
+        names = known + [n for n in names if n != "all" and n not in known]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError(f"unknown attention variant(s) {unknown}; available: {', '.join(known)}")
+    return list(dict.fromkeys(names))
+
+
+def variant_knobs(name: str, overrides: dict | None = None) -> dict[str, Any]:
+    """A variant's knobs: ``conf/attention/<name>.yaml`` (without ``name``), then ``overrides``."""
+    knobs: dict[str, Any] = {}
+    path = conf_dir() / "attention" / f"{name}.yaml"
+    if path.is_file():
+        knobs = OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
+        knobs.pop("name", None)
+    knobs.update(_plain(overrides) or {})
+    knobs = {k: v for k, v in knobs.items() if v is not None}
+    try:
+        av.make_config(name, **knobs)
+    except TypeError as err:
+        raise ConfigError(str(err)) from None
+    return knobs
+
+
+# ----------------------------------------------------------------------------- the grid
+
+@dataclass(frozen=True)
+class Case:
+    mode: str
+    variant: str
+    seq_len: int
+    batch_size: int | None = None
+    dtype: str | None = None
+    pattern: str | None = None
+
+    def label(self) -> str:
+        parts = [self.mode, self.variant, f"N={self.seq_len}"]
+        if self.batch_size is not None:
+            parts.append(f"B={self.batch_size}")
+        if self.dtype:
+            parts.append(self.dtype)
+        if self.pattern:
+            parts.append(self.pattern)
+        return " ".join(parts)
+
+    def group(self) -> tuple:
+        """Cases that differ only in N: an OOM at one N skips the larger ones."""
+        return (self.mode, self.variant, self.batch_size, self.dtype, self.pattern)
+
+    def filename(self) -> str:
+        parts = [self.mode, self.variant, f"N{self.seq_len}"]
+        if self.batch_size is not None:
+            parts.append(f"B{self.batch_size}")
+        if self.dtype:
+            parts.append(self.dtype)
+        if self.pattern:
+            parts.append(self.pattern)
+        return "-".join(parts) + ".json"
+
+
+def plan(s: dict[str, Any]) -> list[Case]:
+    """Every case of the grid, N ascending innermost (so OOM skipping sees small N first)."""
+    cases: list[Case] = []
+    for mode in s["modes"]:
+        for variant in s["variants"]:
+            if mode in ("op_fwd", "op_fwd_bwd"):
+                for dtype in s["dtype"]:
+                    for b in s["batch_size"]:
+                        cases += [Case(mode, variant, n, b, dtype) for n in sorted(s["lengths"])]
+            elif mode == "model_step":
+                ms = s["model_step"]
+                for dtype in s["dtype"]:
+                    cases += [Case(mode, variant, n, int(ms["batch_size"]), dtype) for n in sorted(ms["lengths"])]
+            elif mode == "exactness":
+                ex = s["exactness"]
+                for pattern in ex["patterns"]:
+                    cases += [Case(mode, variant, n, int(ex["batch_size"]), ex["dtype"], pattern)
+                              for n in sorted(ex["lengths"])]
+            elif mode == "smoothness":
+                sm = s["smoothness"]
+                cases += [Case(mode, variant, n, 1, sm["dtype"]) for n in sorted(sm["lengths"])]
+    return cases
+
+
+# ----------------------------------------------------------------------------- measurements
+
+@dataclass
+class Measurement:
+    metrics: dict[str, Any]
+    facts: dict[str, Any]          # goes into the record's ``case``
+    variant_config: dict[str, Any]
+    status: str = "ok"
+    message: str | None = None
+
+
+def _autocast(device: torch.device, dtype: torch.dtype):
+    """Autocast for reduced precision (fp32 parameters of some variants stay fp32)."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype in (torch.bfloat16, torch.float16))
+
+
+def _speed_metrics(timing, prefix_metric: str, flops: int | None, device_name: str | None) -> dict:
+    t = tflops(flops, timing.median_ms)
+    peak = peak_bf16_tflops(device_name)
+    return {"ms": round(timing.median_ms, 5), "ms_p10": round(timing.p10_ms, 5), "ms_p90": round(timing.p90_ms, 5),
+            prefix_metric: round(timing.median_ms, 5), "flops": flops,
+            "tflops": None if t is None else round(t, 4),
+            "tflops_fraction": None if (t is None or peak is None) else round(t / peak, 5)}
+
+
+def _device_name(device: torch.device) -> str | None:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else None
+
+
+def measure_op(case: Case, s: dict, device: torch.device) -> Measurement:
+    """``op_fwd`` / ``op_fwd_bwd``: the variant alone on random inputs."""
+    backward = case.mode == "op_fwd_bwd"
+    dtype = DTYPES[case.dtype]
+    b, h, n, d = case.batch_size, int(s["heads"]), case.seq_len, int(s["head_dim"])
+    build_cfg = {"heads": h, "head_dim": d, "max_length": n, **s["knobs"][case.variant]}
+    cls, _ = av.get(case.variant)
+    torch.manual_seed(int(s.get("seed") or 0))
+    with PeakMemory(device) as mem:
+        attn = av.build(case.variant, **build_cfg).to(device)
+        attn.train(backward)
+        q, k, v = (torch.randn(b, h, n, d, device=device, dtype=dtype, requires_grad=backward) for _ in range(3))
+        grad_out = torch.randn(b, h, n, d, device=device, dtype=dtype) if backward else None
+        params = [p for p in attn.parameters() if p.requires_grad]
+        mem.mark()
+
+        if backward:
+            def fn():
+                with _autocast(device, dtype):
+                    out = attn(q, k, v)
+                torch.autograd.grad(out, (q, k, v, *params), grad_out.to(out.dtype), allow_unused=True)
+        else:
+            def fn():
+                with torch.no_grad(), _autocast(device, dtype):
+                    attn(q, k, v)
+
+        timing = time_fn(fn, warmup=int(s["warmup"]), repeats=int(s["repeats"]), device=device)
+    backend = getattr(attn, "last_backend", None)
+    mode_key = "fwd_bwd" if backward else "fwd"
+    flops, source = None, None
+    if getattr(cls, "exact", False):
+        flops, source = attention_flops(b, h, n, d, mode_key), "analytic"
+    elif backend == "flex":
+        source = "none: FlopCounterMode counts flex_attention as dense"
+    elif s.get("count_flops", True):
+        def count_fn():  # FlopCounterMode's module hooks do not support torch.autograd.grad
+            if not backward:
+                return fn()
+            with _autocast(device, dtype):
+                out = attn(q, k, v)
+            out.backward(grad_out.to(out.dtype))
+            for t in (q, k, v, *params):
+                t.grad = None
+
+        try:
+            flops, source = count_flops(count_fn), "flop_counter"
+        except Exception as err:  # noqa: BLE001 - counting is best effort
+            flops, source = None, f"none: FlopCounterMode failed ({type(err).__name__})"
+            if is_oom(err):
+                free_memory(device)
+    metrics = _speed_metrics(timing, f"ms_{mode_key}", flops, _device_name(device))
+    metrics.update({"peak_mem_mb": mem.peak_mb, "input_mem_mb": mem.inputs_mb})
+    facts = {"heads": h, "head_dim": d, "timer": timing.timer, "warmup": timing.warmup,
+             "repeats": timing.repeats, "backend": backend, "flops_source": source,
+             "autocast": dtype in (torch.bfloat16, torch.float16), "exact": bool(getattr(cls, "exact", False)),
+             "complexity": getattr(cls, "complexity", None)}
+    return Measurement(metrics, facts, build_cfg)
+
+
+def measure_model_step(case: Case, s: dict, device: torch.device) -> Measurement:
+    """``model_step``: one training step of the encoder (forward, backward, AdamW)."""
+    from .model import Encoder, EncoderConfig  # noqa: PLC0415
+
+    ms = s["model_step"]
+    dtype = DTYPES[case.dtype]
+    b, n = case.batch_size, case.seq_len
+    knobs = s["knobs"][case.variant]
+    enc_cfg = EncoderConfig(vocab_size=int(ms["vocab_size"]), num_classes=int(ms["num_classes"]), max_length=n,
+                            d_model=int(ms["d_model"]), heads=int(ms["heads"]), mlp_dim=int(ms["mlp_dim"]),
+                            layers=int(ms["layers"]), dropout=float(ms.get("dropout", 0.1)),
+                            pooling=ms.get("pooling", "cls"), pos_emb=ms.get("pos_emb", "sinusoidal"),
+                            attention=case.variant, attention_cfg=dict(knobs))
+    torch.manual_seed(int(s.get("seed") or 0))
+    last_loss: list[torch.Tensor] = []
+    with PeakMemory(device) as mem:
+        model = Encoder(enc_cfg).to(device).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=float(ms.get("lr", 1e-4)))
+        tokens = torch.randint(1, enc_cfg.vocab_size, (b, n), device=device)
+        labels = torch.randint(0, enc_cfg.num_classes, (b,), device=device)
+        mem.mark()
+
+        def step():
+            with _autocast(device, dtype):
+                logits = model(tokens)
+            loss = F.cross_entropy(logits.float(), labels)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            last_loss[:] = [loss.detach()]
+
+        timing = time_fn(step, warmup=int(s["warmup"]), repeats=int(s["repeats"]), device=device)
+    steps_per_s = 1e3 / timing.median_ms if timing.median_ms > 0 else None
+    metrics = {"ms": round(timing.median_ms, 5), "ms_p10": round(timing.p10_ms, 5), "ms_p90": round(timing.p90_ms, 5),
+               "ms_step": round(timing.median_ms, 5),
+               "steps_per_s": None if steps_per_s is None else round(steps_per_s, 4),
+               "tokens_per_s": None if steps_per_s is None else round(steps_per_s * b * n, 1),
+               "peak_mem_mb": mem.peak_mb, "params": sum(p.numel() for p in model.parameters())}
+    facts = {"heads": enc_cfg.heads, "head_dim": enc_cfg.d_model // enc_cfg.heads, "layers": enc_cfg.layers,
+             "d_model": enc_cfg.d_model, "mlp_dim": enc_cfg.mlp_dim, "timer": timing.timer,
+             "warmup": timing.warmup, "repeats": timing.repeats,
+             "backend": getattr(model.blocks[0].attn.attention, "last_backend", None),
+             "autocast": dtype in (torch.bfloat16, torch.float16), "optimizer": "AdamW"}
+    m = Measurement(metrics, facts, {"heads": enc_cfg.heads, "head_dim": enc_cfg.d_model // enc_cfg.heads,
+                                     "max_length": n + (enc_cfg.pooling == "cls"), **knobs})
+    if last_loss and not bool(torch.isfinite(last_loss[0])):
+        m.status, m.message = "nan", "non-finite training loss in the timed steps"
+    return m
+
+
+def exactness_inputs(pattern: str, b: int, h: int, n: int, d: int, *, seed: int, scale: float = 3.0,
+                     keys_per_query: int = 4, random_scale: float = 1.0, device: torch.device | str = "cpu"):
+    """float64 ``q, k, v (B, H, N, D)`` for an exactness pattern.
+
+    ``random``: q, k, v ~ N(0, 1), q and k then multiplied by ``random_scale`` (1: logits
+    ``q.k/sqrt(d) ~ N(0, 1)``). ``concentrated``: k, v ~ N(0, 1); each query is the sum of
+    ``keys_per_query`` random keys plus N(0, 1) noise, normalized by ``sqrt(keys_per_query + 1)``;
+    then q and k are multiplied by ``scale`` -- each query's attention concentrates on a few keys.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(b, h, n, d, generator=gen, dtype=torch.float64) for _ in range(3))
+    if pattern == "concentrated":
+        c = max(1, min(int(keys_per_query), n))
+        idx = torch.randint(0, n, (b, h, n, c), generator=gen)
+        bi = torch.arange(b)[:, None, None, None]
+        hi = torch.arange(h)[None, :, None, None]
+        picked = k[bi, hi, idx]                                # (B, H, N, c, D)
+        q = (q + picked.sum(dim=3)) / math.sqrt(c + 1)
+        q, k = q * scale, k * scale
+    elif pattern == "random":
+        q, k = q * random_scale, k * random_scale
+    else:
+        raise ValueError(f"unknown exactness pattern {pattern!r}; patterns are {list(PATTERNS)}")
+    return q.to(device), k.to(device), v.to(device)
+
+
+def measure_exactness(case: Case, s: dict, device: torch.device) -> Measurement:
+    """``exactness``: relative Frobenius error against float64 softmax attention."""
+    ex = s["exactness"]
+    dtype = DTYPES[case.dtype]
+    b, h, n, d = case.batch_size, int(ex["heads"]), case.seq_len, int(ex["head_dim"])
+    knobs = s["knobs"][case.variant]
+    errors = []
+    base_seed = int(s.get("seed") or 0)
+    for i in range(max(1, int(ex.get("seeds", 1)))):
+        q, k, v = exactness_inputs(case.pattern, b, h, n, d, seed=base_seed + 1000 * i,
+                                   scale=float(ex.get("concentrated_scale", 3.0)),
+                                   keys_per_query=int(ex.get("concentrated_keys", 4)),
+                                   random_scale=float(ex.get("random_scale", 1.0)), device=device)
+        ref = softmax_attention(q, k, v)
+        attn = av.build(case.variant, **{"heads": h, "head_dim": d, "max_length": n, "seed": base_seed + i,
+                                         **knobs}).to(device).eval()
+        with torch.no_grad(), _autocast(device, dtype):
+            out = attn(q.to(dtype), k.to(dtype), v.to(dtype))
+        errors.append(float((out.double() - ref).norm() / ref.norm()))
+        del q, k, v, ref, out, attn
+    err = sum(errors) / len(errors)
+    metrics = {"approx_error": err, "approx_error_max": max(errors), "approx_seeds": len(errors)}
+    facts = {"heads": h, "head_dim": d, "pattern": case.pattern, "reference": "softmax_attention float64",
+             "pattern_scale": float(ex.get("concentrated_scale", 3.0) if case.pattern == "concentrated"
+                                    else ex.get("random_scale", 1.0))}
+    m = Measurement(metrics, facts, {"heads": h, "head_dim": d, "max_length": n, **knobs})
+    if not all(math.isfinite(e) for e in errors):
+        m.status, m.message = "nan", "non-finite output"
+    return m
+
+
+def _backend_attempts(name: str, knobs: dict) -> list[dict]:
+    """``knobs``, then (for variants with a ``backend`` knob) the plain differentiable paths:
+    ``reference`` / ``math`` compute the same function without fused kernels, which have no
+    forward-mode or double-backward derivatives."""
+    import dataclasses  # noqa: PLC0415
+
+    attempts = [dict(knobs)]
+    _, config_cls = av.get(name)
+    if "backend" in {f.name for f in dataclasses.fields(config_cls)}:
+        attempts += [{**knobs, "backend": alt} for alt in ("reference", "math") if knobs.get("backend") != alt]
+    return attempts
+
+
+def measure_smoothness(case: Case, s: dict, device: torch.device) -> Measurement:
+    """``smoothness``: Jacobian spectral norm of ``X -> Attention(X Wq, X Wk, X Wv)``.
+
+    A fused backend without the needed derivatives (e.g. SDPA flash, compiled flex_attention)
+    is replaced by the variant's ``reference``/``math`` backend (same function); the record
+    says so in ``case.backend_fallback``."""
+    sm = s["smoothness"]
+    dtype = DTYPES[case.dtype]
+    d, n = int(sm["dim"]), case.seq_len
+    seed = int(s.get("seed") or 0)
+    fn_x = None
+    first_error: BaseException | None = None
+    fallback = None
+    for knobs in _backend_attempts(case.variant, s["knobs"][case.variant]):
+        try:
+            attn = av.build(case.variant, **{"heads": 1, "head_dim": d, "max_length": n, "seed": seed, **knobs})
+        except ValueError:
+            continue  # this variant has no such backend
+        attn = attn.to(device).eval()
+        fn = attention_map(attn, d, seed=seed, weight_std=float(sm.get("weight_std", 1.0)), dtype=dtype,
+                           device=device)
+        x = unit_rows(n, d, seed=seed, radius=float(sm.get("radius", 1.0)), dtype=dtype, device=device)
+        t0 = time.perf_counter()
+        try:
+            lip = lipschitz_estimate(fn, x, iters=int(sm.get("iters", 20)), seed=seed)
+        except Exception as err:  # noqa: BLE001 - e.g. no forward-mode / double-backward derivative
+            if is_oom(err):
+                raise
+            if first_error is None:
+                first_error = err
+            fallback = _first_line(err)
+            continue
+        fn_x = (lip, time.perf_counter() - t0, attn, knobs)
+        break
+    if fn_x is None:
+        raise first_error or RuntimeError("no backend of this variant could be differentiated")
+    lip, wall, attn, knobs = fn_x
+    metrics = {"lipschitz": lip, "lipschitz_per_sqrt_n": lip / math.sqrt(n), "wall_s": round(wall, 4)}
+    facts = {"heads": 1, "head_dim": d, "radius": sm.get("radius", 1.0), "weight_std": sm.get("weight_std", 1.0),
+             "iters": sm.get("iters", 20), "backend": getattr(attn, "last_backend", None) or knobs.get("backend"),
+             "backend_fallback": fallback}
+    m = Measurement(metrics, facts, {"heads": 1, "head_dim": d, "max_length": n, **knobs})
+    if not math.isfinite(lip):
+        m.status, m.message = "nan", "non-finite Lipschitz estimate"
+    return m
+
+
+MEASURE: dict[str, Callable[[Case, dict, torch.device], Measurement]] = {
+    "op_fwd": measure_op, "op_fwd_bwd": measure_op, "model_step": measure_model_step,
+    "exactness": measure_exactness, "smoothness": measure_smoothness,
+}
+
+
+def measure_case(case: Case, s: dict, device: torch.device) -> Measurement:
+    return MEASURE[case.mode](case, s, device)
+
+
+# ----------------------------------------------------------------------------- running
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"
+
+
+def run_grid(cases: Iterable[Case], s: dict, device: torch.device, *,
+             measure: Callable[[Case, dict, torch.device], Measurement] = measure_case,
+             emit: Callable[[Case, dict], None] | None = None, config: dict | None = None,
+             progress: bool = True) -> list[dict[str, Any]]:
+    """Measure every case; one record each. Failures become records; the grid goes on."""
+    cases = list(cases)
+    oom_at: dict[tuple, int] = {}
+    records = []
+    bar = tqdm(cases, disable=not progress, dynamic_ncols=True, unit="case")
+    for case in bar:
+        bar.set_description(case.label())
+        started = now()
+        status, message = "ok", None
+        m: Measurement | None = None
+        group = case.group()
+        if group in oom_at and case.seq_len > oom_at[group]:
+            status, message = "oom", SKIPPED_OOM
+        else:
+            try:
+                m = measure(case, s, device)
+                status, message = m.status, m.message
+            except Exception as err:  # noqa: BLE001 - every failure is a record
+                if is_oom(err):
+                    status, message = "oom", _first_line(err)
+                    oom_at[group] = min(case.seq_len, oom_at.get(group, case.seq_len))
+                else:
+                    status = "error"
+                    message = f"{_first_line(err)}\n{traceback.format_exc(limit=6)}"
+            finally:
+                free_memory(device)
+        facts = {"mode": case.mode, "heads": None, "head_dim": None, "timer": None,
+                 "pattern": case.pattern, "backend": None}
+        if m is not None:
+            facts.update(m.facts)
+        record = make_record(
+            "bench", variant=case.variant, task=s["model_step"].get("task") if case.mode == "model_step" else None,
+            seq_len=case.seq_len, batch_size=case.batch_size, dtype=case.dtype, status=status, message=message,
+            metrics=m.metrics if m is not None else {}, case=facts,
+            variant_config=m.variant_config if m is not None else dict(s["knobs"].get(case.variant, {})),
+            config=config if config is not None else s, device=device, seed=int(s.get("seed") or 0),
+            started_at=started)
+        records.append(record)
+        if emit is not None:
+            emit(case, record)
+    bar.close()
+    return records
+
+
+def _raise_compile_limits() -> None:
+    """Many shapes of one compiled kernel (flex_attention at every N) would hit dynamo's
+    default recompile limit (8) and silently fall back to eager; allow more."""
+    try:
+        import torch._dynamo.config as dcfg  # noqa: PLC0415
+    except Exception:  # noqa: BLE001
+        return
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dcfg, name) and getattr(dcfg, name) < 256:
+            setattr(dcfg, name, 256)
+    for name in ("accumulated_recompile_limit", "accumulated_cache_size_limit"):
+        if hasattr(dcfg, name) and getattr(dcfg, name) < 2048:
+            setattr(dcfg, name, 2048)
+
+
+def run(cfg: DictConfig, job_dir: Path, *, raise_config_errors: bool = True,
+        measure: Callable[[Case, dict, torch.device], Measurement] = measure_case) -> list[dict[str, Any]]:
+    """Run the grid of ``cfg``; records go to ``job_dir/records/`` (and ``cfg.results_dir``)."""
+    job_dir = Path(job_dir)
+    records_dir = job_dir / RECORDS_DIR
+    records_dir.mkdir(parents=True, exist_ok=True)
+    results_dir = Path(cfg.results_dir) if cfg.get("results_dir") else None
+    if results_dir is not None:
+        results_dir.mkdir(parents=True, exist_ok=True)
+    set_commit = "LRA_GIT_COMMIT" not in os.environ
+    if set_commit:  # one `git` lookup per run instead of one per record
+        commit = git_commit()
+        if commit:
+            os.environ["LRA_GIT_COMMIT"] = commit
+        else:
+            set_commit = False
+    try:
+        try:
+            device = resolve_device(cfg.get("device", "auto"))
+            s = resolve_settings(cfg, device)
+        except ConfigError as err:
+            if raise_config_errors:
+                raise
+            variants = _as_list(cfg.get("variants"))
+            record = make_record("bench", variant=",".join(map(str, variants)), status="error",
+                                 message=f"ConfigError: {err}", config=_plain(cfg), case={"mode": None})
+            write_record(record, records_dir / "config-error.json")
+            if results_dir is not None:
+                write_record(record, results_dir)
+            print(f"[lra-bench] config error: {err}", file=sys.stderr)
+            return [record]
+        _raise_compile_limits()
+        cases = plan(s)
+        print(f"[lra-bench] {len(cases)} cases on {device} ({_device_name(device) or 'cpu'}): "
+              f"variants {', '.join(s['variants'])}; modes {', '.join(s['modes'])}; records in {records_dir}")
+
+        def emit(case: Case, record: dict) -> None:
+            write_record(record, records_dir / case.filename())
+            if results_dir is not None:
+                write_record(record, results_dir)
+
+        records = run_grid(cases, s, device, measure=measure, emit=emit, config=s,
+                           progress=bool(s.get("progress", True)))
+    finally:
+        if set_commit:
+            os.environ.pop("LRA_GIT_COMMIT", None)
+    if s.get("summary", True):
+        print(summary(records))
+    return records
+
+
+# ----------------------------------------------------------------------------- summary
+
+MAIN_METRIC = {"op_fwd": ("ms_fwd", "ms (median)"), "op_fwd_bwd": ("ms_fwd_bwd", "ms (median)"),
+               "model_step": ("steps_per_s", "steps/s"), "exactness": ("approx_error", "rel. error"),
+               "smoothness": ("lipschitz", "Lipschitz estimate")}
+
+
+def _cell(row, metric: str) -> str:
+    if row["status"] != "ok":
+        return {"oom": "OOM", "nan": "NaN", "error": "ERR"}.get(row["status"], row["status"])
+    value = row.get(metric)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def summary(records: list[dict[str, Any]]) -> str:
+    """Compact text tables: one per mode, variants as rows and N as columns."""
+    import pandas as pd  # noqa: PLC0415
+
+    if not records:
+        return "[lra-bench] no records"
+    df = pd.DataFrame([flatten(r) for r in records])
+    out = []
+    for mode, (metric, title) in MAIN_METRIC.items():
+        sub = df[df["mode"] == mode]
+        if sub.empty:
+            continue
+        sub = sub.copy()
+        if metric not in sub:
+            sub[metric] = None
+        sub["cell"] = [_cell(r, metric) for _, r in sub.iterrows()]
+        index = ["variant"]
+        for col in ("pattern", "dtype", "batch_size"):
+            if col in sub and sub[col].nunique(dropna=True) > 1:
+                index.append(col)
+        table = sub.pivot_table(index=index, columns="seq_len", values="cell", aggfunc="first")
+        if mode == "smoothness":
+            ok = sub[sub["status"] == "ok"]
+            alphas = []
+            for v in table.index.get_level_values(0):
+                g = ok[ok["variant"] == v]
+                alphas.append(_fmt_alpha(growth_exponent(list(g["seq_len"]), list(g[metric]))))
+            table["alpha (L~N^a)"] = alphas
+        out.append(f"\n== {mode}: {title} ==\n{table.to_string()}")
+        if mode in ("op_fwd_bwd", "model_step") and "peak_mem_mb" in sub and sub["peak_mem_mb"].notna().any():
+            sub["cell"] = [_cell(r, "peak_mem_mb") for _, r in sub.iterrows()]
+            mem = sub.pivot_table(index=index, columns="seq_len", values="cell", aggfunc="first")
+            out.append(f"\n== {mode}: peak memory (MiB) ==\n{mem.to_string()}")
+    return "\n".join(out)
+
+
+def _fmt_alpha(alpha: float | None) -> str:
+    return "-" if alpha is None else f"{alpha:.2f}"
+
+
+# ----------------------------------------------------------------------------- entry point
+
+def _hydra_main():
+    import hydra  # noqa: PLC0415
+    from hydra.core.hydra_config import HydraConfig  # noqa: PLC0415
+    from hydra.types import RunMode  # noqa: PLC0415
+
+    @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="bench")
+    def main(cfg: DictConfig) -> None:
+        hc = HydraConfig.get()
+        multirun = hc.mode == RunMode.MULTIRUN
+        try:
+            run(cfg, Path(hc.runtime.output_dir), raise_config_errors=not multirun)
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+
+    main()
+
+
+if __name__ == "__main__":
+    _hydra_main()

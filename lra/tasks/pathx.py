@@ -1,0 +1,15 @@
+"""Path-X: Pathfinder at 128x128 (16,384 pixel tokens), as in LRA.
+
+The same task as :mod:`lra.tasks.pathfinder` (see there for sources, splits and knobs) at
+the release's 128x128 parameters (``lra_benchmarks/data/pathfinder.py``, ``Pathfinder128``:
+paddle margins {2, 3}, thickness 1.5, marker radius 3, seed distance 20, continuity 1.8,
+35 // distractor_length distractors). Release folder: ``pathfinder128/<difficulty>/``.
+No model in the LRA paper beat chance on it.
+"""
+from __future__ import annotations
+
+from .pathfinder import prepare_pathfinder
+
+
+def prepare(cfg):
+    return prepare_pathfinder(cfg, "pathx", 128, "pathfinder128")

@@ -1,0 +1,252 @@
+"""Timing, memory and FLOP helpers for ``lra-bench``.
+
+Timing protocol (:func:`time_fn`), the same on every device:
+
+1. call ``fn`` ``warmup`` times (the first calls also compile any ``torch.compile`` path:
+   flex_attention kernels of ``local``/``bigbird`` on CUDA, cuDNN/SDPA autotuning, ...);
+2. ``sync()`` -- wait for all queued device work;
+3. ``repeats`` times: ``start = clock.start(); fn(); stop = clock.stop()``;
+4. ``sync()``, then read every (start, stop) pair; report the median and the 10th/90th
+   percentiles in milliseconds.
+
+Clocks:
+
+* :class:`CudaEventClock` (``timer: "cuda_event"``) -- CUDA events recorded on the current
+  stream around each call; elapsed times are read after the final synchronize, so the
+  measurement is device time and the host never stalls between repeats.
+* :class:`PerfCounterClock` (``timer: "perf_counter"``) -- ``time.perf_counter`` host wall
+  time with a ``sync()`` before start and before stop (a no-op on CPU, so CPU timings are
+  plain wall time of the call).
+
+Memory (:class:`PeakMemory`): on CUDA ``torch.cuda.reset_peak_memory_stats`` before the case
+and ``torch.cuda.max_memory_allocated`` after it (allocations made by PyTorch's caching
+allocator, i.e. tensors; not the allocator's reserve, not cuBLAS workspaces, not other
+processes). On CPU no memory is measured (``None``): tracemalloc cannot see torch's allocator.
+
+FLOPs: :func:`attention_flops` is the analytic count for exact attention (FlashAttention's
+benchmark convention: 4·B·H·N²·D forward, 2.5x that backward, so 3.5x forward+backward);
+:func:`count_flops` asks :class:`torch.utils.flop_counter.FlopCounterMode` (matmul-like ops
+only: mm/bmm/conv/SDPA; elementwise work such as ``exp`` is not counted).
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+# Dense BF16 tensor-core peak (TFLOP/s, no sparsity) by device name; vendor data sheets.
+# Matched in order against torch.cuda.get_device_name() (case-insensitive substrings).
+PEAK_BF16_TFLOPS: tuple[tuple[tuple[str, ...], float], ...] = (
+    (("h200",), 989.4),           # H200 SXM (same compute die as H100 SXM)
+    (("h100", "pcie"), 756.0),    # H100 PCIe
+    (("h100", "nvl"), None),      # H100 NVL: not tabulated
+    (("h100",), 989.4),           # H100 SXM ("NVIDIA H100 80GB HBM3")
+    (("a100",), 312.0),           # A100 SXM / PCIe
+)
+
+
+def peak_bf16_tflops(device_name: str | None) -> float | None:
+    """Dense BF16 peak of a device by its name, or None if not tabulated (CPUs included)."""
+    name = (device_name or "").lower()
+    for keys, peak in PEAK_BF16_TFLOPS:
+        if all(k in name for k in keys):
+            return peak
+    return None
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    """Linear-interpolated percentile ``q`` in [0, 100] of an ascending list."""
+    if len(sorted_values) == 1:
+        return sorted_values[0]
+    pos = (len(sorted_values) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+@dataclass
+class Timing:
+    """Result of :func:`time_fn`; times in milliseconds."""
+
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    times_ms: list[float] = field(default_factory=list)
+    timer: str = "perf_counter"
+    warmup: int = 0
+    repeats: int = 0
+
+
+def _noop() -> None:
+    return None
+
+
+class PerfCounterClock:
+    """Host wall clock; ``sync`` runs before reading it so that queued device work is included."""
+
+    name = "perf_counter"
+
+    def __init__(self, sync: Callable[[], Any] | None = None,
+                 clock: Callable[[], float] = time.perf_counter):
+        self.sync = sync or _noop
+        self.clock = clock
+
+    def start(self) -> float:
+        self.sync()
+        return self.clock()
+
+    def stop(self) -> float:
+        self.sync()
+        return self.clock()
+
+    @staticmethod
+    def elapsed_ms(start: float, stop: float) -> float:
+        return (stop - start) * 1e3
+
+
+class CudaEventClock:
+    """CUDA events on the current stream; read after the final synchronize."""
+
+    name = "cuda_event"
+
+    def start(self) -> torch.cuda.Event:
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    stop = start
+
+    @staticmethod
+    def elapsed_ms(start: torch.cuda.Event, stop: torch.cuda.Event) -> float:
+        return float(start.elapsed_time(stop))
+
+
+def device_sync(device: torch.device | str) -> Callable[[], None]:
+    """A callable that waits for all queued work on ``device`` (no-op on CPU)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return _noop
+
+
+def default_clock(device: torch.device | str):
+    """CUDA events on CUDA, ``time.perf_counter`` elsewhere."""
+    device = torch.device(device)
+    return CudaEventClock() if device.type == "cuda" else PerfCounterClock(device_sync(device))
+
+
+def time_fn(fn: Callable[[], Any], *, warmup: int = 3, repeats: int = 10,
+            sync: Callable[[], Any] | None = None, clock=None,
+            device: torch.device | str = "cpu") -> Timing:
+    """Warm ``fn`` up, synchronize, time ``repeats`` calls; median and 10th/90th percentile in ms.
+
+    ``sync`` and ``clock`` default to the device's (:func:`device_sync`, :func:`default_clock`);
+    tests inject fakes to check the order of calls.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    sync = sync or device_sync(device)
+    clock = clock or default_clock(device)
+    for _ in range(max(0, warmup)):
+        fn()
+    sync()
+    marks = []
+    for _ in range(repeats):
+        start = clock.start()
+        fn()
+        marks.append((start, clock.stop()))
+    sync()
+    times = [clock.elapsed_ms(a, b) for a, b in marks]
+    ordered = sorted(times)
+    return Timing(median_ms=float(statistics.median(times)), p10_ms=float(_percentile(ordered, 10)),
+                  p90_ms=float(_percentile(ordered, 90)), times_ms=times,
+                  timer=getattr(clock, "name", type(clock).__name__), warmup=warmup, repeats=repeats)
+
+
+class PeakMemory:
+    """Context manager: peak tensor memory of a block on CUDA, in MiB; ``None`` elsewhere.
+
+    ``peak_mb``: the most allocated during the block, counted from what was allocated when it
+    began (so memory held by earlier cases does not count); ``inputs_mb`` is what the block
+    had allocated when :meth:`mark` was called (e.g. after creating the inputs), and
+    ``extra_mb = peak_mb - inputs_mb`` the working memory on top of them.
+    """
+
+    def __init__(self, device: torch.device | str):
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.base = 0
+        self.marked: int | None = None
+        self.peak_mb: float | None = None
+        self.inputs_mb: float | None = None
+        self.extra_mb: float | None = None
+
+    def __enter__(self) -> "PeakMemory":
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+        return self
+
+    def mark(self) -> None:
+        if self.cuda:
+            self.marked = torch.cuda.memory_allocated(self.device)
+
+    def __exit__(self, *exc) -> None:
+        if self.cuda and exc[0] is None:
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+            self.peak_mb = round((peak - self.base) / 2**20, 2)
+            if self.marked is not None:
+                self.inputs_mb = round((self.marked - self.base) / 2**20, 2)
+                self.extra_mb = round((peak - self.marked) / 2**20, 2)
+
+
+def attention_flops(batch: int, heads: int, seq_len: int, head_dim: int, mode: str) -> int:
+    """Analytic FLOPs of exact attention: 4·B·H·N²·D forward (QK^T and PV, 2 FLOPs per MAC);
+    backward 2.5x forward; ``mode``: ``"fwd"`` or ``"fwd_bwd"`` (3.5x)."""
+    fwd = 4 * batch * heads * seq_len * seq_len * head_dim
+    if mode == "fwd":
+        return fwd
+    if mode == "fwd_bwd":
+        return int(3.5 * fwd)
+    raise ValueError(f"mode must be 'fwd' or 'fwd_bwd', got {mode!r}")
+
+
+def count_flops(fn: Callable[[], Any]) -> int:
+    """FLOPs of one call of ``fn`` as counted by ``FlopCounterMode`` (matmul-like ops only)."""
+    from torch.utils.flop_counter import FlopCounterMode  # noqa: PLC0415
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def tflops(flops: int | float | None, ms: float | None) -> float | None:
+    """TFLOP/s of ``flops`` done in ``ms`` milliseconds (None if either is missing)."""
+    if not flops or not ms or ms <= 0:
+        return None
+    return flops / (ms * 1e-3) / 1e12
+
+
+def is_oom(err: BaseException) -> bool:
+    """Whether an exception means the device (or host) ran out of memory."""
+    if isinstance(err, torch.OutOfMemoryError):  # torch.cuda.OutOfMemoryError is the same class
+        return True
+    if isinstance(err, (RuntimeError, MemoryError)):
+        text = str(err).lower()
+        return isinstance(err, MemoryError) or "out of memory" in text or "can't allocate memory" in text
+    return False
+
+
+def free_memory(device: torch.device | str | None = None) -> None:
+    """Drop cached allocator blocks after a case (most useful after an OOM)."""
+    import gc  # noqa: PLC0415
+
+    gc.collect()
+    if torch.cuda.is_available() and (device is None or torch.device(device).type == "cuda"):
+        torch.cuda.empty_cache()
