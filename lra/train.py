@@ -379,7 +379,7 @@ def run(cfg: DictConfig, job_dir: Path, raise_config_errors: bool = True) -> dic
                              seed=int(cfg.seed), config=OmegaConf.to_container(cfg, resolve=False))
     path = write_record(record, job_dir / RECORD_FILENAME)
     if cfg.get("results_dir"):
-        write_record(record, Path(cfg.results_dir))
+        write_record(record, f"{cfg.results_dir}/")  # a folder, created if missing
     m = record["metrics"]
     summary = ", ".join(f"{k} {m[k]:.4f}" if isinstance(m.get(k), float) else f"{k} {m[k]}"
                         for k in ("val_accuracy", "accuracy", "steps_per_s", "peak_mem_mb") if k in m)
