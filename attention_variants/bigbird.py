@@ -53,7 +53,7 @@ import torch.nn.functional as F
 
 from .base import Attention, AttentionConfig
 from .local import (BlockMaskCache, flex_with_block_mask, make_block_mask, masked_softmax_av,
-                    run_flex_or_none, scores_qk)
+                    dispatch_backend, scores_qk)
 from .masking import normalize_key_padding_mask
 from .registry import register
 
@@ -192,18 +192,7 @@ class BigBirdAttention(Attention):
             raise ValueError(f"bigbird: sequence length {n} exceeds max_length={cfg.max_length} "
                              "(the random blocks are drawn once for max_length); raise max_length")
         mask = normalize_key_padding_mask(key_padding_mask, b, n, q.device)
-        backend = cfg.backend
-        if backend == "auto":
-            backend = "flex" if q.is_cuda else "reference"
-            if backend == "flex":
-                out = run_flex_or_none(self, q, k, v, mask)
-                if out is not None:
-                    return out
-                backend = "reference"
-        self.last_backend = backend
-        if backend == "flex":
-            return self._flex(q, k, v, mask)
-        return self._reference(q, k, v, mask)
+        return dispatch_backend(self, q, k, v, mask, lambda: self._reference(q, k, v, mask))
 
     def _reference(self, q, k, v, mask):
         b, h, n, d = q.shape

@@ -209,6 +209,23 @@ def run_flex_or_none(module, q, k, v, mask):
     module.last_backend = "flex"
     return out
 
+def dispatch_backend(module, q, k, v, mask, reference):
+    """Run ``module`` on its configured backend: ``flex`` (``module._flex``), ``reference``
+    (the ``reference()`` thunk), or ``auto`` (flex on CUDA, falling back to the reference path).
+    Sets ``module.last_backend``; shared by ``local`` and ``bigbird``."""
+    backend = module.config.backend
+    if backend == "auto":
+        if q.is_cuda:
+            out = run_flex_or_none(module, q, k, v, mask)
+            if out is not None:
+                return out
+        backend = "reference"
+    module.last_backend = backend
+    if backend == "flex":
+        return module._flex(q, k, v, mask)
+    return reference()
+
+
 
 # --------------------------------------------------------------------------- module
 @dataclass
@@ -252,15 +269,5 @@ class LocalAttention(Attention):
                              f"{q.shape[-2]} and {k.shape[-2]}")
         mask = normalize_key_padding_mask(key_padding_mask, q.shape[0], k.shape[-2], q.device)
         window = self.config.window
-        backend = self.config.backend
-        if backend == "auto":
-            backend = "flex" if q.is_cuda else "reference"
-            if backend == "flex":
-                out = run_flex_or_none(self, q, k, v, mask)
-                if out is not None:
-                    return out
-                backend = "reference"
-        self.last_backend = backend
-        if backend == "flex":
-            return self._flex(q, k, v, mask)
-        return local_attention_reference(q, k, v, window, mask)
+        return dispatch_backend(self, q, k, v, mask,
+                                lambda: local_attention_reference(q, k, v, window, mask))
