@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+import torch.nn.functional as F
 
 
 def fp32(device: torch.device):
@@ -96,3 +97,135 @@ def quadratic_kernel_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torc
             a = a.masked_fill(~mask[:, None, None, :], 0.0)
         den = safe_denominator(a.sum(-1, keepdim=True), eps)
         return (a @ v.float() / den).to(v.dtype)
+
+
+def _segment_sums(a: torch.Tensor) -> torch.Tensor:
+    """``a (..., C) -> (..., C, C)`` with ``out[i, j] = a_{j+1} + ... + a_i`` for ``j <= i``, -inf above.
+
+    Summed directly over each segment (a masked cumulative sum) rather than as a difference of
+    prefix sums ``A_i - A_j``, which loses precision when the prefix sums are large.
+    """
+    c = a.shape[-1]
+    ones = torch.ones(c, c, dtype=torch.bool, device=a.device)
+    x = a.unsqueeze(-1).expand(*a.shape, c)                       # x[..., i, j] = a_i
+    x = x.masked_fill(~ones.tril(-1), 0.0)                         # keep j < i
+    return x.cumsum(dim=-2).masked_fill(~ones.tril(), float("-inf"))
+
+
+def gated_kernel_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor,
+                           gate_logit: torch.Tensor, mask: torch.Tensor | None, eps: float = 1e-6,
+                           chunk: int = 64, key_log_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Causal gated kernel attention (gated RFA, Peng et al. 2021) in O(N), chunked and batched.
+
+    With ``g_t = sigmoid(gate_logit_t)`` and ``c_t = exp(key_log_scale_t)`` (1 when None)::
+
+        S_t = g_t S_{t-1} + (1 - g_t) c_t phi_k_t v_t^T,   z_t = g_t z_{t-1} + (1 - g_t) c_t phi_k_t
+        out_t = phi_q_t^T S_t / (phi_q_t . z_t)             (S_0 = 0, z_0 = 0)
+
+    so query t sees keys ``j <= t`` only, with weight ``(1 - g_j) c_j prod_{j < s <= t} g_s``.
+    Shapes: ``phi_q, phi_k (B, H, N, F)``, ``v (B, H, N, D)``, ``gate_logit (B, H, N)``,
+    ``key_log_scale (B, H, N)`` or None, ``mask (B, N)`` bool (True = real) or None; returns
+    ``(B, H, N, D)`` in ``v``'s dtype. A padded key has ``g = 1`` and weight 0: it changes nothing.
+
+    Chunked parallel form, chunk size ``C``: inside a chunk the weights form a lower-triangular
+    ``(C, C)`` matrix ``exp(log g segment sums + log weight)``; across chunks the state
+    ``[S | z]: (B, H, F, D + 1)`` is carried (a loop over the ``N / C`` chunks, one fused
+    multiply-add each). Decays and weights are exponentials of non-positive log-space sums
+    (products of gates are never divided): no overflow, no 0/0. ``key_log_scale`` is shifted by
+    its running maximum up to the end of each chunk (the carried state is rescaled when the
+    maximum grows): ``c_t`` cannot overflow, and only a key of the query's own chunk, not one far
+    ahead in the sequence, can scale the keys it sees down toward the eps guard.
+    Time O(N C F + N F D), memory O(N (C + F + D) + (N / C) F D) per head; the guard on the
+    normalizer is :func:`safe_denominator`'s. fp32 with autocast disabled.
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    out_dtype = v.dtype
+    b, h, n, f = phi_q.shape
+    d = v.shape[-1]
+    with fp32(v.device):
+        phi_q, phi_k, v, logit = phi_q.float(), phi_k.float(), v.float(), gate_logit.float()
+        real = None if mask is None else mask[:, None, :]                     # (B, 1, N)
+        phi_k = mask_keys(phi_k, mask)
+        v1 = mask_keys(torch.cat([v, torch.ones_like(v[..., :1])], dim=-1), mask)   # [v | 1]
+        log_g = F.logsigmoid(logit)                                           # log g_t <= 0
+        log_w = F.logsigmoid(-logit)                                          # log (1 - g_t)
+        if key_log_scale is not None:
+            log_w = log_w + key_log_scale.float()
+        if real is not None:
+            log_g = log_g.masked_fill(~real, 0.0)                             # padded: g = 1
+            log_w = log_w.masked_fill(~real, float("-inf"))                   # padded: weight 0
+        # pad the length to a multiple of the chunk (g = 1, weight 0, zero features), then chunk
+        pad = (-n) % chunk
+        if pad:
+            phi_q, phi_k, v1 = (F.pad(t, (0, 0, 0, pad)) for t in (phi_q, phi_k, v1))
+            log_g = F.pad(log_g, (0, pad))
+            log_w = F.pad(log_w, (0, pad), value=float("-inf"))
+        nc = (n + pad) // chunk
+        phi_q, phi_k, v1 = (t.reshape(b, h, nc, chunk, t.shape[-1]) for t in (phi_q, phi_k, v1))
+        log_g, log_w = log_g.reshape(b, h, nc, chunk), log_w.reshape(b, h, nc, chunk)
+
+        # per-chunk shift m_c: running max of the key log-weights (a shared factor cancels)
+        ratio = None                                                          # exp(m_c - m_{c+1})
+        if key_log_scale is not None:
+            top = log_w.detach().amax(dim=-1).cummax(dim=-1).values          # (B, H, nc)
+            seen = torch.isfinite(top)
+            shift = torch.where(seen, top, torch.zeros_like(top))
+            log_w = log_w - shift.unsqueeze(-1)
+            nxt = torch.cat([shift[..., 1:], shift[..., -1:]], dim=-1)
+            ratio = torch.where(seen, torch.exp(shift - nxt), torch.ones_like(shift))
+
+        seg = _segment_sums(log_g)                                            # (B, H, nc, C, C)
+        weights = torch.exp(seg + log_w.unsqueeze(-2))                        # [i, j]: key j -> query i
+        scores = torch.einsum("bhcif,bhcjf->bhcij", phi_q, phi_k) * weights
+        out = torch.einsum("bhcij,bhcjd->bhcid", scores, v1)                  # within-chunk part
+
+        # state contributions of each chunk at its end, and the state entering each chunk
+        to_end = torch.exp(seg[..., -1, :] + log_w)                           # (B, H, nc, C)
+        update = torch.einsum("bhcjf,bhcjd->bhcfd", phi_k * to_end.unsqueeze(-1), v1)  # (B,H,nc,F,D+1)
+        decay = torch.exp(log_g.sum(dim=-1))                                  # prod of the chunk's g
+        if ratio is not None:
+            update = update * ratio[..., None, None]
+            decay = decay * ratio
+        state = v1.new_zeros(b, h, f, d + 1)
+        entering = []
+        for c in range(nc):
+            entering.append(state)
+            if c + 1 < nc:
+                state = torch.addcmul(update[:, :, c], state, decay[:, :, c, None, None])
+        entering = torch.stack(entering, dim=2)                               # (B, H, nc, F, D+1)
+        from_start = torch.exp(log_g.cumsum(dim=-1))                          # decay since chunk start
+        out = out + torch.einsum("bhcif,bhcfd->bhcid", phi_q * from_start.unsqueeze(-1), entering)
+
+        out = out.reshape(b, h, nc * chunk, d + 1)[:, :, :n]
+        out = out[..., :d] / safe_denominator(out[..., d], eps).unsqueeze(-1)
+    return out.to(out_dtype)
+
+
+def gated_kernel_attention_reference(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor,
+                                     gate_logit: torch.Tensor, mask: torch.Tensor | None,
+                                     eps: float = 1e-6) -> torch.Tensor:
+    """The literal sequential recurrence of :func:`gated_kernel_attention` (a loop over positions).
+
+    Slow (N steps); for tests. Computes in the inputs' dtype (pass float64 for a reference).
+    """
+    g = torch.sigmoid(gate_logit)
+    w = 1.0 - g
+    if mask is not None:
+        real = mask[:, None, :]
+        g = torch.where(real, g, torch.ones_like(g))
+        w = torch.where(real, w, torch.zeros_like(w))
+        phi_k = mask_keys(phi_k, mask)
+        v = mask_keys(v, mask)
+    b, h, n, f = phi_q.shape
+    s = phi_q.new_zeros(b, h, f, v.shape[-1])
+    z = phi_q.new_zeros(b, h, f)
+    outs = []
+    for t in range(n):
+        gt, wt = g[:, :, t, None], w[:, :, t, None]
+        s = gt[..., None] * s + (wt * phi_k[:, :, t])[..., None] * v[:, :, t, None, :]
+        z = gt * z + wt * phi_k[:, :, t]
+        num = torch.einsum("bhf,bhfd->bhd", phi_q[:, :, t], s)
+        den = torch.einsum("bhf,bhf->bh", phi_q[:, :, t], z)
+        outs.append(num / safe_denominator(den, eps).unsqueeze(-1))
+    return torch.stack(outs, dim=2)

@@ -37,6 +37,8 @@ class Attention(nn.Module):
     complexity: ClassVar[str] = "O(N^2)"
     #: device types with a fused/fast kernel path (others use the reference path)
     fast_devices: ClassVar[tuple[str, ...]] = ()
+    #: query i sees only keys j <= i (e.g. gated RFA); an instance may override this per config
+    causal: bool = False
     #: registry name, set by :func:`attention_variants.register`
     name: ClassVar[str] = ""
 

@@ -6,7 +6,7 @@ Random Fourier features (Rahimi & Recht 2007): with ``w_1..w_D ~ N(0, sigma^2 I_
     E[phi(x) . phi(y)] = exp(-sigma^2 |x - y|^2 / 2)
                        = exp(-sigma^2 |x|^2 / 2) exp(-sigma^2 |y|^2 / 2) exp(sigma^2 x . y)
 
-and attention is the normalized kernel attention of
+and (ungated) attention is the normalized kernel attention of
 :func:`attention_variants._kernel.kernel_attention`: O(N D d) time, O(N (D + d)) memory per head,
 i.e. O(N). Here ``num_features = D`` projections give ``2 D`` features.
 
@@ -34,11 +34,35 @@ Denominator guard: sin/cos features are signed, so the estimated normalizer
 magnitude is clamped to ``eps`` with the sign kept (``_kernel.safe_denominator``): outputs stay
 finite, and a negative estimate is not flipped (which would be a bias of its own).
 
-Not implemented: the paper's gated variant (a learned sigmoid gate g_t with the causal
-recurrence ``S_t = g_t S_{t-1} + (1 - g_t) phi(k_t) v_t^T``). It is defined for causal
-(decoder) attention; this encoder is bidirectional, and an O(N)-time bidirectional version needs
-either a sequential scan or prefix states of size O(N D d). Redraws are not implemented either:
-the projection is fixed (a buffer drawn once from ``config.seed``).
+Gating (``gate=True``; the paper's RFA-Gate, section 3 "Learning with recency bias"): a learned
+sigmoid gate ``g_t`` per head and position gives the causal recurrence
+
+    S_t = g_t S_{t-1} + (1 - g_t) phi(k_t) v_t^T,     z_t = g_t z_{t-1} + (1 - g_t) phi(k_t)
+    out_t = phi(q_t)^T S_t / (phi(q_t) . z_t)
+
+i.e. query t attends to keys ``j <= t`` with weights decaying by ``prod_{j < s <= t} g_s``.
+**Gated attention is causal**: a query sees its own and earlier positions only (the instance's
+``causal`` is True). The encoder then puts its CLS token last, where it sees every token
+(:class:`lra.model.Encoder`).
+
+The paper computes the gate from the layer input, ``g_t = sigmoid(w_g . x_t + b_g)``; this
+interface only receives per-head ``q, k, v``, so here the gate comes from the key,
+``g_t = sigmoid(k_t . w_h + b_h)``, with parameters ``gate_weight (heads, head_dim)``
+initialised to 0 and ``gate_bias (heads,)`` initialised to ``gate_bias_init``. The default 2
+gives ``g = 0.88``, an initial recency window of about ``1 / (1 - g) = 8`` tokens, chosen so
+that the sigmoid starts in its responsive range (slope ``g (1 - g) = 0.10``); a larger value
+starts with a longer memory (5: about 150 tokens) at a flatter slope (0.007).
+
+The recurrence is computed in a chunked parallel form
+(:func:`attention_variants._kernel.gated_kernel_attention`, chunk size ``C = gate_chunk``):
+O(N C F + N F d) time and O(N (C + F + d) + N F d / C) memory per head with ``F = 2 D``
+features, still O(N); decays are taken in log space. A padded key gets ``g = 1`` and weight 0
+and so changes nothing. With ``normalize=False`` the key correction ``exp(sigma^2 |y|^2 / 2)``
+is folded into the key weights and shifted by its running maximum over chunks instead of the
+maximum over the whole sequence (a later, larger key cannot push earlier queries' normalizers
+toward the guard).
+
+Redraws are not implemented: the projection is fixed (a buffer drawn once from ``config.seed``).
 """
 from __future__ import annotations
 
@@ -49,7 +73,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._kernel import fp32, kernel_attention, mask_keys
+from ._kernel import fp32, gated_kernel_attention, kernel_attention, mask_keys
 from .base import Attention, AttentionConfig
 from .masking import normalize_key_padding_mask
 from .registry import register
@@ -67,6 +91,13 @@ class RandomFeatureConfig(AttentionConfig):
     sigma_init: float = 1.0
     #: lower bound on |normalizer| (sign kept)
     eps: float = 1e-6
+    #: the paper's gate (RFA-Gate, "Learning with recency bias"), g_t = sigmoid(k_t . w_h + b_h);
+    #: makes the attention causal
+    gate: bool = False
+    #: initial gate bias b_h (2.0: g = 0.88, an ~8-token recency window at initialisation)
+    gate_bias_init: float = 2.0
+    #: chunk size of the gated recurrence's chunked parallel form
+    gate_chunk: int = 64
 
 
 @register("random_feature", RandomFeatureConfig)
@@ -74,7 +105,9 @@ class RandomFeatureAttention(Attention):
     """RFA: ``q, k, v (B, H, N, D) -> (B, H, N, D)`` in O(N); see the module docstring.
 
     Buffers / parameters: ``projection (num_features, head_dim)`` ~ N(0, I) from
-    ``torch.Generator().manual_seed(config.seed)``; ``sigma (heads,)`` (parameter or buffer).
+    ``torch.Generator().manual_seed(config.seed)``; ``sigma (heads,)`` (parameter or buffer);
+    with ``gate=True`` also ``gate_weight (heads, head_dim)`` and ``gate_bias (heads,)``, and the
+    attention is causal.
     """
 
     exact = False
@@ -92,9 +125,31 @@ class RandomFeatureAttention(Attention):
             self.sigma = nn.Parameter(sigma)
         else:
             self.register_buffer("sigma", sigma)
+        if config.gate:
+            if config.gate_chunk < 1:
+                raise ValueError("random_feature needs gate_chunk >= 1")
+            self.gate_weight = nn.Parameter(torch.zeros(config.heads, config.head_dim))
+            self.gate_bias = nn.Parameter(torch.full((config.heads,), float(config.gate_bias_init)))
+
+    @property
+    def causal(self) -> bool:
+        """Gated RFA is causal (query t sees keys <= t); ungated RFA is not."""
+        return self.config.gate
 
     def feature_map(self, x: torch.Tensor, is_query: bool, mask: torch.Tensor | None = None):
         """``(B, H, N, d) -> (B, H, N, 2 num_features)`` fp32 random Fourier features."""
+        phi, log_c = self._features(x, is_query, mask)
+        if log_c is None:
+            return phi
+        # Gaussian -> exp kernel correction exp(sigma^2 |y|^2 / 2) per key, shifted by its max
+        # over the real keys (a shared factor cancels); padded keys get 0.
+        top = log_c.amax(dim=-1, keepdim=True).detach()
+        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+        return phi * torch.exp(log_c - top).unsqueeze(-1)
+
+    def _features(self, x: torch.Tensor, is_query: bool, mask: torch.Tensor | None):
+        """Uncorrected features and, for keys with ``normalize=False``, the log of the key
+        correction ``sigma^2 |y|^2 / 2`` as ``(B, H, N)`` (-inf at padded keys); else None."""
         heads = x.shape[1]
         if heads != self.sigma.shape[0]:
             raise ValueError(f"random_feature was built for {self.sigma.shape[0]} heads, got {heads}")
@@ -104,18 +159,25 @@ class RandomFeatureAttention(Attention):
         proj = torch.einsum("bhnd,md->bhnm", x, self.projection.float()) * sigma
         phi = torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1) * (1.0 / math.sqrt(proj.shape[-1]))
         if self.config.normalize or is_query:
-            return phi
-        # Gaussian -> exp kernel correction exp(sigma^2 |y|^2 / 2) per key, shifted by its max
-        # over the real keys (a shared factor cancels); padded keys get 0.
+            return phi, None
         log_c = 0.5 * sigma.square() * x.square().sum(-1, keepdim=True)        # (B, H, M, 1)
-        log_c = mask_keys(log_c, mask, float("-inf"))
-        top = log_c.amax(dim=-2, keepdim=True).detach()
-        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-        return phi * torch.exp(log_c - top)
+        return phi, mask_keys(log_c, mask, float("-inf")).squeeze(-1)
+
+    def gate_logits(self, k: torch.Tensor) -> torch.Tensor:
+        """``(B, H, N, d) -> (B, H, N)`` fp32 gate logits ``k_t . w_h + b_h`` (``g = sigmoid``)."""
+        return (torch.einsum("bhnd,hd->bhn", k.float(), self.gate_weight.float())
+                + self.gate_bias.float()[None, :, None])
 
     def forward(self, q, k, v, key_padding_mask=None):
         mask = normalize_key_padding_mask(key_padding_mask, q.shape[0], k.shape[-2], q.device)
         with fp32(q.device):
             phi_q = self.feature_map(q, is_query=True)
+            if self.config.gate:
+                phi_k, log_c = self._features(k, is_query=False, mask=mask)
+                logit = self.gate_logits(k)
+                if mask is not None:  # a padded key's logit is unused; keep inf/NaN out of it
+                    logit = logit.masked_fill(~mask[:, None, :], 0.0)
+                return gated_kernel_attention(phi_q, phi_k, v, logit, mask, self.config.eps,
+                                              self.config.gate_chunk, key_log_scale=log_c)
             phi_k = self.feature_map(k, is_query=False, mask=mask)
         return kernel_attention(phi_q, phi_k, v, mask, self.config.eps)

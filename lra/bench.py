@@ -19,6 +19,24 @@ Modes (``case.mode`` in the record):
     One training step (forward, cross-entropy, backward, AdamW step) of
     :class:`lra.model.Encoder` at an LRA task shape (default Text). Metrics: ``ms_step``,
     ``steps_per_s``, ``tokens_per_s``, ``peak_mem_mb``, ``params``.
+``train_overhead`` (not in the default ``modes``)
+    How much slower the real ``lra-train`` step is than the model's forward+backward alone,
+    at one task shape (default: ListOps-like padded tokens, the ``model_step`` model sizes).
+    Three timings, each of ``steps_per_call`` consecutive steps per timed call (default the
+    trainer's ``log_every``) divided by that count, timed in interleaved rounds
+    (:func:`lra.timing.time_interleaved`): ``ms_model_fwd_bwd`` -- forward under
+    autocast, cross-entropy, ``zero_grad`` + backward on one fixed on-device batch;
+    ``ms_model_fwd_bwd_opt`` -- the same plus gradient clipping and the AdamW step;
+    ``ms_train_step`` -- :class:`lra.train.TrainStep`, the very code ``lra-train`` runs (batch
+    fetch from :class:`lra.data.DeviceBatches`, autocast, loss, backward, clip, AdamW,
+    scheduler, on-device NaN and metric bookkeeping), ending each call with the loop's host
+    sync (``TrainStep.boundary``). Optimizer and schedule settings come from
+    ``conf/task/<task>.yaml`` over ``conf/trainer/lra.yaml``, as ``lra-train`` resolves them.
+    Metrics: the three times (with ``_p10``/``_p90``), ``overhead_pct`` (train step over
+    forward+backward), split into ``optimizer_pct`` (clip + AdamW) and ``loop_pct`` (the rest:
+    batch fetch, scheduler, bookkeeping, sync), ``steps_per_s``, ``tokens_per_s``,
+    ``peak_mem_mb``, ``params``. Evaluation and checkpointing are outside, as they are outside
+    ``lra-train``'s ``steps_per_s``.
 ``exactness``
     ``approx_error = ||out - exact||_F / ||exact||_F`` against
     :func:`attention_variants.full.softmax_attention` (in float64) on the same inputs, for
@@ -72,9 +90,9 @@ from . import conf_dir
 from .results import flatten, git_commit, make_record, now, write_record
 from .smoothness import attention_map, growth_exponent, lipschitz_estimate, unit_rows
 from .timing import (PeakMemory, attention_flops, count_flops, free_memory, is_oom,
-                     peak_bf16_tflops, tflops, time_fn)
+                     peak_bf16_tflops, tflops, time_fn, time_interleaved)
 
-MODES = ("op_fwd", "op_fwd_bwd", "model_step", "exactness", "smoothness")
+MODES = ("op_fwd", "op_fwd_bwd", "model_step", "exactness", "smoothness", "train_overhead")
 PATTERNS = ("random", "concentrated")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
@@ -129,7 +147,7 @@ def resolve_settings(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     s["lengths"] = [int(n) for n in _as_list(s["lengths"])]
     s["batch_size"] = [int(b) for b in _as_list(s["batch_size"])]
     s["dtype"] = [str(d) for d in _as_list(s["dtype"])]
-    for section in ("model_step", "exactness", "smoothness"):
+    for section in ("model_step", "exactness", "smoothness", "train_overhead"):
         s[section] = _fill(s.get(section), dd.get(section))
         if s[section].get("lengths") is None:
             s[section]["lengths"] = s["lengths"]
@@ -137,6 +155,17 @@ def resolve_settings(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     for key in ("layers", "d_model", "heads", "mlp_dim", "batch_size"):
         if s["model_step"].get(key) is None:
             raise ConfigError(f"model_step.{key} is null and device_defaults.{device.type}.model_step has none")
+    to = s["train_overhead"]
+    for key in ("layers", "d_model", "heads", "mlp_dim", "batch_size"):  # null = model_step's
+        if to.get(key) is None:
+            to[key] = s["model_step"][key]
+    for key in ("warmup", "repeats"):
+        if to.get(key) is None:
+            to[key] = s[key]
+    if "train_overhead" in _as_list(s.get("modes")):
+        to["trainer"] = overhead_trainer(to.get("task") or "listops", to.get("trainer"))
+        if to.get("steps_per_call") is None:
+            to["steps_per_call"] = int(to["trainer"].get("log_every", 50))
     s["device"] = str(device)
     modes = _as_list(s.get("modes"))
     bad = [m for m in modes if m not in MODES]
@@ -154,6 +183,24 @@ def resolve_settings(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     s["variants"] = resolve_variants(s.get("variants"))
     s["knobs"] = {name: variant_knobs(name, (raw.get("knobs") or {}).get(name)) for name in s["variants"]}
     return s
+
+
+def overhead_trainer(task: str, overrides: dict | None = None) -> dict[str, Any]:
+    """Trainer settings of ``lra-train task=<task>`` (``conf/task/<task>.yaml``'s ``trainer:``
+    under ``conf/trainer/lra.yaml``, resolved as :func:`lra.train.resolve` does), then ``overrides``."""
+    from .train import _merge  # noqa: PLC0415
+
+    path = conf_dir() / "task" / f"{task}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"train_overhead.task={task!r}: no {path}")
+    trainer = OmegaConf.load(conf_dir() / "trainer" / "lra.yaml")
+    trainer = {k: v for k, v in OmegaConf.to_container(trainer, resolve=True).items()
+               if k not in ("defaults", "task_overrides", "model_overrides")}
+    tr = _merge(OmegaConf.load(path).get("trainer"), trainer, _plain(overrides) or {})
+    for key in ("lr", "schedule", "warmup", "steps"):
+        if key not in tr:
+            raise ConfigError(f"train_overhead: trainer.{key} is not set for task {task!r}")
+    return tr
 
 
 def resolve_variants(setting) -> list[str]:
@@ -234,6 +281,10 @@ def plan(s: dict[str, Any]) -> list[Case]:
                 ms = s["model_step"]
                 for dtype in s["dtype"]:
                     cases += [Case(mode, variant, n, int(ms["batch_size"]), dtype) for n in sorted(ms["lengths"])]
+            elif mode == "train_overhead":
+                to = s["train_overhead"]
+                for dtype in s["dtype"]:
+                    cases += [Case(mode, variant, n, int(to["batch_size"]), dtype) for n in sorted(to["lengths"])]
             elif mode == "exactness":
                 ex = s["exactness"]
                 for pattern in ex["patterns"]:
@@ -383,6 +434,109 @@ def measure_model_step(case: Case, s: dict, device: torch.device) -> Measurement
     return m
 
 
+def overhead_data(examples: int, n: int, vocab_size: int, num_classes: int, min_fraction: float, seed: int):
+    """ListOps-like padded token data on the CPU: ``(inputs (examples, n), labels)``; each
+    example's real length is uniform in ``[min_fraction * n, n]``, token ids in ``[1, vocab)``,
+    0 = padding, stored compactly (int8 when the vocabulary allows) as the tasks store them."""
+    gen = torch.Generator().manual_seed(seed)
+    lo = max(1, min(n, int(min_fraction * n)))
+    lengths = torch.randint(lo, n + 1, (examples,), generator=gen)
+    tokens = torch.randint(1, vocab_size, (examples, n), generator=gen)
+    tokens[torch.arange(n)[None, :] >= lengths[:, None]] = 0
+    labels = torch.randint(0, num_classes, (examples,), generator=gen)
+    return tokens.to(torch.int8 if vocab_size <= 127 else torch.int32), labels
+
+
+def measure_train_overhead(case: Case, s: dict, device: torch.device) -> Measurement:
+    """``train_overhead``: the real training step (:class:`lra.train.TrainStep`) against the
+    model's forward+backward alone (and forward+backward+optimizer) at the same shapes."""
+    from .data import DeviceBatches  # noqa: PLC0415
+    from .model import Encoder, EncoderConfig  # noqa: PLC0415
+    from .train import TrainStep, make_optimizer  # noqa: PLC0415
+
+    to = s["train_overhead"]
+    tr = to["trainer"]
+    dtype = DTYPES[case.dtype]
+    amp = dtype if dtype in (torch.bfloat16, torch.float16) else None   # as lra.train's trainer.precision
+    b, n = case.batch_size, case.seq_len
+    per_call, warmup, repeats = int(to["steps_per_call"]), int(to["warmup"]), int(to["repeats"])
+    if per_call < 1:
+        raise ValueError(f"train_overhead.steps_per_call must be >= 1, got {per_call}")
+    seed = int(s.get("seed") or 0)
+    knobs = s["knobs"][case.variant]
+    # enough examples that every timed step of the train loop lies in one epoch (with LRA's
+    # 96K ListOps examples a new permutation comes once per 3,000 steps)
+    examples = int(to.get("examples") or b * ((warmup + repeats) * per_call + 1))
+    inputs, labels = overhead_data(examples, n, int(to["vocab_size"]), int(to["num_classes"]),
+                                   float(to.get("min_fraction", 0.25)), seed)
+    enc_cfg = EncoderConfig(vocab_size=int(to["vocab_size"]), num_classes=int(to["num_classes"]), max_length=n,
+                            d_model=int(to["d_model"]), heads=int(to["heads"]), mlp_dim=int(to["mlp_dim"]),
+                            layers=int(to["layers"]), dropout=float(to.get("dropout", 0.1)),
+                            pooling=to.get("pooling", "cls"), pos_emb=to.get("pos_emb", "learned"),
+                            attention=case.variant, attention_cfg={**knobs, "seed": seed})
+    torch.manual_seed(seed)
+    with PeakMemory(device) as mem:
+        model = Encoder(enc_cfg).to(device).train()
+        opt, sched = make_optimizer(model, tr)
+        batches = DeviceBatches(inputs, labels, b, device, pad_id=0, shuffle=True, seed=seed)
+        step_fn = torch.compile(model) if to.get("compile") else model
+        train_step = TrainStep(model, step_fn, opt, sched, batches, amp, tr.get("grad_clip"))
+        x, mask, y = batches.batch(0)   # the fixed batch of the model-only timings
+        mem.mark()
+        clip = tr.get("grad_clip")
+
+        def model_steps(with_opt: bool):
+            def fn():
+                for _ in range(per_call):
+                    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                        logits = step_fn(x, mask)
+                    loss = F.cross_entropy(logits.float(), y)
+                    model.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if with_opt:
+                        if clip:
+                            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+                        opt.step()
+            return fn
+
+        step = [0]
+        first_bad = [-1]
+
+        def train_steps():
+            for _ in range(per_call):
+                train_step(step[0])
+                step[0] += 1
+            bad, _ = train_step.boundary()      # the loop's host sync, once per log_every steps
+            if bad >= 0 and first_bad[0] < 0:
+                first_bad[0] = bad
+
+        timings = time_interleaved({"model_fwd_bwd": model_steps(False), "model_fwd_bwd_opt": model_steps(True),
+                                    "train_step": train_steps}, warmup=warmup, repeats=repeats, device=device)
+    ms = {name: t.median_ms / per_call for name, t in timings.items()}
+    fb, fbo, full = ms["model_fwd_bwd"], ms["model_fwd_bwd_opt"], ms["train_step"]
+    metrics: dict[str, Any] = {"ms": round(full, 5)}
+    for name, t in timings.items():
+        metrics[f"ms_{name}"] = round(ms[name], 5)
+        metrics[f"ms_{name}_p10"] = round(t.p10_ms / per_call, 5)
+        metrics[f"ms_{name}_p90"] = round(t.p90_ms / per_call, 5)
+    metrics.update({"overhead_pct": round(100 * (full - fb) / fb, 3),
+                    "optimizer_pct": round(100 * (fbo - fb) / fb, 3),
+                    "loop_pct": round(100 * (full - fbo) / fb, 3),
+                    "steps_per_s": round(1e3 / full, 4), "tokens_per_s": round(1e3 / full * b * n, 1),
+                    "peak_mem_mb": mem.peak_mb, "params": sum(p.numel() for p in model.parameters())})
+    facts = {"heads": enc_cfg.heads, "head_dim": enc_cfg.d_model // enc_cfg.heads, "layers": enc_cfg.layers,
+             "d_model": enc_cfg.d_model, "mlp_dim": enc_cfg.mlp_dim, "timer": timings["train_step"].timer,
+             "warmup": warmup, "repeats": repeats, "steps_per_call": per_call, "examples": examples,
+             "trainer_task": to.get("task"), "grad_clip": clip, "schedule": tr.get("schedule"),
+             "compile": bool(to.get("compile")), "autocast": amp is not None, "optimizer": "AdamW",
+             "backend": getattr(model.blocks[0].attn.attention, "last_backend", None)}
+    m = Measurement(metrics, facts, {"heads": enc_cfg.heads, "head_dim": enc_cfg.d_model // enc_cfg.heads,
+                                     "max_length": n + (enc_cfg.pooling == "cls"), **knobs})
+    if first_bad[0] >= 0:
+        m.status, m.message = "nan", f"non-finite training loss at timed step {first_bad[0]}"
+    return m
+
+
 def exactness_inputs(pattern: str, b: int, h: int, n: int, d: int, *, seed: int, scale: float = 3.0,
                      keys_per_query: int = 4, random_scale: float = 1.0, device: torch.device | str = "cpu"):
     """float64 ``q, k, v (B, H, N, D)`` for an exactness pattern.
@@ -502,7 +656,7 @@ def measure_smoothness(case: Case, s: dict, device: torch.device) -> Measurement
 
 MEASURE: dict[str, Callable[[Case, dict, torch.device], Measurement]] = {
     "op_fwd": measure_op, "op_fwd_bwd": measure_op, "model_step": measure_model_step,
-    "exactness": measure_exactness, "smoothness": measure_smoothness,
+    "exactness": measure_exactness, "smoothness": measure_smoothness, "train_overhead": measure_train_overhead,
 }
 
 
@@ -552,7 +706,8 @@ def run_grid(cases: Iterable[Case], s: dict, device: torch.device, *,
         if m is not None:
             facts.update(m.facts)
         record = make_record(
-            "bench", variant=case.variant, task=s["model_step"].get("task") if case.mode == "model_step" else None,
+            "bench", variant=case.variant, task=s[case.mode].get("task") if case.mode in ("model_step", "train_overhead")
+            else None,
             seq_len=case.seq_len, batch_size=case.batch_size, dtype=case.dtype, status=status, message=message,
             metrics=m.metrics if m is not None else {}, case=facts,
             variant_config=m.variant_config if m is not None else dict(s["knobs"].get(case.variant, {})),
@@ -635,7 +790,8 @@ def run(cfg: DictConfig, job_dir: Path, *, raise_config_errors: bool = True,
 
 MAIN_METRIC = {"op_fwd": ("ms_fwd", "ms (median)"), "op_fwd_bwd": ("ms_fwd_bwd", "ms (median)"),
                "model_step": ("steps_per_s", "steps/s"), "exactness": ("approx_error", "rel. error"),
-               "smoothness": ("lipschitz", "Lipschitz estimate")}
+               "smoothness": ("lipschitz", "Lipschitz estimate"),
+               "train_overhead": ("overhead_pct", "% training-step time over model forward+backward")}
 
 
 def _cell(row, metric: str) -> str:
@@ -680,6 +836,14 @@ def summary(records: list[dict[str, Any]]) -> str:
             sub["cell"] = [_cell(r, "peak_mem_mb") for _, r in sub.iterrows()]
             mem = sub.pivot_table(index=index, columns="seq_len", values="cell", aggfunc="first")
             out.append(f"\n== {mode}: peak memory (MiB) ==\n{mem.to_string()}")
+        if mode == "train_overhead":
+            for extra, what in (("ms_model_fwd_bwd", "model forward+backward"),
+                                ("ms_model_fwd_bwd_opt", "model forward+backward+clip+AdamW"),
+                                ("ms_train_step", "lra-train step (lra.train.TrainStep)")):
+                if extra in sub:
+                    sub["cell"] = [_cell(r, extra) for _, r in sub.iterrows()]
+                    t = sub.pivot_table(index=index, columns="seq_len", values="cell", aggfunc="first")
+                    out.append(f"\n== {mode}: {what} (ms per step, median) ==\n{t.to_string()}")
     return "\n".join(out)
 
 

@@ -58,12 +58,17 @@ def file_lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _plain(key: Any) -> Any:
+    """``key`` as JSON would give it back (tuples become lists), so stored and new keys compare equal."""
+    return json.loads(json.dumps(key, default=str))
+
+
 def _try_load(path: Path, key: dict[str, Any]) -> dict[str, torch.Tensor] | None:
     if not path.is_file():
         return None
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-        ok = (blob.get("format") == CACHE_FORMAT and blob.get("key") == json.loads(json.dumps(key, default=str))
+        ok = (blob.get("format") == CACHE_FORMAT and _plain(blob.get("key")) == _plain(key)
               and blob.get("checksum") == tensors_checksum(blob["tensors"]))
     except Exception:  # truncated zip, unpickling error, missing keys: all mean "corrupt"
         ok = False
@@ -86,7 +91,7 @@ def cached_tensors(cache_dir: str | os.PathLike, name: str, key: dict[str, Any],
         if tensors is not None:
             return tensors
         tensors = build()
-        blob = {"format": CACHE_FORMAT, "key": key, "checksum": tensors_checksum(tensors), "tensors": tensors}
+        blob = {"format": CACHE_FORMAT, "key": _plain(key), "checksum": tensors_checksum(tensors), "tensors": tensors}
         fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{path.name}.", suffix=".part")
         os.close(fd)
         try:

@@ -35,6 +35,8 @@ class EncoderConfig:
     pooling: str = "cls"
     pos_emb: str = "learned"
     dual: bool = False
+    #: one block's weights shared by every layer (ALBERT-style; the LRA ListOps config's tied_weights)
+    tied_weights: bool = False
     attention: str = "flash"
     attention_cfg: dict[str, Any] = field(default_factory=dict)
 
@@ -116,10 +118,18 @@ class Encoder(nn.Module):
         if extra:
             self.cls = nn.Parameter(torch.zeros(1, 1, cfg.d_model))
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.layers))
+        if cfg.tied_weights:  # the same module (same parameters) applied `layers` times
+            self.blocks = nn.ModuleList([Block(cfg, 0)] * cfg.layers)
+        else:
+            self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.d_model)
         feat = cfg.d_model * (4 if cfg.dual else 1)
         self.head = nn.Sequential(nn.Linear(feat, cfg.mlp_dim), nn.GELU(), nn.Linear(cfg.mlp_dim, cfg.num_classes))
+
+    @property
+    def causal(self) -> bool:
+        """Whether any layer's attention is causal (the CLS token then goes last)."""
+        return any(getattr(block.attn.attention, "causal", False) for block in self.blocks)
 
     def encode(self, tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """``(B, N)`` tokens -> ``(B, d_model)`` pooled features."""
@@ -127,16 +137,17 @@ class Encoder(nn.Module):
         if n > self.cfg.max_length:
             raise ValueError(f"input length {n} exceeds the model's max_length {self.cfg.max_length}")
         x = self.embed(tokens)
-        if self.cfg.pooling == "cls":
-            x = torch.cat([self.cls.expand(b, 1, -1), x], dim=1)
+        if self.cfg.pooling == "cls":  # first; last for causal attention, where it then sees every token
+            last = self.causal
+            x = torch.cat([x, self.cls.expand(b, 1, -1)] if last else [self.cls.expand(b, 1, -1), x], dim=1)
             if mask is not None:
-                mask = F.pad(mask, (1, 0), value=True)
+                mask = F.pad(mask, (0, 1) if last else (1, 0), value=True)
         x = self.drop(x + self.pos[: x.shape[1]])
         for block in self.blocks:
             x = block(x, mask)
         x = self.norm(x)
         if self.cfg.pooling == "cls":
-            return x[:, 0]
+            return x[:, -1] if self.causal else x[:, 0]
         if mask is None:
             return x.mean(dim=1)
         m = mask.unsqueeze(-1).to(x.dtype)

@@ -4,11 +4,15 @@ The report reads records only (through :func:`lra.results.load`, or a previous r
 ``tidy.csv``) and writes into one output folder::
 
     report.md       tables in the Long Range Arena paper's layouts, derived numbers, failures,
-                    provenance and (optionally) a comparison against a baseline
+                    provenance and (optionally) a comparison against a baseline; its first lines give
+                    the command that rebuilds it (``name=REPORT.md`` for the committed results/REPORT.md)
     report.html     the same tables as plain HTML (pandas ``to_html``)
     tidy.csv        the flattened records the report used (one row per record)
     compare.csv     every compared (case, metric) pair, when a baseline was given
-    figures/*.png   figures (each also as ``.svg``)
+    figures/*.png   figures (each also as ``.svg``), linked by relative paths
+
+The output folder may be the records folder itself (``lra-report results out=results name=REPORT.md``):
+only ``*.json`` files are read as records, so the report's own files are never read back.
 
 Library entry point: :func:`build_report`; command line: ``python -m lra.report``.
 Every section is written from whatever columns exist; a section without data says so.
@@ -21,6 +25,7 @@ import json
 import math
 import os
 import re
+import shlex
 import sys
 import tempfile
 from pathlib import Path
@@ -54,6 +59,8 @@ PAPER_TABLE1: dict[str, dict[str, float | None]] = {
     "Linear Trans.": dict(listops=16.13, text=65.90, retrieval=53.09, image=42.34, pathfinder=75.30, pathx=None, avg=50.55),
     "Performer": dict(listops=18.01, text=65.40, retrieval=53.82, image=42.77, pathfinder=77.05, pathx=None, avg=51.41),
 }
+#: the sequence lengths the LRA paper's Table 1 was measured at (Text: 4K bytes; Retrieval: 4K per document)
+PAPER_LENGTHS = dict(listops=2000, text=4000, retrieval=4000, image=1024, pathfinder=1024, pathx=16384)
 #: our variant name -> the paper's row (flash computes the same function as full).
 PAPER_NAMES = {"full": "Transformer", "flash": "Transformer", "local": "Local Attention",
                "linformer": "Linformer", "reformer": "Reformer", "bigbird": "BigBird",
@@ -85,25 +92,31 @@ _UNKNOWN_DEVICE = "unknown device"
 # ----------------------------------------------------------------------------------------------
 # Loading and the tidy frame
 
-def _read_any(path: Path) -> pd.DataFrame:
-    """Records from a file/dir of JSON records, a tidy CSV, or a report dir holding ``tidy.csv``."""
+def _read_any(path: Path, skipped: list[Path] | None = None) -> pd.DataFrame:
+    """Records from a file/dir of JSON records, a tidy CSV, or a report dir holding ``tidy.csv``.
+
+    A directory is read as a previous report (its ``tidy.csv``) only when it holds no JSON at all,
+    so a records folder that also holds its own report (``results/``) is read from the records.
+    """
     if path.is_file() and path.suffix == ".csv":
         return pd.read_csv(path)
     if path.is_dir() and (path / "tidy.csv").is_file() and not any(path.rglob("*.json")):
         return pd.read_csv(path / "tidy.csv")
-    return load(path)
+    return load(path, skipped)
 
 
-def load_frame(inputs: Iterable[str | os.PathLike] | str | os.PathLike) -> pd.DataFrame:
+def load_frame(inputs: Iterable[str | os.PathLike] | str | os.PathLike,
+               skipped: list[Path] | None = None) -> pd.DataFrame:
     """Load records (JSON files/dirs, tidy CSVs, report dirs) into one normalised frame.
 
     Every column the report uses exists afterwards (NaN where the records had none);
     numbers are numeric, missing device names read ``"unknown device"``, ``time_ms`` holds the
     per-call time of op benchmarks (``ms``, else ``ms_fwd_bwd``/``ms_fwd`` by mode).
+    ``skipped`` collects the JSON files found that are not result records.
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
-    frames = [_read_any(Path(p)) for p in inputs]
+    frames = [_read_any(Path(p), skipped) for p in inputs]
     frames = [f for f in frames if not f.empty]
     df = pd.concat(frames, ignore_index=True, sort=False) if frames else pd.DataFrame()
     return normalize(df)
@@ -122,6 +135,10 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
     df["status"] = df["status"].astype(object).where(df["status"].notna(), "ok")
     df["device_name"] = df["device_name"].astype(object).where(df["device_name"].notna(), _UNKNOWN_DEVICE)
     df["variant"] = df["variant"].astype(object).where(df["variant"].notna(), "?")
+    # lra-train's recipe (model size + optimizer settings): `lra` (the paper's) unless the config says otherwise
+    config = df["config"] if "config" in df else pd.Series([None] * len(df), index=df.index)
+    df["recipe"] = [c.get("recipe") or "lra" if isinstance(c, dict) and k == "train" else None
+                    for c, k in zip(config, df["kind"])]
     time = df["ms"].copy()
     for mode, col in (("op_fwd_bwd", "ms_fwd_bwd"), ("op_fwd", "ms_fwd")):
         fill = (df["mode"] == mode) & time.isna()
@@ -207,6 +224,54 @@ def _slug(s: str) -> str:
 
 def _devices(df: pd.DataFrame) -> list[str]:
     return sorted(df["device_name"].dropna().unique(), key=str)
+
+
+def memory_note(rows: pd.DataFrame) -> str | None:
+    """None when ``rows`` hold peak memory; else why not ("not measured on CPU ...")."""
+    if rows.empty or rows["peak_mem_mb"].notna().any():
+        return None
+    types = {str(t) for t in rows["device_type"].dropna().unique()}
+    if types == {"cpu"}:
+        return "peak memory not measured on CPU (the CPU records hold none)"
+    return "peak memory not recorded in these records"
+
+
+def _setting(rows: pd.DataFrame, with_task: bool = False) -> str:
+    """The fixed shape of a set of bench rows, e.g. "float32, batch 2, 4 heads x 64"."""
+    def one(col):
+        if col not in rows:
+            return None
+        vals = rows[col].dropna().unique()
+        return vals[0] if len(vals) == 1 else None
+
+    parts = []
+    if with_task and one("task") is not None:
+        parts.append(f"task {one('task')}")
+    if one("dtype") is not None:
+        parts.append(str(one("dtype")))
+    if one("batch_size") is not None:
+        parts.append(f"batch {int(one('batch_size'))}")
+    h, d = one("heads"), one("head_dim")
+    if h is not None and d is not None:
+        parts.append(f"{int(h)} head{'s' if int(h) != 1 else ''} × {int(d)} dims")
+    if one("timer") is not None:
+        parts.append(f"timed with {one('timer')}")
+    return ", ".join(parts)
+
+
+def _settings(rows: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """Split bench rows by the grid axes a figure must not mix (dtype, batch, heads, head_dim).
+
+    Returns ``[(suffix, rows), ...]``; the suffix is "" when there is a single setting.
+    """
+    keys = [k for k in ("dtype", "batch_size", "heads", "head_dim") if k in rows]
+    if not keys or rows.empty:
+        return [("", rows)]
+    key_frame = rows[keys].astype(object).where(rows[keys].notna(), "—").astype(str)
+    groups = list(rows.groupby([key_frame[k] for k in keys], sort=True))
+    if len(groups) == 1:
+        return [("", rows)]
+    return [("_" + _slug("_".join(k if isinstance(k, tuple) else (k,))), g) for k, g in groups]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -317,6 +382,7 @@ def speed_table(rows: pd.DataFrame, reference: str | None = "full") -> pd.DataFr
     ``reference`` given: values relative to that variant at the same length ("2.00×"); a failed
     case shows its status, a length where the reference failed shows "ref <status>".
     ``reference=None``: absolute values (steps/s, MiB).
+    The memory columns are left out when no row has a peak memory (CPU runs).
     """
     if rows.empty:
         return pd.DataFrame()
@@ -324,9 +390,12 @@ def speed_table(rows: pd.DataFrame, reference: str | None = "full") -> pd.DataFr
     variants = variant_order(rows["variant"].unique())
     speed = _median_by(rows, ["variant", "seq_len"], "steps_per_s").set_index(["variant", "seq_len"])
     mem = _median_by(rows, ["variant", "seq_len"], "peak_mem_mb").set_index(["variant", "seq_len"])
-    cols = [f"steps/s {length_label(n)}" for n in lengths] + [f"memory {length_label(n)}" for n in lengths]
+    has_mem = memory_note(rows) is None
+    cols = [f"steps/s {length_label(n)}" for n in lengths]
+    cols += [f"memory {length_label(n)}" for n in lengths] if has_mem else []
     out = pd.DataFrame(index=pd.Index(variants, name="variant"), columns=cols, dtype=object)
-    for table, name, fmt in ((speed, "steps/s", _sig), (mem, "memory", lambda x: f"{x:,.0f} MiB")):
+    tables = [(speed, "steps/s", _sig)] + ([(mem, "memory", lambda x: f"{x:,.0f} MiB")] if has_mem else [])
+    for table, name, fmt in tables:
         for v in variants:
             for n in lengths:
                 col = f"{name} {length_label(n)}"
@@ -596,7 +665,7 @@ def _length_axis(ax, lengths: Iterable[float]) -> None:
     ax.xaxis.set_major_locator(FixedLocator(lengths))
     ax.xaxis.set_major_formatter(FixedFormatter([length_label(n) for n in lengths]))
     ax.xaxis.set_minor_locator(NullLocator())
-    ax.set_xlabel("sequence length N (tokens)")
+    ax.set_xlabel("sequence length N (tokens, log scale)")
 
 
 def _log_y(ax) -> None:
@@ -618,8 +687,16 @@ def _log_y(ax) -> None:
         ax.yaxis.set_minor_formatter(NullFormatter())
 
 
-def _legend_outside(ax, title: str | None = None) -> None:
-    handles, labels = ax.get_legend_handles_labels()
+def _ylabel(ax, text: str) -> None:
+    """Set the y label, saying "log scale" inside its unit parentheses when the axis is logarithmic."""
+    if ax.get_yscale() == "log":
+        text = text[:-1] + ", log scale)" if text.endswith(")") else text + " (log scale)"
+    ax.set_ylabel(text)
+
+
+def _legend_outside(ax, title: str | None = None, handles=None, labels=None) -> None:
+    if handles is None:
+        handles, labels = ax.get_legend_handles_labels()
     if ax.get_legend() is not None:
         ax.get_legend().remove()
     if handles:
@@ -627,18 +704,64 @@ def _legend_outside(ax, title: str | None = None) -> None:
                   borderaxespad=0.0, frameon=False, fontsize="small", title_fontsize="small")
 
 
-def _scaling_figure(rows: pd.DataFrame, value: str, ylabel: str, title: str, palette, fig_dir, stem):
+def _exponent(k: float) -> str:
+    """Mathtext "∝ N^k" for a legend ("-0.00" printed as "0.00")."""
+    k = 0.0 if abs(k) < 0.005 else k
+    return rf"$\propto N^{{{k:.2f}}}$"
+
+
+def coinciding(med: pd.DataFrame, value: str, keys: Sequence[str] = ("seq_len",), rtol: float = 0.02
+               ) -> dict[str, str]:
+    """Variants whose curve lies on an earlier variant's: ``{later: earlier}``.
+
+    ``med`` has one row per variant and ``keys``; two curves coincide when they have the same points
+    and agree within ``rtol`` at each. Lines drawn later cover earlier ones, so a reader needs to be told.
+    """
+    curves = {v: g.set_index(list(keys))[value].sort_index() for v, g in med.groupby("variant")}
+    order = variant_order(curves)
+    same: dict[str, str] = {}
+    for i, b in enumerate(order):
+        for a in order[:i]:
+            if a in same:
+                continue
+            ca, cb = curves[a], curves[b]
+            if len(ca) == len(cb) and ca.index.equals(cb.index) and \
+                    np.allclose(cb.to_numpy(float), ca.to_numpy(float), rtol=rtol, atol=0.0):
+                same[b] = a
+                break
+    return same
+
+
+def _overlap_note(same: Mapping[str, str]) -> str:
+    if not same:
+        return ""
+    groups: dict[str, list[str]] = {}
+    for b, a in same.items():
+        groups.setdefault(a, [a]).append(b)
+    return ("Lines drawn on top of each other (equal within 2% at every length): "
+            + "; ".join(" = ".join(g) for g in groups.values()) + ".")
+
+
+#: what a figure function returns: the first-format path (None when not drawn) and a note for the report
+FigureResult = tuple[Path | None, str]
+
+
+def _scaling_figure(rows: pd.DataFrame, value: str, ylabel: str, title: str, palette, fig_dir, stem,
+                    fitted: str = "fit over the upper half of N") -> FigureResult:
     """Log-log lines per variant, legend with the fitted exponent; failed lengths marked with x."""
     plt, sns = _plt()
     ok = rows[(rows["status"] == "ok") & rows[value].notna() & rows["seq_len"].notna() & (rows[value] > 0)]
     if ok.empty:
-        return None
+        return None, "no measurement with status ok"
     med = ok.groupby(["variant", "seq_len"], as_index=False)[value].median()
+    order = variant_order(med["variant"].unique())
+    same = coinciding(med, value)
     labels = {}
     for v, g in ok.groupby("variant"):
         k = fit_exponent(g["seq_len"], g[value])
-        labels[v] = f"{v} (N^{k:.2f})" if np.isfinite(k) else f"{v}"
-    order = [v for v in variant_order(med["variant"].unique())]
+        labels[v] = f"{v} ({_exponent(k)})" if np.isfinite(k) else f"{v}"
+        if v in same:
+            labels[v] += f", on top of {same[v]}"
     med["label"] = med["variant"].map(labels)
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     sns.lineplot(data=med, x="seq_len", y=value, hue="label", style="label", markers=True, dashes=False,
@@ -652,34 +775,67 @@ def _scaling_figure(rows: pd.DataFrame, value: str, ylabel: str, title: str, pal
         for v, g in failed.groupby("variant"):
             ax.scatter(g["seq_len"], [ylim[1]] * len(g), marker="X", s=70, color=palette.get(v, "k"),
                        clip_on=False, zorder=5)
-        ax.plot([], [], "kX", linestyle="none", label="failed here (marked at top)")
+        kinds = "/".join(sorted(failed["status"].unique()))
+        ax.plot([], [], "kX", linestyle="none", label=f"failed ({kinds}), marked at the top")
         ax.set_ylim(ylim)
     _length_axis(ax, rows["seq_len"])
-    ax.set_ylabel(ylabel)
+    _ylabel(ax, ylabel)
     ax.set_title(title, fontsize="medium")
-    _legend_outside(ax, "variant (fitted exponent)")
+    _legend_outside(ax, f"variant ({fitted})")
     paths = _save(fig, fig_dir, stem)
     plt.close(fig)
-    return paths[0]
+    return paths[0], _overlap_note(same)
 
 
-def _bubble_figure(df, device, palette, fig_dir):
-    """LRA Figure 3: x steps/s, y average accuracy, bubble area proportional to peak memory."""
+def _bubble_figure(df, device, palette, fig_dir) -> FigureResult:
+    """LRA Figure 3: x training steps/s, y test accuracy, bubble area proportional to peak memory.
+
+    Accuracy and speed come from the same device: speed from ``model_step`` bench records when they cover
+    at least two variants with accuracy, else from the train records' ``steps_per_s`` on one task.
+    """
     plt, sns = _plt()
-    d = df[(df["device_name"] == device) & (df["kind"] == "bench") & (df["mode"] == "model_step")
-           & (df["status"] == "ok") & df["steps_per_s"].notna()]
-    tr = df[df["kind"] == "train"]
-    if d.empty or tr.empty:
-        return None
-    _, means = accuracy_table(tr)
-    avg = means.mean(axis=1, skipna=True).dropna()
-    d = d[d["variant"].isin(avg.index)]
-    if d.empty:
-        return None
-    counts = d.groupby("seq_len")["variant"].nunique()
-    n = max(counts.index, key=lambda x: (counts[x], x))
-    pts = d[d["seq_len"] == n].groupby("variant", as_index=False)[["steps_per_s", "peak_mem_mb"]].median()
-    pts["accuracy"] = pts["variant"].map(avg)
+    d = df[df["device_name"] == device]
+    if not (d["kind"] == "train").any():
+        return None, "no train records on this device, so no accuracy"
+    _, means = accuracy_table(df, device)
+    with_acc = set(means.dropna(how="all").index)
+    pts, xlabel, where = None, "", ""
+    ms = d[(d["kind"] == "bench") & (d["mode"] == "model_step") & (d["status"] == "ok")
+           & d["steps_per_s"].notna() & d["variant"].isin(with_acc)]
+    if ms["variant"].nunique() >= 2:
+        counts = ms.groupby("seq_len")["variant"].nunique()
+        n = max(counts.index, key=lambda x: (counts[x], x))
+        at = ms[ms["seq_len"] == n]
+        pts = at.groupby("variant")[["steps_per_s", "peak_mem_mb"]].median()
+        xlabel = f"training speed (steps/s): bench model step at N = {length_label(n)}"
+        where = _setting(at, with_task=True)
+    else:
+        tr = d[(d["kind"] == "train") & (d["status"] == "ok") & d["steps_per_s"].notna() & d["variant"].isin(with_acc)]
+        if len(tr):
+            counts = tr.groupby("task")["variant"].nunique()
+            task = max(counts.index, key=lambda x: (counts[x], str(x)))
+            if counts[task] >= 2:
+                at = tr[tr["task"] == task]
+                pts = at.groupby("variant")[["steps_per_s", "peak_mem_mb"]].median()
+                xlabel = f"training speed (steps/s) on {TASK_NAMES.get(task, task)}, from the train records"
+                lengths = at["seq_len"].dropna().unique()
+                where = ", ".join(([f"N = {length_label(lengths[0])}"] if len(lengths) == 1 else [])
+                                  + ([_setting(at)] if _setting(at) else []))
+    if pts is None or len(pts) < 2:
+        return None, "fewer than two variants with both an accuracy and a training speed on this device"
+    m = means.loc[[v for v in pts.index if v in means.index]]
+    common = [t for t in m.columns if m[t].notna().all()]
+    if common:
+        acc = m[common].mean(axis=1)
+        names = [TASK_NAMES.get(t, t) for t in common]
+        ylabel = (f"{names[0]} test accuracy (%)" if len(names) == 1
+                  else f"test accuracy (%), mean over {', '.join(names)}")
+    else:
+        acc = m.mean(axis=1, skipna=True)
+        ylabel = "test accuracy (%), mean over each variant's tasks"
+    pts = pts.loc[acc.dropna().index].reset_index()
+    pts["accuracy"] = pts["variant"].map(acc)
+    mem_note = memory_note(d[d["variant"].isin(pts["variant"])])
     has_mem = pts["peak_mem_mb"].notna().any()
     mem = pts["peak_mem_mb"].fillna(pts["peak_mem_mb"].median() if has_mem else 1.0)
     area = 1500.0 * mem / mem.max() if has_mem else pd.Series(300.0, index=pts.index)
@@ -687,42 +843,79 @@ def _bubble_figure(df, device, palette, fig_dir):
     ax.scatter(pts["steps_per_s"], pts["accuracy"], s=area.clip(lower=20),
                c=[palette[v] for v in pts["variant"]], alpha=0.55, edgecolors="white", linewidths=1)
     for r, a in zip(pts.itertuples(), area):
-        label = r.variant + (f"\n{r.peak_mem_mb / 1024:.1f} GiB" if np.isfinite(r.peak_mem_mb) else "")
+        label = r.variant
+        if np.isfinite(r.peak_mem_mb):
+            label += f"\n{r.peak_mem_mb / 1024:.1f} GiB" if r.peak_mem_mb >= 1024 else f"\n{r.peak_mem_mb:,.0f} MiB"
         ax.annotate(label, (r.steps_per_s, r.accuracy), xytext=(0, math.sqrt(max(a, 20)) / 2 + 3),
                     textcoords="offset points", ha="center", va="bottom", fontsize="small")
-    ax.margins(x=0.15, y=0.2)
-    ax.set_xlabel(f"training speed at N = {length_label(n)} (steps/s)")
-    ax.set_ylabel("average test accuracy over tasks (%)")
-    ax.set_title(f"{device}: accuracy vs speed (LRA Fig. 3 layout)\nbubble area proportional to peak memory",
-                 fontsize="medium")
+    ax.margins(x=0.2, y=0.25)
+    x = pts["steps_per_s"]
+    if x.max() / x.min() > 10:
+        ax.set_xscale("log")
+        xlabel = xlabel.replace("(steps/s)", "(steps/s, log scale)")
+    else:  # from zero: a 0.1% difference must not fill the plot
+        ax.set_xlim(0, x.max() * 1.25)
+    lo, hi = ax.get_ylim()
+    if hi - lo < 5:  # at least 5 accuracy points tall, for the same reason
+        mid = (hi + lo) / 2
+        ax.set_ylim(mid - 2.5, mid + 2.5)
+    ax.set_xlabel(xlabel + (f"\n({where})" if where else ""))
+    ax.set_ylabel(ylabel)
+    size = "bubble area proportional to peak memory" if has_mem else \
+        f"equal bubbles: {mem_note or 'peak memory not recorded'}"
+    ax.set_title(f"{device}: accuracy vs training speed (LRA Fig. 3 layout)\n{size}", fontsize="medium")
     paths = _save(fig, fig_dir, f"bubble_{_slug(device)}")
     plt.close(fig)
-    return paths[0]
+    return paths[0], ""
 
 
-def _exactness_figure(rows, device, palette, fig_dir):
+def _exactness_figure(rows, device, palette, fig_dir, stem) -> FigureResult:
+    """Relative error vs length, one panel per input pattern."""
     plt, sns = _plt()
     ok = rows[(rows["status"] == "ok") & rows["approx_error"].notna() & rows["seq_len"].notna()].copy()
     if ok.empty:
-        return None
+        return None, "no exactness measurement with status ok"
     ok["pattern"] = ok["pattern"].astype(object).where(ok["pattern"].notna(), "—")
     med = ok.groupby(["variant", "pattern", "seq_len"], as_index=False)["approx_error"].median()
     order = variant_order(med["variant"].unique())
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    sns.lineplot(data=med, x="seq_len", y="approx_error", hue="variant", style="pattern", markers=True,
-                 hue_order=order, palette={v: palette[v] for v in order}, ax=ax, errorbar=None)
-    if (med["approx_error"] > 0).all():
-        _log_y(ax)
-    _length_axis(ax, ok["seq_len"])
-    ax.set_ylabel("approximation error vs exact attention")
-    ax.set_title(f"{device}: approximation error vs length", fontsize="medium")
-    _legend_outside(ax)
-    paths = _save(fig, fig_dir, f"approx_error_{_slug(device)}")
+    same = coinciding(med, "approx_error", keys=("pattern", "seq_len"))
+    labels = {v: v + (f", on top of {same[v]}" if v in same else "") for v in order}
+    med["label"] = med["variant"].map(labels)
+    patterns = sorted(med["pattern"].unique(), key=str)
+    fig, axes = plt.subplots(1, len(patterns), figsize=(3.8 * len(patterns) + 1.5, 4.5), sharey=True,
+                             squeeze=False)
+    handles: dict[str, Any] = {}
+    for ax, pat in zip(axes[0], patterns):
+        g = med[med["pattern"] == pat]
+        present = [labels[v] for v in order if v in set(g["variant"])]
+        sns.lineplot(data=g, x="seq_len", y="approx_error", hue="label", style="label", markers=True, dashes=False,
+                     hue_order=present, style_order=present, palette={labels[v]: palette[v] for v in order},
+                     ax=ax, errorbar=None)
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+        if (med["approx_error"] > 0).all():
+            _log_y(ax)
+        _length_axis(ax, g["seq_len"])
+        ax.set_title(f"inputs: {pat}", fontsize="medium")
+        ax.set_ylabel("")
+        ax.set_xlabel("")
+    _ylabel(axes[0][0], "relative error vs exact softmax")
+    order_labels = [labels[v] for v in order if labels[v] in handles]
+    _legend_outside(axes[0][-1], "variant", [handles[lab] for lab in order_labels], order_labels)
+    setting = _setting(ok)
+    fig.suptitle(f"{device}: approximation error vs length\n"
+                 r"relative error $\|out - exact\|_F \,/\, \|exact\|_F$" + (f", {setting}" if setting else ""),
+                 fontsize="medium")
+    fig.supxlabel("sequence length N (tokens, log scale)", fontsize="medium")
+    fig.tight_layout()
+    paths = _save(fig, fig_dir, stem)
     plt.close(fig)
-    return paths[0]
+    return paths[0], _overlap_note(same)
 
 
-def _cross_device_figure(df, palette, fig_dir):
+def _cross_device_figure(df, palette, fig_dir) -> FigureResult:
     """Bars per device for the same variant and length: op time and peak memory (or model steps/s)."""
     plt, sns = _plt()
     b = df[(df["kind"] == "bench") & (df["status"] == "ok")]
@@ -732,20 +925,27 @@ def _cross_device_figure(df, palette, fig_dir):
         d = b[(b["mode"] == mode) & b[value].notna() & b["seq_len"].notna()]
         if d["device_name"].nunique() < 2:
             continue
-        # the largest length at which most (variant, device) pairs are ok
-        counts = d.groupby("seq_len").apply(lambda g: g[["variant", "device_name"]].drop_duplicates().shape[0],
-                                            include_groups=False)
+        # only (variant, length) cases measured on two or more devices
+        ndev = d.groupby(["variant", "seq_len"])["device_name"].transform("nunique")
+        d = d[ndev >= 2]
+        if d.empty:
+            continue
+        # the largest length with the most variants measured on several devices
+        counts = d.groupby("seq_len")["variant"].nunique()
         n = max(counts.index, key=lambda x: (counts[x], x))
-        s = d[d["seq_len"] == n]
-        med = s.groupby(["variant", "device_name"], as_index=False)[[value, "peak_mem_mb"]].median()
+        s = d[d["seq_len"] == n].copy()
+        settings = {dev: _setting(g) for dev, g in s.groupby("device_name")}
+        s["device"] = s["device_name"].map(lambda x: f"{x} ({settings[x]})" if settings[x] else x)
+        med = s.groupby(["variant", "device"], as_index=False)[[value, "peak_mem_mb"]].median()
         order = variant_order(med["variant"].unique())
         panels = [(value, ylabel)] + ([("peak_mem_mb", "peak memory (MiB)")] if med["peak_mem_mb"].notna().any() else [])
         fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
         for ax, (col, lab) in zip(axes[0], panels):
-            sns.barplot(data=med, x="variant", y=col, hue="device_name", order=order, ax=ax, errorbar=None)
-            if (med[col].dropna() > 0).all() and med[col].max() / med[col].min() > 20:
+            sns.barplot(data=med, x="variant", y=col, hue="device", order=order, ax=ax, errorbar=None)
+            vals = med[col].dropna()
+            if len(vals) and (vals > 0).all() and vals.max() / vals.min() > 20:
                 _log_y(ax)
-            ax.set_ylabel(lab)
+            _ylabel(ax, lab)
             ax.set_xlabel("variant")
             ax.tick_params(axis="x", labelrotation=30)
             for t in ax.get_xticklabels():
@@ -755,55 +955,81 @@ def _cross_device_figure(df, palette, fig_dir):
         handles, labels = axes[0][0].get_legend_handles_labels()
         fig.suptitle(f"Across devices: {MODE_NAMES.get(mode, mode)} at N = {length_label(n)}", fontsize="medium")
         fig.tight_layout()
-        fig.legend(handles, labels, title="device", loc="center left", bbox_to_anchor=(1.0, 0.5),
-                   frameon=False, fontsize="small", title_fontsize="small")
+        fig.legend(handles, labels, title="device (setting)", loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                   frameon=False, fontsize="small", title_fontsize="small", ncol=1)
         paths = _save(fig, fig_dir, f"cross_device_{mode}")
         plt.close(fig)
-        return paths[0]
-    return None
+        return paths[0], ("" if "peak_mem_mb" in dict(panels) else
+                          "No memory panel: " + (memory_note(s) or "no peak memory recorded") + ".")
+    return None, ("records come from several devices, but no benchmark case (mode, variant, length) was "
+                  "measured on more than one of them")
 
 
 def make_figures(df: pd.DataFrame, out_dir: Path, formats: Sequence[str] = ("png", "svg")
-                 ) -> dict[str, list[tuple[str, Path]]]:
-    """All figures, grouped by section title; returns {section: [(caption, first-format path), ...]}."""
+                 ) -> dict[str, list[tuple[str, Path | None, str]]]:
+    """All figures, grouped by section title.
+
+    Returns ``{section: [(caption, first-format path or None, note), ...]}``; a None path means the
+    figure was not drawn and ``note`` says why (e.g. memory not measured on CPU).
+    """
     global _FORMATS
     _FORMATS = tuple(formats)
     fig_dir = Path(out_dir) / "figures"
     palette = _palette(variant_order(df["variant"].unique()))
-    figs: dict[str, list[tuple[str, Path]]] = {}
+    figs: dict[str, list[tuple[str, Path | None, str]]] = {}
 
-    def add(section, caption, path):
-        if path is not None:
-            figs.setdefault(section, []).append((caption, path))
+    def add(section, caption, result: FigureResult):
+        path, note = result
+        figs.setdefault(section, []).append((caption, path, note))
 
     for dev in _devices(df):
         d = df[(df["device_name"] == dev) & (df["kind"] == "bench")]
         sec = f"Device: {dev}"
+        slug = _slug(dev)
+        if d.empty:
+            add(sec, "time and memory vs length, approximation error, smoothness",
+                (None, "no `lra-bench` records from this device; `lra-bench` measures them"))
         for mode in OP_MODES:
-            rows = d[d["mode"] == mode]
+            for suffix, rows in _settings(d[d["mode"] == mode]):
+                if rows.empty:
+                    continue
+                setting = _setting(rows)
+                what = f"{MODE_NAMES[mode]}" + (f" ({setting})" if suffix else "")
+                sub = f"\n{setting}" if setting else ""
+                add(sec, f"time vs length, attention {what}",
+                    _scaling_figure(rows, "time_ms", "time per call (ms)",
+                                    f"{dev}: attention {MODE_NAMES[mode]} time per call{sub}", palette, fig_dir,
+                                    f"time_{mode}_{slug}{suffix}"))
+                note = memory_note(rows)
+                add(sec, f"peak memory vs length, attention {what}",
+                    (None, note) if note else
+                    _scaling_figure(rows, "peak_mem_mb", "peak memory (MiB)",
+                                    f"{dev}: attention {MODE_NAMES[mode]} peak memory{sub}", palette, fig_dir,
+                                    f"memory_{mode}_{slug}{suffix}"))
+        ms = d[(d["mode"] == "model_step") & d["steps_per_s"].notna()].copy()
+        for suffix, rows in _settings(ms):
             if rows.empty:
                 continue
-            add(sec, f"time vs length, {MODE_NAMES[mode]}",
-                _scaling_figure(rows, "time_ms", "time per call (ms)",
-                                f"{dev}: attention {MODE_NAMES[mode]} time", palette, fig_dir,
-                                f"time_{mode}_{_slug(dev)}"))
-            add(sec, f"memory vs length, {MODE_NAMES[mode]}",
-                _scaling_figure(rows, "peak_mem_mb", "peak memory (MiB)",
-                                f"{dev}: attention {MODE_NAMES[mode]} peak memory", palette, fig_dir,
-                                f"memory_{mode}_{_slug(dev)}"))
-        ms = d[d["mode"] == "model_step"].copy()
-        if len(ms) and ms["steps_per_s"].notna().any():
-            ms["ms_per_step"] = 1000.0 / ms["steps_per_s"]
-            add(sec, "model training step time vs length",
-                _scaling_figure(ms, "ms_per_step", "time per training step (ms)",
-                                f"{dev}: model training step time", palette, fig_dir, f"time_model_step_{_slug(dev)}"))
-        add(sec, "accuracy vs speed vs memory (LRA Figure 3 layout)", _bubble_figure(df, dev, palette, fig_dir))
-        add(sec, "approximation error vs length", _exactness_figure(d[d["mode"] == "exactness"], dev, palette, fig_dir))
-        sm = d[d["mode"] == "smoothness"]
-        if len(sm):
-            add(sec, "smoothness (Lipschitz estimate) vs length",
-                _scaling_figure(sm, "lipschitz", "Lipschitz constant estimate",
-                                f"{dev}: smoothness", palette, fig_dir, f"smoothness_{_slug(dev)}"))
+            rows = rows.assign(ms_per_step=1000.0 / rows["steps_per_s"])
+            setting = _setting(rows, with_task=True)
+            add(sec, "model training step time vs length" + (f" ({setting})" if suffix else ""),
+                _scaling_figure(rows, "ms_per_step", "time per training step (ms)",
+                                f"{dev}: one training step of the encoder" + (f"\n{setting}" if setting else ""),
+                                palette, fig_dir, f"time_model_step_{slug}{suffix}"))
+        if (df[df["device_name"] == dev]["kind"] == "train").any():
+            add(sec, "accuracy vs speed vs memory (LRA Figure 3 layout)", _bubble_figure(df, dev, palette, fig_dir))
+        for suffix, rows in _settings(d[d["mode"] == "exactness"]):
+            if len(rows):
+                add(sec, "approximation error vs length",
+                    _exactness_figure(rows, dev, palette, fig_dir, f"approx_error_{slug}{suffix}"))
+        for suffix, rows in _settings(d[d["mode"] == "smoothness"]):
+            if len(rows):
+                setting = _setting(rows)
+                add(sec, "smoothness (Lipschitz estimate) vs length",
+                    _scaling_figure(rows, "lipschitz", "Lipschitz estimate",
+                                    f"{dev}: smoothness, Lipschitz estimate (Jacobian spectral norm)"
+                                    + (f"\n{setting}" if setting else ""),
+                                    palette, fig_dir, f"smoothness_{slug}{suffix}"))
     if df["device_name"].nunique() > 1:
         add("Across devices", "same variant and length on each device", _cross_device_figure(df, palette, fig_dir))
     return figs
@@ -867,15 +1093,29 @@ def _section_accuracy(doc: _Doc, df: pd.DataFrame):
           "(oom, nan, error); \"—\" = not run. Avg is over tasks with a result (count shown when not all).")
     if tr.empty:
         doc.p("No records (no `train` records).")
-    for dev in _devices(tr):
-        doc.h(3, f"Device: {dev}")
-        cells, means = accuracy_table(df, dev)
+    recipes = sorted(tr["recipe"].dropna().unique(), key=lambda r: (r != "lra", r))
+    if len(recipes) > 1:
+        doc.p("Runs of different recipes (`recipe=`: model size and optimizer settings; `lra` = the paper's) "
+              "are tabulated separately.")
+    for dev, recipe in ((d, r) for d in _devices(tr) for r in recipes):
+        rows = df[(df["kind"] != "train") | (df["recipe"] == recipe)]
+        if tr[(tr["device_name"] == dev) & (tr["recipe"] == recipe)].empty:
+            continue
+        doc.h(3, f"Device: {dev}" + (f", recipe: {recipe}" if len(recipes) > 1 or recipe != "lra" else ""))
+        cells, means = accuracy_table(rows, dev)
         doc.table(cells)
         gap = gap_table(means)
         if not gap.empty:
             doc.p(f"Gap vs paper (ours − published, accuracy points; `flash` computes the same function as "
                   f"`full` and is compared with the paper's Transformer):")
             doc.table(gap)
+            d = tr[(tr["device_name"] == dev) & (tr["recipe"] == recipe) & tr["seq_len"].notna()]
+            other = sorted({(t, int(n)) for t, n in zip(d["task"], d["seq_len"])
+                            if t in PAPER_LENGTHS and int(n) != PAPER_LENGTHS[t]}, key=lambda x: TASKS.index(x[0]))
+            if other:
+                doc.p("Caution: " + ", ".join(f"{TASK_NAMES[t]} ran at N = {n:,} (the paper: {PAPER_LENGTHS[t]:,})"
+                                              for t, n in other)
+                      + "; such runs (e.g. `trainer=quick`) solve a different problem, so their gaps say little.")
     doc.h(3, "Published numbers")
     doc.p(f"From {PAPER_CITATION}. FAIL = the paper reports no better-than-chance result.")
     doc.table(paper_table())
@@ -890,6 +1130,11 @@ def _section_speed(doc: _Doc, df: pd.DataFrame):
         rows, source = speed_source(df, dev)
         doc.h(3, f"Device: {dev}")
         doc.p(f"Source: {source}. Steps per second (higher is better) and peak memory (lower is better).")
+        unplaced = rows["seq_len"].isna()
+        if unplaced.any():  # e.g. a job that failed before its shape was known: no column to put it in
+            doc.p(f"{int(unplaced.sum())} record(s) without a sequence length are left out here "
+                  f"(failed: see section 6).")
+            rows = rows[~unplaced]
         groups = rows.groupby([rows["task"].astype(object).fillna("—"), rows["dtype"].astype(object).fillna("—"),
                                rows["batch_size"].fillna(-1)], sort=True)
         for (task, dtype, bs), g in groups:
@@ -898,14 +1143,62 @@ def _section_speed(doc: _Doc, df: pd.DataFrame):
                                             f"batch {int(bs)}" if bs != -1 else "") if x)
             prefix = f"{setting}: " if setting else ""
             variants = set(g["variant"])
+            note = memory_note(g)
+            if note:
+                doc.p(f"{prefix}{note}, so the tables show speed only.")
             for ref in ("full", "flash"):
-                if ref in variants:
-                    doc.p(f"{prefix}relative to `{ref}` at the same length:")
+                if ref in variants and len(variants) > 1:
+                    doc.p(f"{prefix}relative to `{ref}` at the same length (ratio of steps/s"
+                          + ("" if note else " and of peak memory") + "):")
                     doc.table(speed_table(g, ref))
+                elif ref in variants:
+                    doc.p(f"{prefix}only `{ref}` here, so no table relative to it.")
                 else:
                     doc.p(f"{prefix}no `{ref}` records, so no table relative to it.")
-            doc.p(f"{prefix}absolute values (steps/s, MiB):")
+            doc.p(f"{prefix}absolute values (" + ("steps/s" if note else "steps/s, peak memory in MiB") + "):")
             doc.table(speed_table(g, None))
+    _subsection_overhead(doc, df)
+
+
+OVERHEAD_COLUMNS = (("ms_model_fwd_bwd", "fwd+bwd (ms)"), ("ms_model_fwd_bwd_opt", "+ clip + AdamW (ms)"),
+                    ("ms_train_step", "lra-train step (ms)"), ("overhead_pct", "overhead (%)"),
+                    ("optimizer_pct", "of which optimizer (%)"), ("loop_pct", "of which loop (%)"))
+
+
+def overhead_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per ``train_overhead`` bench record: the three per-step times and the overhead."""
+    out = []
+    for _, r in rows.sort_values(["variant", "seq_len"]).iterrows():
+        row = {"variant": r["variant"], "task": r.get("task"), "N": _int_or_dash(r.get("seq_len")),
+               "batch": _int_or_dash(r.get("batch_size")), "dtype": r.get("dtype")}
+        for col, label in OVERHEAD_COLUMNS:
+            value = r.get(col)
+            row[label] = "—" if r["status"] != "ok" or value is None or pd.isna(value) else (
+                f"{value:+.1f}" if col.endswith("_pct") else _sig(value))
+        row["status"] = r["status"]
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def _int_or_dash(x) -> str:
+    return "—" if x is None or pd.isna(x) else f"{int(x)}"
+
+
+def _subsection_overhead(doc: _Doc, df: pd.DataFrame):
+    if "mode" not in df:
+        return
+    d = df[(df["kind"] == "bench") & (df["mode"] == "train_overhead")]
+    if d.empty:
+        return
+    doc.h(3, "Training-loop overhead")
+    doc.p("`lra-bench modes=[train_overhead]`: milliseconds per step of the model's forward+backward alone "
+          "on one fixed on-device batch, of forward+backward+gradient clipping+AdamW, and of the real "
+          "`lra-train` step (`lra.train.TrainStep`: batch fetch, autocast, loss, backward, clip, AdamW, "
+          "schedule, on-device NaN bookkeeping, one host sync per `log_every` steps). Overhead = "
+          "train step / forward+backward − 1, split into the optimizer's share and the rest of the loop.")
+    for dev in _devices(d):
+        doc.p(f"Device: {dev}")
+        doc.table(overhead_table(d[d["device_name"] == dev]), index=False, left=("variant", "task", "dtype", "status"))
 
 
 def _section_ops(doc: _Doc, df: pd.DataFrame):
@@ -919,10 +1212,16 @@ def _section_ops(doc: _Doc, df: pd.DataFrame):
             rows = d[d["mode"] == mode]
             if rows.empty:
                 continue
-            parts.append((f"{MODE_NAMES[mode]} (`{mode}`): time per call (ms)", case_table(rows, "time_ms")))
-            if rows["peak_mem_mb"].notna().any():
+            setting = _setting(rows)
+            shape = f", {setting}" if setting else ""
+            parts.append((f"{MODE_NAMES[mode]} (`{mode}`{shape}): time per call (ms, median)",
+                          case_table(rows, "time_ms")))
+            note = memory_note(rows)
+            if note is None:
                 parts.append((f"{MODE_NAMES[mode]} (`{mode}`): peak memory (MiB)",
                               case_table(rows, "peak_mem_mb", lambda x: f"{x:,.0f}")))
+            else:
+                parts.append((f"{MODE_NAMES[mode]} (`{mode}`): {note}", None))
             if rows["tflops"].notna().any():
                 tf = case_table(rows, "tflops")
                 tf = tf[(tf != "—").any(axis=1)]
@@ -934,15 +1233,20 @@ def _section_ops(doc: _Doc, df: pd.DataFrame):
         ex = d[d["mode"] == "exactness"]
         if len(ex):
             for pat, g in ex.groupby(ex["pattern"].astype(object).fillna("—")):
-                parts.append((f"approximation error vs exact attention, inputs `{pat}`",
+                parts.append((f"approximation error vs exact softmax attention (‖out − exact‖_F / ‖exact‖_F), "
+                              f"inputs `{pat}`",
                               case_table(g, "approx_error", lambda x: f"{x:.3g}")))
         sm = d[d["mode"] == "smoothness"]
         if len(sm):
-            parts.append(("smoothness: Lipschitz constant estimate", case_table(sm, "lipschitz", lambda x: f"{x:.3g}")))
+            parts.append(("smoothness: Lipschitz constant estimate (spectral norm of the attention map's Jacobian)",
+                          case_table(sm, "lipschitz", lambda x: f"{x:.3g}")))
         if parts:
             any_rows = True
             doc.h(3, f"Device: {dev}")
             for caption, table in parts:
+                if table is None:
+                    doc.p(caption + ".")
+                    continue
                 doc.p(caption + ":")
                 doc.table(table)
     if not any_rows:
@@ -963,7 +1267,12 @@ def _section_derived(doc: _Doc, df: pd.DataFrame, mode: str = "op_fwd_bwd"):
         doc.p("No records.")
     for dev in devs:
         doc.h(3, f"Device: {dev}")
-        doc.table(_derived_display(derived_numbers(df, dev, mode)))
+        table = _derived_display(derived_numbers(df, dev, mode))
+        note = memory_note(b[(b["device_name"] == dev) & (b["mode"] == mode)])
+        if note:
+            table = table.drop(columns=["memory ~ N^k"])
+            doc.p(f"No memory exponent: {note}.")
+        doc.table(table)
 
 
 def _section_failures(doc: _Doc, df: pd.DataFrame):
@@ -985,15 +1294,23 @@ def _section_failures(doc: _Doc, df: pd.DataFrame):
     doc.table(out, index=False, left=("kind", "device", "variant", "task / mode", "status", "message"))
 
 
-def _section_provenance(doc: _Doc, df: pd.DataFrame, inputs: Sequence[Path]):
+def _section_provenance(doc: _Doc, df: pd.DataFrame, inputs: Sequence[Path], skipped: Sequence[Path] = ()):
     doc.h(2, "7. Provenance")
-    doc.p("Inputs: " + ", ".join(f"`{p}`" for p in inputs) + f" ({len(df)} records).")
+    doc.p("Inputs: " + ", ".join(f"`{p}`" for p in inputs) + f" ({len(df)} record{'s' if len(df) != 1 else ''}).")
+    if skipped:
+        shown = ", ".join(f"`{p}`" for p in skipped[:20])
+        shown += f" and {len(skipped) - 20} more" if len(skipped) > 20 else ""
+        doc.p(f"Skipped {len(skipped)} JSON file(s) that are not result records (no `schema` and `kind` keys, "
+              f"or not valid JSON): {shown}.")
+    if df.empty:
+        return
     devs = df.groupby("device_name", dropna=False).agg(
         type=("device_type", lambda s: ", ".join(sorted({str(x) for x in s.dropna()})) or "—"),
         count=("device_count", lambda s: ", ".join(sorted({str(int(x)) for x in s.dropna()})) or "—"),
-        memory_MiB=("device_memory_mb", lambda s: ", ".join(sorted({f"{int(x):,}" for x in s.dropna()})) or "—"),
+        memory=("device_memory_mb", lambda s: ", ".join(sorted({f"{int(x):,}" for x in s.dropna()})) or "—"),
         records=("kind", "size"))
     devs.index.name = "device"
+    devs.columns = ["type", "devices (GPUs) / cores (CPU)", "memory (MiB)", "records"]
     doc.table(devs, left=("type",))
 
     def uniq(col):
@@ -1053,31 +1370,59 @@ def _section_compare(doc: _Doc, df: pd.DataFrame, compare: Path | None, toleranc
     return cmp
 
 
+def rebuild_command(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike, name: str = "report.md",
+                    compare: str | os.PathLike | None = None, tolerance: float = 0.05,
+                    figures: bool = True) -> str:
+    """The ``lra-report`` command line that builds this report again (paths as they were given)."""
+    words = ["lra-report", *(str(p) for p in inputs), f"out={out_dir}"]
+    if name != "report.md":
+        words.append(f"name={name}")
+    if compare is not None:
+        words += [f"compare={compare}", f"tolerance={tolerance:g}"]
+    if not figures:
+        words.append("--no-figures")
+    return " ".join(shlex.quote(w) for w in words)
+
+
 def build_report(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                  compare: str | os.PathLike | None = None, tolerance: float = 0.05, *,
-                 figure_formats: Sequence[str] = ("png", "svg")) -> Path:
-    """Build ``report.md`` (+ ``report.html``, ``tidy.csv``, ``figures/``) in ``out_dir``; return report.md's path.
+                 figure_formats: Sequence[str] = ("png", "svg"), name: str = "report.md",
+                 command: str | None = None) -> Path:
+    """Build ``name`` (default ``report.md``; + the same name as ``.html``, ``tidy.csv``, ``figures/``) in
+    ``out_dir``; return the markdown file's path.
 
-    ``inputs``: record files/directories (searched recursively for ``*.json``) or tidy CSVs.
+    ``inputs``: record files/directories (searched recursively for ``*.json``) or tidy CSVs. ``out_dir`` may
+    lie inside an input folder (``lra-report results out=results name=REPORT.md``): only ``*.json``
+    files are read as records there, so the report's own CSV is never read back.
     ``compare``: a baseline (records dir, a previous report dir, or its ``tidy.csv``); regressions beyond
     ``tolerance`` (fraction) are flagged in section 8 and listed in ``compare.csv``.
     ``figure_formats``: file types for each figure (PNG is linked from the report; ``()`` = no figures).
+    Figures are linked by paths relative to ``out_dir`` (they render on GitHub); figure files left in
+    ``out_dir/figures`` by an earlier build and not drawn again are removed.
+    ``command``: the rebuild command printed at the top (default: :func:`rebuild_command`).
     """
+    if Path(name).name != name or not name:
+        raise ValueError(f"name must be a file name without folders, got {name!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     inputs = [Path(p) for p in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)]
-    df = load_frame(inputs)
+    skipped: list[Path] = []
+    df = load_frame(inputs, skipped)
     _atomic_write_text(out_dir / "tidy.csv", tidy(df).to_csv(index=False))
+    if command is None:
+        command = rebuild_command(inputs, out_dir, name, compare, tolerance, bool(figure_formats))
 
     doc = _Doc()
     doc.h(1, "lra-bench report")
+    doc.p(f"Rebuild this file, its figures and `tidy.csv` with `{command}`.")
     if df.empty:
         doc.p("No records found in the inputs.")
     else:
         kinds = df["kind"].value_counts()
-        doc.p(f"{len(df)} records ({kinds.get('train', 0)} train, {kinds.get('bench', 0)} bench) from "
+        doc.p(f"{len(df)} record{'s' if len(df) != 1 else ''} "
+              f"({kinds.get('train', 0)} train, {kinds.get('bench', 0)} bench) from "
               f"{df['device_name'].nunique()} device(s): {', '.join(_devices(df))}. "
-              f"{int((df['status'] != 'ok').sum())} not ok (section 6). Tidy data: `tidy.csv`.")
+              f"{int((df['status'] != 'ok').sum())} not ok (section 6). Tidy data: [`tidy.csv`](tidy.csv).")
     doc.p("Sections: 1. Accuracy · 2. Speed and memory · 3. Op-level benchmarks · 4. Derived numbers · "
           "5. Figures · 6. Failed cases · 7. Provenance · 8. Comparison with baseline")
     _section_accuracy(doc, df)
@@ -1087,21 +1432,34 @@ def build_report(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
     doc.h(2, "5. Figures")
     figs = make_figures(df, out_dir, figure_formats) if (not df.empty and figure_formats) else {}
     if not figs:
-        doc.p("No records to plot.")
+        doc.p("No figures (no records, or figures turned off)." if df.empty or not figure_formats
+              else "No records to plot.")
+    drawn: set[Path] = set()
     for section, items in figs.items():
         doc.h(3, section)
-        for caption, path in items:
+        for caption, path, note in items:
+            if path is None:
+                doc.p(f"*{caption[0].upper() + caption[1:]}: not drawn ({note}).*")
+                continue
+            drawn.update(path.with_suffix(f".{ext}") for ext in figure_formats)
             doc.image(caption, path, out_dir)
+            if note:
+                doc.p(f"*{note}*")
+    fig_dir = out_dir / "figures"
+    if figure_formats and fig_dir.is_dir():  # figures of an earlier build that this one did not draw would mislead
+        for stale in fig_dir.iterdir():
+            if stale.suffix in (".png", ".svg") and stale not in drawn:
+                stale.unlink()
     _section_failures(doc, df)
-    _section_provenance(doc, df, inputs)
+    _section_provenance(doc, df, inputs, skipped)
     cmp = _section_compare(doc, df, Path(compare) if compare is not None else None, tolerance, out_dir)
     if cmp is not None and len(cmp) and cmp["regression"].any():
         # surface regressions at the top as well
-        doc.md.insert(1, f"**⚠ {int(cmp['regression'].sum())} regression(s) against the baseline "
+        doc.md.insert(2, f"**⚠ {int(cmp['regression'].sum())} regression(s) against the baseline "
                          f"(section 8).**\n")
-    md_path = out_dir / "report.md"
+    md_path = out_dir / name
     _atomic_write_text(md_path, "\n".join(doc.md))
-    _atomic_write_text(out_dir / "report.html",
+    _atomic_write_text(md_path.with_suffix(".html"),
                        "<!doctype html><html><head><meta charset='utf-8'><title>lra-bench report</title>"
                        "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}"
                        "table{border-collapse:collapse;margin:8px 0}td,th{padding:2px 8px;border-bottom:1px solid #ddd;"
@@ -1111,18 +1469,24 @@ def build_report(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``lra-report [inputs...] out=DIR [compare=BASELINE] [tolerance=0.05]`` (``--out DIR`` etc. work too)."""
+    """``lra-report [inputs...] out=DIR [name=report.md] [compare=BASELINE] [tolerance=0.05]``.
+
+    ``--out DIR`` etc. work too. The committed report: ``lra-report results out=results name=REPORT.md``.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     # Hydra-style key=value arguments, as the other lra-* commands take them
     argv = [a for arg in argv for a in (
         [f"--{arg.split('=', 1)[0].replace('_', '-')}", arg.split("=", 1)[1]]
-        if "=" in arg and not arg.startswith("-") and arg.split("=", 1)[0] in ("out", "compare", "tolerance")
+        if "=" in arg and not arg.startswith("-") and arg.split("=", 1)[0] in ("out", "name", "compare", "tolerance")
         else [arg])]
     ap = argparse.ArgumentParser(prog="lra-report",
                                  description="Build a markdown report, figures and a tidy CSV from result records.")
     ap.add_argument("inputs", nargs="*", default=["results"],
                     help="record files or directories (searched recursively), or tidy CSVs (default: results)")
     ap.add_argument("--out", default="report", help="output directory (default: report)")
+    ap.add_argument("--name", default="report.md",
+                    help="file name of the markdown report in the output directory (default: report.md; "
+                         "the committed one: REPORT.md); the HTML copy gets the same stem")
     ap.add_argument("--compare", default=None, help="baseline: records dir, previous report dir, or tidy.csv")
     ap.add_argument("--tolerance", type=float, default=0.05,
                     help="regression threshold as a fraction of the baseline value (default 0.05)")
@@ -1132,8 +1496,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         path = build_report(args.inputs, args.out, args.compare, args.tolerance,
-                            figure_formats=() if args.no_figures else ("png", "svg"))
-    except FileNotFoundError as e:
+                            figure_formats=() if args.no_figures else ("png", "svg"), name=args.name,
+                            command=rebuild_command(args.inputs, args.out, args.name, args.compare,
+                                                    args.tolerance, not args.no_figures))
+    except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(path)

@@ -78,8 +78,19 @@ def device_info(device: Any = None) -> dict[str, Any]:
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
     except (ValueError, OSError, AttributeError):
         mem = None
-    name = platform.processor() or platform.machine() or "cpu"
-    return {"type": device.type, "name": f"CPU {name}", "count": os.cpu_count(), "memory_mb": mem}
+    return {"type": device.type, "name": f"CPU {cpu_model()}", "count": os.cpu_count(), "memory_mb": mem}
+
+
+def cpu_model() -> str:
+    """The processor's model name (``/proc/cpuinfo`` on Linux), else the architecture."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return " ".join(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
 
 
 def git_commit() -> str | None:
@@ -155,8 +166,13 @@ def read_record(path: str | os.PathLike) -> dict[str, Any] | None:
     return None
 
 
-def iter_records(paths: Iterable[str | os.PathLike] | str | os.PathLike) -> Iterable[dict[str, Any]]:
-    """Records from files and (recursively) directories; non-record JSON is skipped."""
+def iter_records(paths: Iterable[str | os.PathLike] | str | os.PathLike,
+                 skipped: list[Path] | None = None) -> Iterable[dict[str, Any]]:
+    """Records from files and (recursively) directories; non-record JSON is skipped.
+
+    ``skipped``: a list that collects the paths of the ``*.json`` files that are not records
+    (other JSON such as benchmark side files, or unreadable JSON), so callers can say so.
+    """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     for p in paths:
@@ -171,6 +187,8 @@ def iter_records(paths: Iterable[str | os.PathLike] | str | os.PathLike) -> Iter
             rec = read_record(f)
             if rec is not None:
                 yield rec
+            elif skipped is not None:
+                skipped.append(f)
 
 
 _FLAT_PREFIXED = ("device", "versions")
@@ -192,13 +210,15 @@ def flatten(record: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def load(paths: Iterable[str | os.PathLike] | str | os.PathLike) -> pd.DataFrame:
+def load(paths: Iterable[str | os.PathLike] | str | os.PathLike,
+         skipped: list[Path] | None = None) -> pd.DataFrame:
     """Load records from any mix of files and directories into one DataFrame (a row each).
 
     Columns: the record's top-level keys, every metric and case fact as its own column,
     ``device_name``/``device_type``/..., ``versions_torch``/..., and ``_path``.
+    JSON files that are not records are skipped (their paths appended to ``skipped`` if given).
     """
-    rows = [flatten(r) for r in iter_records(paths)]
+    rows = [flatten(r) for r in iter_records(paths, skipped)]
     df = pd.DataFrame(rows)
     if not df.empty:
         for col in ("finished_at", "started_at"):

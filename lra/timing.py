@@ -9,6 +9,9 @@ Timing protocol (:func:`time_fn`), the same on every device:
 4. ``sync()``, then read every (start, stop) pair; report the median and the 10th/90th
    percentiles in milliseconds.
 
+:func:`time_interleaved` compares several functions: each warmed up, then rounds of one
+:func:`time_fn` call each, the order rotated per round, so drift hits all of them alike.
+
 Clocks:
 
 * :class:`CudaEventClock` (``timer: "cuda_event"``) -- CUDA events recorded on the current
@@ -159,11 +162,42 @@ def time_fn(fn: Callable[[], Any], *, warmup: int = 3, repeats: int = 10,
         fn()
         marks.append((start, clock.stop()))
     sync()
-    times = [clock.elapsed_ms(a, b) for a, b in marks]
+    return summarize([clock.elapsed_ms(a, b) for a, b in marks],
+                     timer=getattr(clock, "name", type(clock).__name__), warmup=warmup)
+
+
+def summarize(times_ms: list[float], *, timer: str, warmup: int = 0) -> Timing:
+    """Median and 10th/90th percentiles of per-call times (ms)."""
+    times = [float(t) for t in times_ms]
     ordered = sorted(times)
     return Timing(median_ms=float(statistics.median(times)), p10_ms=float(_percentile(ordered, 10)),
-                  p90_ms=float(_percentile(ordered, 90)), times_ms=times,
-                  timer=getattr(clock, "name", type(clock).__name__), warmup=warmup, repeats=repeats)
+                  p90_ms=float(_percentile(ordered, 90)), times_ms=times, timer=timer, warmup=warmup,
+                  repeats=len(times))
+
+
+def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 3, repeats: int = 10,
+                     device: torch.device | str = "cpu") -> dict[str, Timing]:
+    """:func:`time_fn` for several functions compared with each other, in interleaved rounds.
+
+    Each function is warmed up ``warmup`` times; then ``repeats`` rounds each time one call of
+    every function (one :func:`time_fn` call, so the same clock and syncs), the order rotated
+    from round to round, so that slow drift (clocks, thermals, other jobs on a shared host)
+    falls on all of them alike rather than on whichever ran last.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    names = list(fns)
+    for name in names:
+        for _ in range(max(0, warmup)):
+            fns[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    timer = "perf_counter"
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            t = time_fn(fns[name], warmup=0, repeats=1, device=device)
+            times[name] += t.times_ms
+            timer = t.timer
+    return {name: summarize(times[name], timer=timer, warmup=warmup) for name in names}
 
 
 class PeakMemory:

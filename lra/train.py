@@ -53,12 +53,29 @@ def _merge(*layers) -> dict[str, Any]:
     return out
 
 
+def recipe_of(cfg: DictConfig) -> DictConfig | dict:
+    """The task's model/trainer settings for ``recipe`` (``lra``: the task's own blocks, nothing to add).
+
+    Other recipes live in the task config under ``recipes.<name>`` with ``model`` and ``trainer``
+    blocks that override the LRA ones (see conf/task/listops.yaml).
+    """
+    name = cfg.get("recipe") or "lra"
+    if name == "lra":
+        return {}
+    recipes = cfg.task.get("recipes") or {}
+    if name not in recipes:
+        raise ConfigError(f"recipe={name!r} is not defined for task {cfg.task.name!r}; "
+                          f"choices: {['lra', *recipes]}")
+    return recipes[name]
+
+
 def resolve(cfg: DictConfig) -> tuple[DictConfig, dict, dict, dict]:
     """Effective (task cfg, model kwargs, trainer settings, attention knobs) of a run."""
     task_cfg = OmegaConf.merge(cfg.task, {k: v for k, v in (cfg.trainer.get("task_overrides") or {}).items()})
-    model = _merge(cfg.task.get("model"), cfg.trainer.get("model_overrides"), cfg.model)
-    trainer = _merge(cfg.task.get("trainer"), {k: v for k, v in cfg.trainer.items()
-                                                if k not in ("task_overrides", "model_overrides")})
+    recipe = recipe_of(cfg)
+    model = _merge(cfg.task.get("model"), recipe.get("model"), cfg.trainer.get("model_overrides"), cfg.model)
+    trainer = _merge(cfg.task.get("trainer"), recipe.get("trainer"),
+                     {k: v for k, v in cfg.trainer.items() if k not in ("task_overrides", "model_overrides")})
     knobs = _merge(cfg.attention)
     knobs.pop("name", None)
     return task_cfg, model, trainer, knobs
@@ -151,6 +168,71 @@ def build_model(data: tasks.TaskData, model: dict, attention: str, knobs: dict) 
                                  dual=data.dual, attention=attention, attention_cfg=knobs, **model))
 
 
+def make_optimizer(model: torch.nn.Module, tr: dict):
+    """AdamW (weight decay on matrices except position embeddings) and its LambdaLR schedule."""
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "pos" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "pos" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tr.get("weight_decay", 0.0)},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=tr["lr"], betas=tuple(tr.get("betas", (0.9, 0.98))), eps=1e-8)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(tr["schedule"], int(tr["warmup"]), int(tr["steps"])))
+    return opt, sched
+
+
+class TrainStep:
+    """The body of the training loop: :func:`train` runs it, and so does ``lra-bench``'s
+    ``train_overhead`` mode, so that what the benchmark times cannot drift from the real loop.
+
+    ``ts(step)`` runs one optimizer step: the batch of ``step`` from ``batches``
+    (:meth:`lra.data.DeviceBatches.batch`), the forward pass of ``step_fn`` under autocast
+    (``amp``: dtype or None), cross-entropy in fp32, backward, gradient-norm clipping
+    (``grad_clip``; 0/None = off), optimizer and scheduler steps, and the on-device bookkeeping
+    (first step with a non-finite loss, running loss and accuracy sums) -- no host sync.
+    :meth:`boundary` is the loop's only host sync, once per ``log_every`` steps.
+    """
+
+    def __init__(self, model: torch.nn.Module, step_fn, opt, sched, batches: DeviceBatches,
+                 amp: torch.dtype | None, grad_clip: float | None):
+        self.model, self.step_fn, self.opt, self.sched, self.batches = model, step_fn, opt, sched, batches
+        self.amp, self.grad_clip = amp, grad_clip
+        self.device = batches.labels.device
+        self.bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.correct_sum = torch.zeros((), device=self.device)
+        self.seen, self.last_batch = 0, 1
+
+    def __call__(self, step: int) -> None:
+        device = self.device
+        x, mask, y = self.batches.batch(step)
+        with torch.autocast(device.type, dtype=self.amp, enabled=self.amp is not None):
+            logits = self.step_fn(x, mask)
+        loss = F.cross_entropy(logits.float(), y)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        self.bad_step = torch.where((self.bad_step < 0) & ~torch.isfinite(loss.detach()),
+                                    torch.tensor(step, device=device), self.bad_step)
+        self.loss_sum += loss.detach()
+        self.correct_sum += (logits.detach().argmax(-1) == y).sum()
+        self.seen += len(y)
+        self.last_batch = len(y)
+
+    def boundary(self) -> tuple[int, tuple[float, float] | None]:
+        """(first step with a non-finite loss or -1, (mean loss, accuracy) since the last
+        boundary, or None when a loss was non-finite); resets the running sums."""
+        first_bad = int(self.bad_step)  # host sync
+        if first_bad >= 0:
+            return first_bad, None
+        window = ((self.loss_sum / max(1, self.seen / self.last_batch)).item(),
+                  (self.correct_sum / max(1, self.seen)).item())
+        self.loss_sum.zero_(), self.correct_sum.zero_()
+        self.seen = 0
+        return first_bad, window
+
+
 @torch.no_grad()
 def evaluate(model: Encoder, batches: DeviceBatches, amp: torch.dtype | None, max_batches: int | None = None):
     """(accuracy, mean loss) over a split; accumulates on device, one sync at the end."""
@@ -209,13 +291,8 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
 
     torch.manual_seed(cfg.seed)
     model = build_model(data, model_kw, cfg.attention.name, {**knobs, "seed": int(cfg.seed)}).to(device)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "pos" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "pos" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tr.get("weight_decay", 0.0)},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=tr["lr"], betas=tuple(tr.get("betas", (0.9, 0.98))), eps=1e-8)
     steps = int(tr["steps"])
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(tr["schedule"], int(tr["warmup"]), steps))
+    opt, sched = make_optimizer(model, tr)
     train_b = DeviceBatches(*data.splits["train"], tr["batch_size"], device, data.pad_id, shuffle=True, seed=cfg.seed)
     val_b = DeviceBatches(*data.splits["val"], tr["batch_size"], device, data.pad_id, shuffle=False)
     test_b = DeviceBatches(*data.splits["test"], tr["batch_size"], device, data.pad_id, shuffle=False)
@@ -251,10 +328,8 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
                     if _main_thread()}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    bad_step = torch.full((), -1, dtype=torch.long, device=device)
-    loss_sum = torch.zeros((), device=device)
-    correct_sum = torch.zeros((), device=device)
-    seen = 0
+    train_step = TrainStep(model, step_fn, opt, sched, train_b, amp, tr.get("grad_clip"))
+    last_window = None
     log_every = max(1, int(tr.get("log_every", 50)))
     status, message = "ok", None
     model.train()
@@ -263,34 +338,18 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
         while step < steps:
-            x, mask, y = train_b.batch(step)
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                logits = step_fn(x, mask)
-            loss = F.cross_entropy(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if tr.get("grad_clip"):
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tr["grad_clip"])
-            opt.step()
-            sched.step()
-            bad_step = torch.where((bad_step < 0) & ~torch.isfinite(loss.detach()),
-                                   torch.tensor(step, device=device), bad_step)
-            loss_sum += loss.detach()
-            correct_sum += (logits.detach().argmax(-1) == y).sum()
-            seen += len(y)
+            train_step(step)
             step += 1
             bar.update()
             boundary = step % log_every == 0 or step == steps
             if boundary:
-                first_bad = int(bad_step)  # the only host sync of the loop, once per log_every steps
+                first_bad, window = train_step.boundary()  # the loop's only host sync
+                last_window = window
                 if first_bad >= 0:
                     status, message = "nan", f"non-finite training loss at step {first_bad}"
                     break
-                bar.set_postfix(loss=f"{(loss_sum / max(1, seen / len(y))).item():.3f}",
-                                acc=f"{(correct_sum / max(1, seen)).item():.3f}",
+                bar.set_postfix(loss=f"{window[0]:.3f}", acc=f"{window[1]:.3f}",
                                 lr=f"{sched.get_last_lr()[0]:.2e}")
-                loss_sum.zero_(), correct_sum.zero_()
-                seen = 0
             eval_now = step % int(tr.get("eval_every", 500)) == 0 and step < steps
             ckpt_now = step % int(tr.get("checkpoint_every", 500)) == 0 or stop["signal"] is not None
             if eval_now or ckpt_now:
@@ -300,8 +359,12 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
                 if eval_now:
                     val_acc, val_loss = evaluate(model, val_b, amp, tr.get("eval_batches"))
                     best_val = max(best_val, val_acc)
-                    history.append({"step": step, "val_accuracy": val_acc, "val_loss": val_loss})
-                    bar.write(f"[lra] step {step}: val_accuracy {val_acc:.4f} val_loss {val_loss:.4f}")
+                    history.append({"step": step, "val_accuracy": val_acc, "val_loss": val_loss,
+                                    # training loss / accuracy over the last log_every steps
+                                    **({"train_loss": last_window[0], "train_accuracy": last_window[1]}
+                                       if last_window else {})})
+                    train_part = f" train_loss {last_window[0]:.4f}" if last_window else ""
+                    bar.write(f"[lra] step {step}:{train_part} val_accuracy {val_acc:.4f} val_loss {val_loss:.4f}")
                 if ckpt_now:
                     checkpoint()
                 if stop["signal"] is not None:

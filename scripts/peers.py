@@ -4,7 +4,9 @@ One self-attention layer (projections included, d_model 512, 8 heads of 64) at B
 ours = lra.model.MultiHeadAttention with the variant; peers = performer-pytorch SelfAttention,
 reformer-pytorch LSHSelfAttention, linformer LinformerSelfAttention, nystrom-attention
 NystromAttention, Hugging Face BigBird block-sparse self-attention. Median of CUDA-event timings
-after warm-up. Usage: python scripts/peers.py --out peers.json [--lengths 1024 2048 4096 8192]
+after warm-up. A peer that cannot run as given in bf16 is run as stated in PEER_NOTES, and its rows
+carry that note (nystrom-attention: under torch.autocast).
+Usage: python scripts/peers.py --out peers.json [--lengths 1024 2048 4096 8192]
 """
 from __future__ import annotations
 
@@ -45,7 +47,13 @@ def peer(name, n):
         from nystrom_attention import NystromAttention
         m = NystromAttention(dim=D_MODEL, dim_head=64, heads=HEADS, num_landmarks=64, pinv_iterations=6,
                              residual=True, residual_conv_kernel=33)
-        return lambda x: m(x), m
+
+        def call(x):  # see PEER_NOTES["nystrom"]
+            low = x.dtype in (torch.float16, torch.bfloat16)
+            with torch.autocast(x.device.type, dtype=x.dtype if low else torch.bfloat16, enabled=low):
+                return m(x)
+
+        return call, m
     if name == "bigbird":
         from transformers import BigBirdConfig
         from transformers.models.big_bird.modeling_big_bird import BigBirdBlockSparseAttention, BigBirdModel
@@ -63,6 +71,15 @@ def peer(name, n):
         return call, m
     raise KeyError(name)
 
+
+# How a peer is run when that differs from "module and input in bf16"; copied into its rows.
+PEER_NOTES = {
+    # Its iterative pseudo-inverse builds an fp32 identity (torch.eye without dtype), so `13 * I - xz`
+    # is promoted to fp32 and the next bf16 @ fp32 matmul fails ("expected scalar type BFloat16 but
+    # found Float"). Module and input stay bf16; autocast runs those matmuls in bf16 (its softmaxes
+    # then run in fp32, as autocast does for softmax). The package itself is not changed.
+    "nystrom": "run under torch.autocast(bf16): its pinv mixes an fp32 identity into bf16 matmuls",
+}
 
 OURS_KNOBS = {"performer": {"num_features": 256}, "reformer": {"bucket_size": 64, "n_hashes": 2},
               "linformer": {"k": 256}, "nystrom": {"landmarks": 64, "pinv_iterations": 6, "conv_kernel": 33},
@@ -98,6 +115,8 @@ def main():
         for n in args.lengths:
             for who in ("ours", "peer"):
                 row = {"variant": name, "impl": who, "seq_len": n}
+                if who == "peer" and name in PEER_NOTES:
+                    row["note"] = PEER_NOTES[name]
                 try:
                     fn, module = ours(name, n, **OURS_KNOBS[name]) if who == "ours" else peer(name, n)
                     row["ms_fwd_bwd"], row["peak_mem_mb"] = time_fwd_bwd(fn, module, n)

@@ -10,7 +10,7 @@ import attention_variants as av
 from lra import bench, conf_dir
 from lra.results import load
 from lra.smoothness import growth_exponent, lipschitz_estimate
-from lra.timing import PerfCounterClock, attention_flops, is_oom, peak_bf16_tflops, time_fn
+from lra.timing import PerfCounterClock, attention_flops, is_oom, peak_bf16_tflops, time_fn, time_interleaved
 
 
 @pytest.fixture(autouse=True)
@@ -61,6 +61,15 @@ def test_event_style_clock_is_read_only_after_the_final_sync():
                      clock=FakeEvents())
     assert log == ["fn", "sync", "start", "fn", "stop", "start", "fn", "stop", "sync", "elapsed", "elapsed"]
     assert timing.timer == "cuda_event" and timing.median_ms == pytest.approx(3.0)
+
+
+def test_interleaved_timing_warms_each_up_then_rotates_rounds():
+    log = []
+    fns = {name: (lambda name=name: log.append(name)) for name in ("a", "b", "c")}
+    timings = time_interleaved(fns, warmup=1, repeats=4)
+    assert log == ["a", "b", "c"] + ["a", "b", "c", "b", "c", "a", "c", "a", "b", "a", "b", "c"]
+    assert set(timings) == {"a", "b", "c"}
+    assert all(t.repeats == 4 and len(t.times_ms) == 4 and t.timer == "perf_counter" for t in timings.values())
 
 
 def test_flops_and_peaks():
@@ -193,11 +202,45 @@ def test_tiny_end_to_end_run_via_compose(tmp_path):
                 "flops", "tflops", "tflops_fraction", "steps_per_s", "tokens_per_s", "approx_error", "lipschitz",
                 "device_name", "config", "variant_config"):
         assert col in df.columns, col
-    assert set(df["mode"]) == set(bench.MODES)
+    assert set(df["mode"]) == set(bench.MODES) - {"train_overhead"}   # opt-in mode, not in the default grid
     assert (df.loc[df["mode"] == "model_step", "task"] == "text").all()
     assert set(df.loc[df["mode"].str.startswith("op_"), "timer"]) == {"perf_counter"}
     assert len(load(tmp_path / "results")) == len(records)
     assert "full" in bench.summary(records)
+
+
+def test_train_overhead_times_the_real_train_step(tmp_path, monkeypatch):
+    """The mode runs lra.train.TrainStep itself (so it cannot drift from lra-train) and records
+    forward+backward, forward+backward+optimizer and train-step times and the overhead."""
+    from hydra import compose, initialize_config_dir
+
+    from lra.train import TrainStep
+
+    calls = []
+    real_call = TrainStep.__call__
+    monkeypatch.setattr(TrainStep, "__call__", lambda self, step: (calls.append(step), real_call(self, step))[1])
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose("bench", overrides=[
+            "variants=[full]", "modes=[train_overhead]", "device=cpu", "train_overhead.lengths=[32]",
+            "train_overhead.layers=1", "train_overhead.d_model=16", "train_overhead.heads=2",
+            "train_overhead.mlp_dim=32", "train_overhead.batch_size=2", "train_overhead.steps_per_call=2",
+            "train_overhead.warmup=1", "train_overhead.repeats=2", "progress=false"])
+    records = bench.run(cfg, tmp_path / "job")
+    assert len(records) == 1
+    rec = records[0]
+    assert rec["status"] == "ok", rec["message"]
+    assert rec["task"] == "listops" and rec["case"]["mode"] == "train_overhead" and rec["seq_len"] == 32
+    assert calls == list(range((1 + 2) * 2))   # warmup + repeats calls of steps_per_call real steps each
+    m = rec["metrics"]
+    for key in ("ms_model_fwd_bwd", "ms_model_fwd_bwd_opt", "ms_train_step"):
+        assert m[key] > 0 and m[f"{key}_p10"] <= m[key] <= m[f"{key}_p90"]
+    assert m["overhead_pct"] == pytest.approx(100 * (m["ms_train_step"] / m["ms_model_fwd_bwd"] - 1), abs=0.1)
+    assert m["overhead_pct"] == pytest.approx(m["optimizer_pct"] + m["loop_pct"], abs=0.01)
+    assert m["steps_per_s"] == pytest.approx(1e3 / m["ms_train_step"], rel=1e-3)
+    assert rec["case"]["grad_clip"] == 1.0 and rec["case"]["schedule"] == "rsqrt"   # lra-train's ListOps settings
+    df = load(tmp_path / "job" / "records")
+    assert len(df) == 1 and {"overhead_pct", "ms_train_step", "ms_model_fwd_bwd"} <= set(df.columns)
+    assert "train_overhead" in bench.summary(records)
 
 
 def test_unknown_variant_is_a_config_error():

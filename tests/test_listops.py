@@ -90,3 +90,24 @@ def test_generated_data_is_cached(tmp_path):
     cache.write_bytes(cache.read_bytes()[:100])  # corrupt it: rebuilt, not used
     c = listops.prepare(cfg)
     assert torch.equal(a.splits["train"][0], c.splits["train"][0])
+
+
+def test_cache_is_reused_for_keys_holding_tuples(tmp_path):
+    """Keys of file-backed tasks hold (name, size, mtime) tuples; a stored key must still match."""
+    from lra.data import cached_tensors, source_fingerprint
+
+    src = tmp_path / "src.txt"
+    src.write_text("data")
+    key = {"task": "t", "files": source_fingerprint([src])}
+    calls = []
+
+    def build():
+        calls.append(1)
+        return {"x": torch.arange(3)}
+
+    for _ in range(3):
+        assert torch.equal(cached_tensors(tmp_path, "t", key, build)["x"], torch.arange(3))
+    assert len(calls) == 1
+    src.write_text("changed data")  # the source changed: its fingerprint too, so the cache is rebuilt
+    cached_tensors(tmp_path, "t", {"task": "t", "files": source_fingerprint([src])}, build)
+    assert len(calls) == 2

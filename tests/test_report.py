@@ -60,6 +60,11 @@ def _make_records(root):
     _write(root, H100, "train", variant="performer", task="listops", seq_len=2000, seed=0, metrics={"accuracy": 0.18})
     _write(root, H100, "train", variant="performer", task="text", seq_len=4000, seed=0, metrics={"accuracy": 0.65})
     _write(root, H100, "train", variant="performer", task="pathx", seq_len=16384, seed=0, metrics={"accuracy": 0.5})
+    # training-loop overhead on the H100
+    _write(root, H100, "bench", variant="flash", task="listops", seq_len=2000, batch_size=32, dtype="bfloat16",
+           case={"mode": "train_overhead"},
+           metrics={"ms": 22.0, "ms_model_fwd_bwd": 20.0, "ms_model_fwd_bwd_opt": 21.0, "ms_train_step": 22.0,
+                    "overhead_pct": 10.0, "optimizer_pct": 5.0, "loop_pct": 5.0, "steps_per_s": 45.45})
     # exactness and smoothness on the H100
     for n in (256, 1024):
         for pat, e in (("random", 0.01), ("concentrated", 0.1)):
@@ -162,6 +167,13 @@ def test_speed_tables(built):
     assert _row(absolute, "full")[3] == "1,000 MiB"
 
 
+def test_training_loop_overhead_table(built):
+    _, md = built
+    row = _row(md, "flash", after="Training-loop overhead")
+    assert row[1:5] == ["listops", "2000", "32", "bfloat16"]
+    assert row[5:11] == ["20.0", "21.0", "22.0", "+10.0", "+5.0", "+5.0"] and row[11] == "ok"
+
+
 def test_op_tables_and_failures(built):
     _, md = built
     sec3 = md[md.index("## 3. Op-level"):md.index("## 4. Derived")]
@@ -196,7 +208,7 @@ def test_figures_are_pngs(built):
 def test_tidy_csv(built):
     out, _ = built
     tidy = pd.read_csv(out / "tidy.csv")
-    assert len(tidy) == 49 and "config" not in tidy.columns
+    assert len(tidy) == 50 and "config" not in tidy.columns
     assert tidy["variant_config"].dropna().eq("{}").all()
     assert {"device_name", "mode", "ms", "status"} <= set(tidy.columns)
 
@@ -238,3 +250,86 @@ def test_empty_and_partial_inputs(tmp_path, monkeypatch):
     md = report.build_report([tmp_path / "one.json"], tmp_path / "out2", figure_formats=()).read_text()
     assert _row(md, "linear")[1] == "40.00"
     assert "No records (no op-level" in md
+
+
+# ---------------------------------------------------------------------------------------------- output options
+
+CPU = {"type": "cpu", "name": "CPU x86_64", "count": 2, "memory_mb": 16000}
+
+
+def _cpu_records(root):
+    """A tiny CPU grid: op time without peak memory (as CPU runs record it), plus a non-record JSON."""
+    for v, c in (("full", 1.0), ("linear", 2.0)):
+        for n in (256, 512):
+            _write(root, CPU, "bench", variant=v, seq_len=n, batch_size=2, dtype="float32",
+                   case={"mode": "op_fwd_bwd", "timer": "perf_counter"},
+                   metrics={"ms": c * n / 256, "peak_mem_mb": None})
+            _write(root, CPU, "bench", variant=v, task="text", seq_len=n, batch_size=2, dtype="float32",
+                   case={"mode": "model_step"}, metrics={"steps_per_s": 10 / c, "peak_mem_mb": None})
+    for v, acc in (("full", 0.37), ("linear", 0.40)):  # a trainer=quick sweep: ListOps at N = 128
+        _write(root, CPU, "train", variant=v, task="listops", seq_len=128, batch_size=32, dtype="float32",
+               seed=0, metrics={"accuracy": acc, "steps_per_s": 1.2, "peak_mem_mb": None})
+    _write(root, CPU, "train", variant="performer", task="listops", seed=0, status="error",
+           message="TypeError: boom")               # failed before its shape was known
+    (root / "x86_64" / "peers.json").write_text('{"rows": [{"variant": "full", "ms": 1.0}]}')
+    return root
+
+
+def test_cpu_only_report_says_memory_not_measured(tmp_path, monkeypatch):
+    monkeypatch.setenv("LRA_GIT_COMMIT", "0123abc")
+    root = _cpu_records(tmp_path / "rec")
+    out = tmp_path / "out"
+    md = report.build_report([root], out, figure_formats=("png",)).read_text()
+    assert "peak memory not measured on CPU" in md
+    sec2 = md[md.index("## 2. Speed"):md.index("## 3. Op-level")]
+    assert "memory 256" not in sec2 and "steps/s 256" in sec2        # no empty memory columns
+    sec4 = md[md.index("## 4. Derived"):md.index("## 5. Figures")]
+    assert "memory ~ N^k" not in sec4 and "No memory exponent" in sec4
+    names = {p.name for p in (out / "figures").glob("*.png")}
+    assert any(n.startswith("time_op_fwd_bwd_cpu") for n in names)
+    assert any(n.startswith("bubble_cpu") for n in names)            # accuracy and speed from the train records
+    assert not any(n.startswith("memory_") for n in names)           # no empty memory figure ...
+    assert "Peak memory vs length, attention forward + backward: not drawn (peak memory not measured on CPU" in md
+    # ... and the non-record JSON is named, not read and not fatal
+    assert report.load_frame([root])["variant"].notna().all()
+    assert "Skipped 1 JSON file(s) that are not result records" in md and "peers.json" in md
+    # quick runs are not the paper's problem; a job that failed early is listed with its message
+    assert "Caution: ListOps ran at N = 128 (the paper: 2,000)" in md
+    assert _row(md[md.index("## 6. Failed"):], "train")[-1] == "TypeError: boom"
+
+
+def test_report_into_its_records_folder(tmp_path, monkeypatch):
+    """`lra-report results out=results name=REPORT.md`: the report's own files are never read back."""
+    monkeypatch.setenv("LRA_GIT_COMMIT", "0123abc")
+    root = _cpu_records(tmp_path / "results")
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):  # the second build sees the first one's tidy.csv, REPORT.md and figures
+        assert report.main(["results", "out=results", "name=REPORT.md"]) == 0
+    md = (root / "REPORT.md").read_text()
+    assert not (root / "report.md").exists() and (root / "REPORT.html").is_file()
+    assert len(pd.read_csv(root / "tidy.csv")) == 11               # 11 records, not 11 + the previous CSV
+    assert "11 records" in md
+    assert md.splitlines()[2] == "Rebuild this file, its figures and `tidy.csv` with " \
+                                  "`lra-report results out=results name=REPORT.md`."
+    links = [ln[ln.index("](") + 2:-1] for ln in md.splitlines() if ln.startswith("![")]
+    assert links and all(link.startswith("figures/") for link in links)   # relative: renders on GitHub
+    for link in links:
+        assert (root / link).is_file()
+    # a figure from an earlier build that is not drawn any more does not linger
+    (root / "figures" / "time_op_fwd_old.png").write_bytes(b"x")
+    report.build_report(["results"], "results", name="REPORT.md", figure_formats=("png",))
+    assert not (root / "figures" / "time_op_fwd_old.png").exists()
+    with pytest.raises(ValueError):
+        report.build_report(["results"], "results", name="sub/REPORT.md", figure_formats=())
+
+
+def test_recipes_get_their_own_accuracy_tables(tmp_path, monkeypatch):
+    monkeypatch.setenv("LRA_GIT_COMMIT", "0123abc")
+    for recipe, acc in ((None, 0.163), ("small", 0.371)):
+        config = {"recipe": recipe} if recipe else {}
+        _write(tmp_path, H100, "train", variant="flash", task="listops", seq_len=2000, seed=0, config=config,
+               metrics={"accuracy": acc})
+    md = report.build_report([tmp_path], tmp_path / "out", figure_formats=()).read_text()
+    assert "recipe: lra" in md and "recipe: small" in md
+    assert _row(md, "flash", after="recipe: lra")[1] == "16.30"  # not averaged with the other recipe
+    assert _row(md, "flash", after="recipe: small")[1] == "37.10"

@@ -83,3 +83,30 @@ def test_config_errors_raise_before_training(tmp_path):
     rec = run(unknown, tmp_path / "j3", raise_config_errors=False)
     assert rec["status"] == "error" and "nope" in rec["message"]
     assert not (tmp_path / "c").exists()  # no data was prepared
+
+
+def test_recipe_small_replaces_the_task_settings_and_unknown_recipes_are_named():
+    from lra.train import resolve
+
+    _, model, trainer, _ = resolve(compose_train("task=listops"))
+    assert (model["d_model"], model["layers"], model["tied_weights"], trainer["schedule"]) == (512, 6, True, "rsqrt")
+    _, model, trainer, _ = resolve(compose_train("task=listops", "recipe=small"))
+    assert (model["d_model"], model["layers"], model["pooling"]) == (64, 2, "mean")
+    assert (trainer["lr"], trainer["schedule"], trainer["steps"]) == (1e-4, "linear", 5000)
+    assert model["tied_weights"] is False and model["dropout"] == 0.1
+    _, model, _, _ = resolve(compose_train("task=listops", "recipe=small", "model.d_model=32"))
+    assert model["d_model"] == 32  # the command line still wins
+    with pytest.raises(ConfigError, match=r"recipe='bogus'.*choices: \['lra', 'small'\]"):
+        resolve(compose_train("task=listops", "recipe=bogus"))
+
+
+def test_tied_weights_share_one_block():
+    from lra.model import Encoder, EncoderConfig
+
+    kw = dict(vocab_size=20, num_classes=3, max_length=8, d_model=16, heads=2, mlp_dim=32, layers=3, attention="full")
+    tied, untied = Encoder(EncoderConfig(tied_weights=True, **kw)), Encoder(EncoderConfig(**kw))
+    assert tied.blocks[0] is tied.blocks[2]
+    per_block = sum(p.numel() for p in untied.blocks[0].parameters())
+    assert sum(p.numel() for p in untied.parameters()) - sum(p.numel() for p in tied.parameters()) == 2 * per_block
+    tied(torch.randint(1, 20, (2, 8))).sum().backward()
+    assert tied.blocks[0].attn.qkv.weight.grad is not None

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 import attention_variants as av
-from attention_variants._kernel import kernel_attention, quadratic_kernel_attention
+from attention_variants._kernel import (gated_kernel_attention_reference, kernel_attention,
+                                        quadratic_kernel_attention)
 from attention_variants.full import softmax_attention
 from attention_variants.performer import gaussian_orthogonal_random_matrix
 from conftest import small_variant
@@ -254,3 +255,115 @@ def test_random_feature_padding_with_key_correction(knobs):
     out1 = attn(q, k, v, key_padding_mask=mask)
     out2 = attn(q, k2, v, key_padding_mask=mask)
     torch.testing.assert_close(out1, out2)
+
+
+def gated_rfa(gate_scale=0.5, **knobs):
+    """A gated random_feature module with random (not initial) gate parameters."""
+    attn = small_variant("random_feature", gate=True, **knobs).eval()
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        attn.gate_weight.copy_(torch.randn(attn.gate_weight.shape, generator=g) * gate_scale)
+        attn.gate_bias.copy_(torch.rand(attn.gate_bias.shape, generator=g) * 4 - 1)   # g in (0.27, 0.95)
+    return attn
+
+
+@pytest.mark.parametrize("chunk", [1, 8, 64])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_gated_random_feature_equals_sequential_recurrence(normalize, chunk):
+    """Chunked parallel form == the literal recurrence S_t = g_t S_{t-1} + (1 - g_t) phi(k_t) v_t^T.
+
+    N = 37 is not a multiple of the chunk (and < 64: one padded chunk); 3 heads; a mask with
+    trailing padding in one sequence and a padded run in the middle of the other.
+    """
+    attn = gated_rfa(heads=3, normalize=normalize, gate_chunk=chunk)
+    q, k, v = small_norm_inputs(4, b=2, h=3, n=37)
+    mask = torch.ones(2, 37, dtype=torch.bool)
+    mask[0, 30:] = False
+    mask[1, 5:9] = False
+    out = attn(q, k, v, key_padding_mask=mask)
+    phi_q, phi_k = attn.feature_map(q, True), attn.feature_map(k, False, mask)
+    ref = gated_kernel_attention_reference(phi_q.double(), phi_k.double(), v.double(),
+                                           attn.gate_logits(k).double(), mask)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_gated_random_feature_is_causal_and_gate_zero_copies_values():
+    attn = gated_rfa(gate_chunk=8)
+    q, k, v = small_norm_inputs(5, n=30)
+    out = attn(q, k, v)
+    k2, v2 = k.clone(), v.clone()
+    k2[:, :, 20:] = torch.randn_like(k2[:, :, 20:]) * 3
+    v2[:, :, 20:] = torch.randn_like(v2[:, :, 20:]) * 3
+    torch.testing.assert_close(attn(q, k2, v2)[:, :, :20], out[:, :, :20])   # future keys unseen
+    with torch.no_grad():
+        attn.gate_bias.fill_(-100.0)   # g = 0 everywhere: S_t = phi(k_t) v_t^T, out_t = v_t
+    torch.testing.assert_close(attn(k, k, v), v, atol=1e-5, rtol=1e-5)   # q = k: phi(q).phi(k) = 1
+
+
+def test_gated_random_feature_padded_keys_change_nothing():
+    attn = gated_rfa(normalize=False, gate_chunk=8)
+    q, k, v = small_norm_inputs(6, b=2, n=40)
+    mask = torch.ones(2, 40, dtype=torch.bool)
+    mask[0, 25:] = False
+    mask[1, :3] = False          # left padding and a padded run inside a chunk
+    mask[1, 17:21] = False
+    out1 = attn(q, k, v, key_padding_mask=mask)
+    pad = ~mask[:, None, :, None].expand_as(k)
+    k2, v2 = k.clone(), v.clone()
+    k2[pad] = torch.randn(int(pad.sum())) * 5
+    v2[pad] = torch.randn(int(pad.sum())) * 5
+    out2 = attn(q, k2, v2, key_padding_mask=mask)
+    real = ~pad
+    assert torch.isfinite(out1).all() and torch.isfinite(out2).all()   # padded query rows too
+    torch.testing.assert_close(out1[real], out2[real])
+    k2[pad], v2[pad] = float("inf"), float("nan")   # non-finite padded keys/values cannot leak
+    out3 = attn(q, k2, v2, key_padding_mask=mask)
+    assert torch.isfinite(out3).all()
+    torch.testing.assert_close(out1[real], out3[real])
+    # every key padded: zero output, no NaN
+    none = attn(q, k, v, key_padding_mask=torch.zeros(2, 40, dtype=torch.bool))
+    assert torch.equal(none, torch.zeros_like(none))
+
+
+def test_gated_random_feature_gate_parameters_learn():
+    attn = small_variant("random_feature", gate=True).train()
+    assert torch.equal(attn.gate_weight, torch.zeros(2, 16))
+    torch.testing.assert_close(torch.sigmoid(attn.gate_bias), torch.full((2,), 0.8808), atol=1e-4, rtol=0)
+    q, k, v = (torch.randn(1, 2, 20, 16) for _ in range(3))
+    attn(q, k, v).square().sum().backward()
+    for p in (attn.gate_weight, attn.gate_bias, attn.sigma):
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+    assert "gate_weight" not in dict(small_variant("random_feature").named_parameters())
+    with pytest.raises(ValueError, match="gate_chunk"):
+        small_variant("random_feature", gate=True, gate_chunk=0)
+
+
+def test_gated_random_feature_bf16_autocast_long_input_finite():
+    attn = small_variant("random_feature", gate=True, max_length=4096).train()
+    q, k, v = (torch.randn(1, 2, 4096, 16).requires_grad_() for _ in range(3))
+    mask = torch.ones(1, 4096, dtype=torch.bool)
+    mask[0, 3000:] = False
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attn(q * 3, k * 3, v, key_padding_mask=mask)
+    assert torch.isfinite(out.float()).all()
+    out.float().square().mean().backward()
+    for t in (q, k, v, attn.gate_weight, attn.gate_bias, attn.sigma):
+        assert t.grad is not None and torch.isfinite(t.grad).all()
+
+
+def test_causal_attention_puts_the_cls_token_last_where_it_sees_every_token():
+    from lra.model import Encoder, EncoderConfig
+
+    torch.manual_seed(0)
+    kw = dict(vocab_size=12, num_classes=3, max_length=10, d_model=16, heads=2, mlp_dim=32, layers=1,
+              dropout=0.0, attention="random_feature")
+    gated = Encoder(EncoderConfig(attention_cfg={"gate": True, "num_features": 8}, **kw)).eval()
+    assert gated.causal and not Encoder(EncoderConfig(**kw)).causal
+    x = torch.randint(1, 12, (2, 10))
+    y = x.clone()
+    y[:, 0] = (x[:, 0] % 11) + 1  # change only the first token
+    mask = torch.ones(2, 10, dtype=torch.bool)
+    mask[1, 7:] = False  # padded tail: the CLS after it still sees the real tokens
+    out_x, out_y = gated(x, mask), gated(y, mask)
+    assert not torch.allclose(out_x, out_y), "the pooled CLS must depend on the first token"

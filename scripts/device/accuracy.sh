@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Train several attention variants on one LRA task within one device call.
+#
+#   bash scripts/device/accuracy.sh TASK BUDGET_S VARIANT [VARIANT...] [-- hydra overrides...]
+#
+# Runs `python3 -m lra.train task=TASK attention=V trainer.progress=false <overrides>` for each
+# variant in turn. Before starting a run it estimates the run's wall time from the previous run
+# (the first run: $EST_S, default 0) and starts it only if that fits in what is left of BUDGET_S
+# (minus $PACK_S, default 20 s, kept for packing); each run also gets a `timeout` of what is left,
+# so one hung run cannot eat the call (a timed-out run writes a checkpoint but no record).
+#
+# Output, in $OUT (default ./out), two files whatever happens:
+#   accuracy-TASK[-TAG].tgz  every record (records/train-TASK-V[-TAG].json) and log (logs/TASK-V.log)
+#                            so far; re-packed after every run, so a finished run's record comes back
+#                            even if a later run crashes or the call is killed
+#   accuracy-TASK[-TAG].txt  one line per variant: status, accuracy, steps/s, wall time
+# TAG ($TAG, optional) tells apart calls with other settings (e.g. TAG=small for recipe=small).
+# Work folders (Hydra job dirs) are under $STAGE (default /tmp/lra-device/accuracy-TASK[-TAG]).
+# Sources setup.sh if the caller has not.
+set -u
+if [ $# -lt 3 ]; then
+    sed -n '2,20p' "$0"
+    exit 2
+fi
+TASK=$1
+BUDGET_S=$2
+shift 2
+VARIANTS=()
+while [ $# -gt 0 ] && [ "$1" != "--" ]; do
+    VARIANTS+=("$1")
+    shift
+done
+[ $# -gt 0 ] && shift   # the "--"
+OVERRIDES=("$@")
+if [ ${#VARIANTS[@]} -eq 0 ]; then
+    echo "accuracy.sh: no variants given" >&2
+    exit 2
+fi
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=setup.sh
+. "$HERE/setup.sh"
+cd "$LRA_REPO" || exit 2
+
+START=$(date +%s)
+DEADLINE=$((START + BUDGET_S))
+PACK_S=${PACK_S:-20}
+EST_S=${EST_S:-0}
+SUFFIX="${TAG:+-$TAG}"
+NAME="accuracy-$TASK$SUFFIX"
+OUT=${OUT:-$PWD/out}
+STAGE=${STAGE:-/tmp/lra-device/$NAME}
+mkdir -p "$OUT" "$STAGE/pack/records" "$STAGE/pack/logs" "$STAGE/jobs"
+SUMMARY="$STAGE/pack/summary.txt"
+: >"$SUMMARY"
+
+pack() {   # everything so far -> $OUT/$NAME.tgz (atomically) and $OUT/$NAME.txt
+    tar -czf "$OUT/.$NAME.tgz.part" -C "$STAGE/pack" records logs summary.txt && mv -f "$OUT/.$NAME.tgz.part" "$OUT/$NAME.tgz"
+    cp -f "$SUMMARY" "$OUT/$NAME.txt"
+}
+
+summarize() {   # VARIANT RC WALL RECORD -> one line
+    python3 - "$@" <<'PY'
+import json, os, sys
+variant, rc, wall, path = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+fmt = lambda v, f: "-" if v is None else format(v, f)
+if os.path.isfile(path):
+    r = json.load(open(path))
+    m = r.get("metrics", {})
+    msg = (r.get("message") or "").splitlines()[0][:100] if r.get("message") else ""
+    print(f"{variant:16s} {r['status']:6s} acc {fmt(m.get('accuracy'), '.4f')} val {fmt(m.get('val_accuracy'), '.4f')} "
+          f"steps {m.get('steps', '-')} steps/s {fmt(m.get('steps_per_s'), '.2f')} "
+          f"peak_mem_mb {m.get('peak_mem_mb', '-')} wall {wall}s rc {rc} {msg}")
+else:
+    why = {124: "timeout (no record; checkpoint only)", 137: "killed (no record)", 143: "terminated (no record)"}
+    print(f"{variant:16s} {'none':6s} {why.get(rc, f'crashed with rc {rc}, no record')} wall {wall}s")
+PY
+}
+
+echo "[accuracy] task $TASK, budget ${BUDGET_S}s, variants: ${VARIANTS[*]}, overrides: ${OVERRIDES[*]:-none}"
+last_wall=$EST_S
+for V in "${VARIANTS[@]}"; do
+    now=$(date +%s)
+    left=$((DEADLINE - now - PACK_S))
+    need=$((last_wall + last_wall / 10))
+    if [ "$left" -le 10 ] || [ "$left" -lt "$need" ]; then
+        line=$(printf '%-16s %-6s not started: %ss left, the previous run took %ss' "$V" skipped "$left" "$last_wall")
+        echo "$line" >>"$SUMMARY"
+        echo "[accuracy] $line"
+        continue
+    fi
+    job="$STAGE/jobs/$TASK-$V"
+    log="$STAGE/pack/logs/$TASK-$V$SUFFIX.log"
+    echo "[accuracy] $TASK/$V: starting with ${left}s left"
+    t0=$(date +%s)
+    timeout -k 30 "$left" python3 -m lra.train "task=$TASK" "attention=$V" trainer.progress=false \
+        "hydra.run.dir=$job" ${OVERRIDES[@]+"${OVERRIDES[@]}"} >"$log" 2>&1
+    rc=$?
+    t1=$(date +%s)
+    last_wall=$((t1 - t0))
+    rec="$STAGE/pack/records/train-$TASK-$V$SUFFIX.json"
+    [ -f "$job/record.json" ] && cp -f "$job/record.json" "$rec"
+    line=$(summarize "$V" "$rc" "$last_wall" "$rec")
+    echo "$line" >>"$SUMMARY"
+    echo "[accuracy] $line"
+    tail -n 3 "$log" | sed 's/^/    | /'
+    pack
+done
+pack
+echo "[accuracy] done in $(( $(date +%s) - START ))s; $OUT/$NAME.tgz:"
+cat "$SUMMARY"
