@@ -568,7 +568,8 @@ def measure_exactness(case: Case, s: dict, device: torch.device) -> Measurement:
     ex = s["exactness"]
     dtype = DTYPES[case.dtype]
     b, h, n, d = case.batch_size, int(ex["heads"]), case.seq_len, int(ex["head_dim"])
-    knobs = s["knobs"][case.variant]
+    # exactness-only knob overrides (e.g. nystrom without its conv on V: the approximation itself)
+    knobs = {**s["knobs"][case.variant], **((ex.get("knobs") or {}).get(case.variant) or {})}
     errors = []
     base_seed = int(s.get("seed") or 0)
     for i in range(max(1, int(ex.get("seeds", 1)))):

@@ -174,7 +174,8 @@ def make_optimizer(model: torch.nn.Module, tr: dict):
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "pos" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": tr.get("weight_decay", 0.0)},
                              {"params": no_decay, "weight_decay": 0.0}],
-                            lr=tr["lr"], betas=tuple(tr.get("betas", (0.9, 0.98))), eps=1e-8)
+                            lr=tr["lr"], betas=tuple(tr.get("betas", (0.9, 0.98))), eps=1e-8,
+                            fused=next(model.parameters()).is_cuda or None)  # one fused kernel on CUDA
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(tr["schedule"], int(tr["warmup"]), int(tr["steps"])))
     return opt, sched
 

@@ -250,3 +250,17 @@ def test_unknown_variant_is_a_config_error():
         cfg = compose("bench", overrides=["variants=[nope]", "device=cpu"])
     with pytest.raises(bench.ConfigError, match="available"):
         bench.resolve_settings(cfg, torch.device("cpu"))
+
+
+def test_exactness_knobs_apply_to_that_mode_only(tmp_path):
+    """Default: nystrom's exactness runs without its conv on V (the Nystrom approximation itself)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose("bench", overrides=[
+            "variants=[nystrom]", "device=cpu", "modes=[op_fwd,exactness]", "lengths=[64]", "batch_size=1",
+            "heads=2", "head_dim=16", "repeats=1", "warmup=0", "exactness.lengths=[64]", "exactness.heads=2",
+            "exactness.head_dim=16", "exactness.patterns=[random]", "progress=false", "summary=false"])
+    records = {r["case"]["mode"]: r for r in bench.run(cfg, tmp_path / "job")}
+    assert records["exactness"]["variant_config"]["conv_kernel"] == 0
+    assert records["op_fwd"]["variant_config"]["conv_kernel"] == 35
