@@ -243,29 +243,22 @@ class Case:
     dtype: str | None = None
     pattern: str | None = None
 
-    def label(self) -> str:
-        parts = [self.mode, self.variant, f"N={self.seq_len}"]
+    def _parts(self, eq: str) -> list[str]:
+        """mode, variant, N, B, dtype, pattern (those set); ``eq`` joins a letter to its value."""
+        parts = [self.mode, self.variant, f"N{eq}{self.seq_len}"]
         if self.batch_size is not None:
-            parts.append(f"B={self.batch_size}")
-        if self.dtype:
-            parts.append(self.dtype)
-        if self.pattern:
-            parts.append(self.pattern)
-        return " ".join(parts)
+            parts.append(f"B{eq}{self.batch_size}")
+        return parts + [p for p in (self.dtype, self.pattern) if p]
+
+    def label(self) -> str:
+        return " ".join(self._parts("="))
 
     def group(self) -> tuple:
         """Cases that differ only in N: an OOM at one N skips the larger ones."""
         return (self.mode, self.variant, self.batch_size, self.dtype, self.pattern)
 
     def filename(self) -> str:
-        parts = [self.mode, self.variant, f"N{self.seq_len}"]
-        if self.batch_size is not None:
-            parts.append(f"B{self.batch_size}")
-        if self.dtype:
-            parts.append(self.dtype)
-        if self.pattern:
-            parts.append(self.pattern)
-        return "-".join(parts) + ".json"
+        return "-".join(self._parts("")) + ".json"
 
 
 def plan(s: dict[str, Any]) -> list[Case]:

@@ -123,13 +123,10 @@ class Encoder(nn.Module):
         else:
             self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.d_model)
+        #: whether any layer's attention is causal (the CLS token then goes last)
+        self.causal = any(getattr(block.attn.attention, "causal", False) for block in self.blocks)
         feat = cfg.d_model * (4 if cfg.dual else 1)
         self.head = nn.Sequential(nn.Linear(feat, cfg.mlp_dim), nn.GELU(), nn.Linear(cfg.mlp_dim, cfg.num_classes))
-
-    @property
-    def causal(self) -> bool:
-        """Whether any layer's attention is causal (the CLS token then goes last)."""
-        return any(getattr(block.attn.attention, "causal", False) for block in self.blocks)
 
     def encode(self, tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """``(B, N)`` tokens -> ``(B, d_model)`` pooled features."""

@@ -224,11 +224,12 @@ class TrainStep:
     def boundary(self) -> tuple[int, tuple[float, float] | None]:
         """(first step with a non-finite loss or -1, (mean loss, accuracy) since the last
         boundary, or None when a loss was non-finite); resets the running sums."""
-        first_bad = int(self.bad_step)  # host sync
+        bad, loss_sum, correct = torch.stack([self.bad_step.float(), self.loss_sum, self.correct_sum.float()]
+                                             ).tolist()  # the one host sync
+        first_bad = int(bad)
         if first_bad >= 0:
             return first_bad, None
-        window = ((self.loss_sum / max(1, self.seen / self.last_batch)).item(),
-                  (self.correct_sum / max(1, self.seen)).item())
+        window = (loss_sum / max(1, self.seen / self.last_batch), correct / max(1, self.seen))
         self.loss_sum.zero_(), self.correct_sum.zero_()
         self.seen = 0
         return first_bad, window

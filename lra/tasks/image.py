@@ -63,6 +63,20 @@ def resize_square(x: torch.Tensor, native: int, side: int) -> torch.Tensor:
     return out
 
 
+def square_splits(tensors: dict[str, torch.Tensor], sizes: dict[str, int | None], seq_len: int, native: int,
+                  name: str) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], int]:
+    """Cached ``<split>_x/_y`` tensors of ``native``-pixel square images -> (splits subsampled to
+    ``sizes`` and resized to the largest square of at most ``seq_len`` pixels, its side)."""
+    side = square_side(seq_len, native)
+    splits = {}
+    for s, n in sizes.items():
+        x, y = subsample(tensors[f"{s}_x"], tensors[f"{s}_y"], n)
+        splits[s] = (resize_square(x, native, side), y)
+    if side * side != int(seq_len):
+        print(f"[lra] {name}: seq_len={seq_len} -> {side}x{side} = {side * side} pixels")
+    return splits, side
+
+
 def find_dir(data_dir: Path) -> Path | None:
     for d in (data_dir / FOLDER, data_dir):
         if all((d / f).is_file() for f in (*TRAIN_FILES, TEST_FILE)):
@@ -132,13 +146,7 @@ def prepare(cfg) -> TaskData:
                 "val_y": t(y[n_train:]), "test_x": t(to_grayscale(tx)), "test_y": t(ty)}
 
     tensors = cached_tensors(cfg.get("cache_dir") or default_cache_dir(), "image", key, build)
-    side = square_side(cfg.seq_len, SIZE)
     sizes = {"train": cfg.get("num_train"), "val": cfg.get("num_val"), "test": cfg.get("num_test")}
-    splits = {}
-    for s, n in sizes.items():
-        x, y = subsample(tensors[f"{s}_x"], tensors[f"{s}_y"], n)
-        splits[s] = (resize_square(x, SIZE, side), y)
-    if side * side != int(cfg.seq_len):
-        print(f"[lra] image: seq_len={cfg.seq_len} -> {side}x{side} = {side * side} pixels")
+    splits, side = square_splits(tensors, sizes, cfg.seq_len, SIZE, "image")
     return TaskData("image", splits, vocab_size=256, num_classes=10, seq_len=side * side, pad_id=None,
                     meta={"data_dir": str(d), "image_side": side})

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 from .. import pathfinder_gen
-from ..data import cached_tensors, default_cache_dir, source_fingerprint, subsample
+from ..data import cached_tensors, default_cache_dir, source_fingerprint
 from . import DataNotFoundError, TaskData
-from .image import resize_square, square_side
+from .image import square_splits
 
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 
@@ -170,13 +170,7 @@ def prepare_pathfinder(cfg, name: str, size: int, res_dir: str) -> TaskData:
         meta.update(data_dir=str(d), skipped_images=int(tensors["skipped"]))
     else:
         raise ValueError(f"task.source={cfg.source!r} is not one of 'generate', 'release'")
-    side = square_side(cfg.seq_len, size)
-    splits = {}
-    for s, k in sizes.items():
-        x, y = subsample(tensors[f"{s}_x"], tensors[f"{s}_y"], k)
-        splits[s] = (resize_square(x, size, side), y)
-    if side * side != int(cfg.seq_len):
-        print(f"[lra] {name}: seq_len={cfg.seq_len} -> {side}x{side} = {side * side} pixels")
+    splits, side = square_splits(tensors, sizes, cfg.seq_len, size, name)
     meta["image_side"] = side
     return TaskData(name, splits, vocab_size=256, num_classes=2, seq_len=side * side, pad_id=None, meta=meta)
 
