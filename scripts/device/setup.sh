@@ -9,9 +9,13 @@ if [ -z "${LRA_SETUP_DONE:-}" ]; then
     export LRA_REPO
     _lra_site="${LRA_SITE:-/tmp/site}"
     if ls "$LRA_REPO"/.whl/*.whl >/dev/null 2>&1; then
-        if PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        # installed already in this machine's life (a later step of the same call): skip
+        if [ "$(cat "$_lra_site/.lra-wheels" 2>/dev/null)" = "$(ls "$LRA_REPO"/.whl/)" ]; then
+            echo "[setup] carried wheels already in $_lra_site"
+        elif PIP_ROOT_USER_ACTION=ignore python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
                 --target "$_lra_site" "$LRA_REPO"/.whl/*.whl; then
             echo "[setup] installed $(ls "$LRA_REPO"/.whl/*.whl | wc -l) carried wheels into $_lra_site"
+            ls "$LRA_REPO"/.whl/ >"$_lra_site/.lra-wheels"
         else
             echo "[setup] WARNING: installing the carried wheels failed; going on with what is installed"
         fi

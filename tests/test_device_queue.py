@@ -1,0 +1,85 @@
+"""scripts/device/queue.py: picking the next call, running a call's steps, unpacking what returns."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "scripts" / "device" / "queue.py"
+
+
+def _queue(tmp_path: Path, calls: list[dict]) -> Path:
+    path = tmp_path / "queue.json"
+    path.write_text(json.dumps(calls))
+    return path
+
+
+def _call(cid: str, status: str = "pending", waits_for=(), steps=("true",)) -> dict:
+    return {"id": cid, "title": cid, "status": status, "waits_for": list(waits_for), "est_s": 60,
+            "carry": [".whl"], "steps": list(steps), "results": "dev"}
+
+
+def _run(args, queue: Path, **env):
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
+                          env={**os.environ, "LRA_QUEUE": str(queue), **env}, timeout=60)
+
+
+def test_committed_queue_is_valid():
+    calls = json.loads((SCRIPT.parent / "queue.json").read_text())
+    assert len({c["id"] for c in calls}) == len(calls)
+    for c in calls:
+        assert c["status"] in ("pending", "done")
+        assert c["est_s"] <= 560, f"call {c['id']} would not fit one device command"
+        assert c["steps"] and ".whl" in c["carry"]
+
+
+def test_next_skips_done_and_waiting_calls(tmp_path):
+    q = _queue(tmp_path, [_call("a", "done"), _call("b", waits_for=[21]), _call("c"), _call("d")])
+    res = _run(["next"], q)
+    assert res.returncode == 0, res.stderr
+    assert "next call: c" in res.stdout
+    assert "queue.py run c" in res.stdout
+
+
+def test_next_says_why_nothing_is_ready(tmp_path):
+    q = _queue(tmp_path, [_call("a", "done"), _call("b", waits_for=[14, 20])])
+    res = _run(["next"], q)
+    assert res.returncode == 1
+    assert "b (waits for issue 14, 20)" in res.stdout
+
+
+def test_run_packs_each_step_and_unpack_places_records(tmp_path):
+    out = tmp_path / "out"
+    # a step that writes an accuracy-style pack with one record, and a step that fails
+    step = ("mkdir -p $OUT/x/records && echo '{\"kind\": \"train\"}' > $OUT/x/records/train-a.json && "
+            "tar -czf $OUT/accuracy-listops-small.tgz -C $OUT/x records && rm -r $OUT/x")
+    q = _queue(tmp_path, [_call("t1", steps=[step, "exit 3"])])
+    res = _run(["run", "t1", "--no-gpu-tests"], q, OUT=str(out), LRA_STAGE=str(tmp_path / "stage"))
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["call-t1.tgz", "call-t1.txt"]
+    summary = (out / "call-t1.txt").read_text()
+    assert "step 1: rc 0" in summary and "step 2: rc 3" in summary
+    with tarfile.open(out / "call-t1.tgz") as tar:
+        assert "call-t1/out/accuracy-listops-small.tgz" in tar.getnames()
+
+    # unpack into a copy of the repo layout: results/<results>/accuracy-listops-small/train-a.json
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("device_queue", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    placed = mod.unpack_into(out / "call-t1.tgz", tmp_path / "results" / "dev")
+    assert (tmp_path / "results" / "dev" / "accuracy-listops-small" / "train-a.json").is_file()
+    assert any("1 records" in p for p in placed)
+
+
+def test_unknown_call_names_the_choices(tmp_path):
+    q = _queue(tmp_path, [_call("a")])
+    res = _run(["run", "zzz", "--no-gpu-tests"], q)
+    assert res.returncode != 0 and "ids: ['a']" in res.stderr
