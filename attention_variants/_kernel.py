@@ -51,17 +51,36 @@ def mask_keys(x: torch.Tensor, mask: torch.Tensor | None, value: float = 0.0) ->
     return x.masked_fill(~mask[:, None, :, None], value)
 
 
-def safe_denominator(den: torch.Tensor, eps: float) -> torch.Tensor:
-    """Clamp ``|den|`` to at least ``eps`` keeping its sign (0 counts as positive).
+def safe_denominator(den: torch.Tensor, floor: torch.Tensor | None = None) -> torch.Tensor:
+    """The normalizer ``den`` ready to divide by: ``|den|`` raised to ``floor`` (sign kept, 0 counts
+    as positive) where a floor is given, then exact zeros replaced by 1.
 
-    For positive feature maps (performer, linear) this is ``den.clamp_min(eps)``; for signed
-    ones (random Fourier features) it also keeps a negative normalizer away from zero.
+    Scale-free: there is no absolute threshold. ``floor`` must be a multiple of the row's own
+    mass (see :func:`normalizer_floor`), so it scales with the features exactly as ``den`` does
+    and any stabilizer's rescaling cancels. A normalizer still exactly 0 belongs to a row with no
+    mass at all (every key padded, whose features are zeroed; or, with positive features, every
+    product underflowing), whose numerator is 0 too: its output is 0, with finite gradients
+    (dividing by 1, not by 0, so no ``0/0`` reaches autograd).
     """
-    return torch.where(den >= 0, den.clamp_min(eps), den.clamp_max(-eps))
+    if floor is not None:
+        den = torch.where(den >= 0, torch.maximum(den, floor), torch.minimum(den, -floor))
+    return torch.where(den == 0, torch.ones_like(den), den)
+
+
+def normalizer_floor(phi_q: torch.Tensor, key_mass: torch.Tensor, rel_floor: float) -> torch.Tensor:
+    """``rel_floor * |phi_q_i|_2 * key_mass_i`` as ``(B, H, N)`` (callers skip it when ``rel_floor == 0``).
+
+    ``key_mass_i = sum_j w_ij |phi_k_j|_2`` over the keys query i sees (``w_ij`` = 1, or its gate
+    weights) is an upper bound of ``|phi_q_i . sum_j w_ij phi_k_j|`` (Cauchy-Schwarz), so the
+    floor caps the amplification ``|out_i| <= max_j |v_j| / rel_floor`` and is relative to the
+    row's own scale: multiplying the query or key features by any factor scales it as the
+    normalizer. Meant for signed features (random Fourier features); positive features need none.
+    """
+    return rel_floor * phi_q.norm(dim=-1) * key_mass
 
 
 def kernel_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor,
-                     mask: torch.Tensor | None, eps: float = 1e-6) -> torch.Tensor:
+                     mask: torch.Tensor | None, *, rel_floor: float = 0.0) -> torch.Tensor:
     """Normalized linear attention ``phi_q (phi_k^T v) / (phi_q (phi_k^T 1))`` in O(N).
 
     Shapes: ``phi_q (B, H, N, F)``, ``phi_k (B, H, M, F)``, ``v (B, H, M, D)``,
@@ -71,32 +90,46 @@ def kernel_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor,
     formed. Padded keys' features are zeroed (and their values too, so a non-finite padded value
     cannot leak) before both the numerator ``phi_k^T v`` and the denominator ``phi_k^T 1``, so a
     padded key changes no output. Everything runs in fp32 with autocast disabled (the inputs are
-    upcast), and the denominator's magnitude is clamped to ``eps`` (sign kept, see
-    :func:`safe_denominator`): a query whose normalizer vanishes (e.g. every key padded) gets a
-    finite output instead of NaN/inf.
+    upcast; float64 inputs stay float64: the same function as a float64 reference).
+
+    Guard (:func:`safe_denominator`), scale-free so that a feature map's stabilizer may rescale
+    ``phi_q`` per query and ``phi_k`` by a shared factor: with ``rel_floor == 0`` (positive
+    features) the output is exactly the ratio, except that a row whose normalizer is exactly 0
+    (every key padded) outputs 0. ``rel_floor > 0`` (signed features, whose estimated normalizer
+    can cross 0) also raises ``|normalizer|`` to ``rel_floor * |phi_q_i| * sum_j |phi_k_j|``
+    (:func:`normalizer_floor`, sign kept); this costs O((N + M) F) more.
     """
     out_dtype = v.dtype
     with fp32(v.device):
-        phi_q, phi_k, v = phi_q.float(), phi_k.float(), v.float()
+        work = torch.promote_types(v.dtype, torch.float32)
+        phi_q, phi_k, v = phi_q.to(work), phi_k.to(work), v.to(work)
         phi_k = mask_keys(phi_k, mask)
         v = mask_keys(v, mask)
         kv = torch.einsum("bhmf,bhmd->bhfd", phi_k, v)           # (B, H, F, D)
         k_sum = phi_k.sum(dim=-2)                                 # (B, H, F)
         num = torch.einsum("bhnf,bhfd->bhnd", phi_q, kv)          # (B, H, N, D)
         den = torch.einsum("bhnf,bhf->bhn", phi_q, k_sum)         # (B, H, N)
-        out = num / safe_denominator(den, eps).unsqueeze(-1)
+        floor = (normalizer_floor(phi_q, phi_k.norm(dim=-1).sum(dim=-1, keepdim=True), rel_floor)
+                 if rel_floor else None)
+        out = num / safe_denominator(den, floor).unsqueeze(-1)
     return out.to(out_dtype)
 
 
 def quadratic_kernel_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor,
-                               mask: torch.Tensor | None, eps: float = 1e-6) -> torch.Tensor:
-    """The O(N^2) definition ``(phi_q phi_k^T * mask) v / row_sums``; for tests and debugging."""
+                               mask: torch.Tensor | None, *, rel_floor: float = 0.0) -> torch.Tensor:
+    """The O(N^2) definition ``(phi_q phi_k^T * mask) v / row_sums`` with :func:`kernel_attention`'s
+    guard; for tests and debugging. fp32, or float64 for float64 inputs."""
     with fp32(v.device):
-        a = torch.einsum("bhnf,bhmf->bhnm", phi_q.float(), phi_k.float())
+        work = torch.promote_types(v.dtype, torch.float32)
+        phi_q, phi_k = phi_q.to(work), phi_k.to(work)
+        a = torch.einsum("bhnf,bhmf->bhnm", phi_q, phi_k)
+        k_norm = phi_k.norm(dim=-1)                               # (B, H, M)
         if mask is not None:
             a = a.masked_fill(~mask[:, None, None, :], 0.0)
-        den = safe_denominator(a.sum(-1, keepdim=True), eps)
-        return (a @ v.float() / den).to(v.dtype)
+            k_norm = k_norm.masked_fill(~mask[:, None, :], 0.0)
+        floor = normalizer_floor(phi_q, k_norm.sum(dim=-1, keepdim=True), rel_floor) if rel_floor else None
+        den = safe_denominator(a.sum(-1), floor).unsqueeze(-1)
+        return (a @ v.to(work) / den).to(v.dtype)
 
 
 def _segment_sums(a: torch.Tensor) -> torch.Tensor:
@@ -113,7 +146,7 @@ def _segment_sums(a: torch.Tensor) -> torch.Tensor:
 
 
 def gated_kernel_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor,
-                           gate_logit: torch.Tensor, mask: torch.Tensor | None, eps: float = 1e-6,
+                           gate_logit: torch.Tensor, mask: torch.Tensor | None, *, rel_floor: float = 0.0,
                            chunk: int = 64, key_log_scale: torch.Tensor | None = None) -> torch.Tensor:
     """Causal gated kernel attention (gated RFA, Peng et al. 2021) in O(N), chunked and batched.
 
@@ -122,89 +155,109 @@ def gated_kernel_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Te
         S_t = g_t S_{t-1} + (1 - g_t) c_t phi_k_t v_t^T,   z_t = g_t z_{t-1} + (1 - g_t) c_t phi_k_t
         out_t = phi_q_t^T S_t / (phi_q_t . z_t)             (S_0 = 0, z_0 = 0)
 
-    so query t sees keys ``j <= t`` only, with weight ``(1 - g_j) c_j prod_{j < s <= t} g_s``.
+    so query t sees keys ``j <= t`` only, with weight ``w_tj = (1 - g_j) c_j prod_{j < s <= t} g_s``.
     Shapes: ``phi_q, phi_k (B, H, N, F)``, ``v (B, H, N, D)``, ``gate_logit (B, H, N)``,
     ``key_log_scale (B, H, N)`` or None, ``mask (B, N)`` bool (True = real) or None; returns
     ``(B, H, N, D)`` in ``v``'s dtype. A padded key has ``g = 1`` and weight 0: it changes nothing.
 
-    Chunked parallel form, chunk size ``C``: inside a chunk the weights form a lower-triangular
-    ``(C, C)`` matrix ``exp(log g segment sums + log weight)``; across chunks the state
-    ``[S | z]: (B, H, F, D + 1)`` is carried (a loop over the ``N / C`` chunks, one fused
-    multiply-add each). Decays and weights are exponentials of non-positive log-space sums
-    (products of gates are never divided): no overflow, no 0/0. ``key_log_scale`` is shifted by
-    its running maximum up to the end of each chunk (the carried state is rescaled when the
-    maximum grows): ``c_t`` cannot overflow, and only a key of the query's own chunk, not one far
-    ahead in the sequence, can scale the keys it sees down toward the eps guard.
-    Time O(N C F + N F D), memory O(N (C + F + D) + (N / C) F D) per head; the guard on the
-    normalizer is :func:`safe_denominator`'s. fp32 with autocast disabled.
+    The guard is :func:`kernel_attention`'s (:func:`safe_denominator`): exact ratio, 0 where the
+    normalizer is exactly 0, and with ``rel_floor > 0`` ``|phi_q_t . z_t|`` raised to
+    ``rel_floor |phi_q_t| sum_j w_tj |phi_k_j|`` (sign kept); that mass is one more run of the
+    chunked recurrence with a single feature ``|phi_k_j|``, O(N C) extra.
+    Chunked form: see :func:`_gated_sums`. Time O(N C F + N F D), memory
+    O(N (C + F + D) + (N / C) F D) per head. fp32 with autocast disabled (float64 stays float64).
     """
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     out_dtype = v.dtype
-    b, h, n, f = phi_q.shape
     d = v.shape[-1]
     with fp32(v.device):
-        phi_q, phi_k, v, logit = phi_q.float(), phi_k.float(), v.float(), gate_logit.float()
-        real = None if mask is None else mask[:, None, :]                     # (B, 1, N)
+        work = torch.promote_types(v.dtype, torch.float32)
+        phi_q, phi_k, v, logit = (t.to(work) for t in (phi_q, phi_k, v, gate_logit))
         phi_k = mask_keys(phi_k, mask)
         v1 = mask_keys(torch.cat([v, torch.ones_like(v[..., :1])], dim=-1), mask)   # [v | 1]
         log_g = F.logsigmoid(logit)                                           # log g_t <= 0
         log_w = F.logsigmoid(-logit)                                          # log (1 - g_t)
         if key_log_scale is not None:
-            log_w = log_w + key_log_scale.float()
-        if real is not None:
+            log_w = log_w + key_log_scale.to(work)
+        if mask is not None:
+            real = mask[:, None, :]                                           # (B, 1, N)
             log_g = log_g.masked_fill(~real, 0.0)                             # padded: g = 1
             log_w = log_w.masked_fill(~real, float("-inf"))                   # padded: weight 0
-        # pad the length to a multiple of the chunk (g = 1, weight 0, zero features), then chunk
-        pad = (-n) % chunk
-        if pad:
-            phi_q, phi_k, v1 = (F.pad(t, (0, 0, 0, pad)) for t in (phi_q, phi_k, v1))
-            log_g = F.pad(log_g, (0, pad))
-            log_w = F.pad(log_w, (0, pad), value=float("-inf"))
-        nc = (n + pad) // chunk
-        phi_q, phi_k, v1 = (t.reshape(b, h, nc, chunk, t.shape[-1]) for t in (phi_q, phi_k, v1))
-        log_g, log_w = log_g.reshape(b, h, nc, chunk), log_w.reshape(b, h, nc, chunk)
-
-        # per-chunk shift m_c: running max of the key log-weights (a shared factor cancels)
-        ratio = None                                                          # exp(m_c - m_{c+1})
-        if key_log_scale is not None:
-            top = log_w.detach().amax(dim=-1).cummax(dim=-1).values          # (B, H, nc)
-            seen = torch.isfinite(top)
-            shift = torch.where(seen, top, torch.zeros_like(top))
-            log_w = log_w - shift.unsqueeze(-1)
-            nxt = torch.cat([shift[..., 1:], shift[..., -1:]], dim=-1)
-            ratio = torch.where(seen, torch.exp(shift - nxt), torch.ones_like(shift))
-
-        seg = _segment_sums(log_g)                                            # (B, H, nc, C, C)
-        weights = torch.exp(seg + log_w.unsqueeze(-2))                        # [i, j]: key j -> query i
-        scores = torch.einsum("bhcif,bhcjf->bhcij", phi_q, phi_k) * weights
-        out = torch.einsum("bhcij,bhcjd->bhcid", scores, v1)                  # within-chunk part
-
-        # state contributions of each chunk at its end, and the state entering each chunk
-        to_end = torch.exp(seg[..., -1, :] + log_w)                           # (B, H, nc, C)
-        update = torch.einsum("bhcjf,bhcjd->bhcfd", phi_k * to_end.unsqueeze(-1), v1)  # (B,H,nc,F,D+1)
-        decay = torch.exp(log_g.sum(dim=-1))                                  # prod of the chunk's g
-        if ratio is not None:
-            update = update * ratio[..., None, None]
-            decay = decay * ratio
-        state = v1.new_zeros(b, h, f, d + 1)
-        entering = []
-        for c in range(nc):
-            entering.append(state)
-            if c + 1 < nc:
-                state = torch.addcmul(update[:, :, c], state, decay[:, :, c, None, None])
-        entering = torch.stack(entering, dim=2)                               # (B, H, nc, F, D+1)
-        from_start = torch.exp(log_g.cumsum(dim=-1))                          # decay since chunk start
-        out = out + torch.einsum("bhcif,bhcfd->bhcid", phi_q * from_start.unsqueeze(-1), entering)
-
-        out = out.reshape(b, h, nc * chunk, d + 1)[:, :, :n]
-        out = out[..., :d] / safe_denominator(out[..., d], eps).unsqueeze(-1)
+        shift = key_log_scale is not None
+        sums = _gated_sums(phi_q, phi_k, v1, log_g, log_w, chunk, shift)     # [numerator | normalizer]
+        floor = None
+        if rel_floor:
+            ones = torch.ones_like(phi_q[..., :1])
+            mass = _gated_sums(ones, phi_k.norm(dim=-1, keepdim=True), ones, log_g, log_w, chunk, shift)
+            floor = normalizer_floor(phi_q, mass[..., 0], rel_floor)
+        out = sums[..., :d] / safe_denominator(sums[..., d], floor).unsqueeze(-1)
     return out.to(out_dtype)
 
 
+def _gated_sums(phi_q: torch.Tensor, phi_k: torch.Tensor, v1: torch.Tensor, log_g: torch.Tensor,
+                log_w: torch.Tensor, chunk: int, shift: bool) -> torch.Tensor:
+    """Unnormalized gated sums ``sum_{j <= t} w_tj (phi_q_t . phi_k_j) v1_j``, chunked: ``(B, H, N, E)``.
+
+    ``phi_q, phi_k (B, H, N, F)``, ``v1 (B, H, N, E)``, ``log_g`` (log gates) and ``log_w`` (log key
+    weights) ``(B, H, N)``, with ``w_tj = exp(log_w_j + sum_{j < s <= t} log_g_s)``.
+
+    Chunked parallel form, chunk size ``C``: inside a chunk the weights form a lower-triangular
+    ``(C, C)`` matrix ``exp(log g segment sums + log weight)``; across chunks the state
+    ``sum_j w phi_k_j v1_j^T: (B, H, F, E)`` is carried (a loop over the ``N / C`` chunks, one fused
+    multiply-add each). Decays and weights are exponentials of non-positive log-space sums
+    (products of gates are never divided): no overflow, no 0/0. With ``shift``, ``log_w`` is
+    shifted by its running maximum up to the end of each chunk (the carried state is rescaled when
+    the maximum grows): key weights cannot overflow, and every sum of chunk c is multiplied by the
+    same ``exp(-m_c)``, which cancels in any ratio of two such sums (normalizer, floor).
+    """
+    b, h, n, f = phi_q.shape
+    e = v1.shape[-1]
+    pad = (-n) % chunk            # pad to a multiple of the chunk: g = 1, weight 0, zero features
+    if pad:
+        phi_q, phi_k, v1 = (F.pad(t, (0, 0, 0, pad)) for t in (phi_q, phi_k, v1))
+        log_g = F.pad(log_g, (0, pad))
+        log_w = F.pad(log_w, (0, pad), value=float("-inf"))
+    nc = (n + pad) // chunk
+    phi_q, phi_k, v1 = (t.reshape(b, h, nc, chunk, t.shape[-1]) for t in (phi_q, phi_k, v1))
+    log_g, log_w = log_g.reshape(b, h, nc, chunk), log_w.reshape(b, h, nc, chunk)
+
+    ratio = None                                                          # exp(m_c - m_{c+1})
+    if shift:   # per-chunk shift m_c: running max of the key log-weights (a shared factor cancels)
+        top = log_w.detach().amax(dim=-1).cummax(dim=-1).values          # (B, H, nc)
+        seen = torch.isfinite(top)
+        m = torch.where(seen, top, torch.zeros_like(top))
+        log_w = log_w - m.unsqueeze(-1)
+        nxt = torch.cat([m[..., 1:], m[..., -1:]], dim=-1)
+        ratio = torch.where(seen, torch.exp(m - nxt), torch.ones_like(m))
+
+    seg = _segment_sums(log_g)                                            # (B, H, nc, C, C)
+    weights = torch.exp(seg + log_w.unsqueeze(-2))                        # [i, j]: key j -> query i
+    scores = torch.einsum("bhcif,bhcjf->bhcij", phi_q, phi_k) * weights
+    out = torch.einsum("bhcij,bhcjd->bhcid", scores, v1)                  # within-chunk part
+
+    # state contributions of each chunk at its end, and the state entering each chunk
+    to_end = torch.exp(seg[..., -1, :] + log_w)                           # (B, H, nc, C)
+    update = torch.einsum("bhcjf,bhcjd->bhcfd", phi_k * to_end.unsqueeze(-1), v1)  # (B, H, nc, F, E)
+    decay = torch.exp(log_g.sum(dim=-1))                                  # prod of the chunk's g
+    if ratio is not None:
+        update = update * ratio[..., None, None]
+        decay = decay * ratio
+    state = v1.new_zeros(b, h, f, e)
+    entering = []
+    for c in range(nc):
+        entering.append(state)
+        if c + 1 < nc:
+            state = torch.addcmul(update[:, :, c], state, decay[:, :, c, None, None])
+    entering = torch.stack(entering, dim=2)                               # (B, H, nc, F, E)
+    from_start = torch.exp(log_g.cumsum(dim=-1))                          # decay since chunk start
+    out = out + torch.einsum("bhcif,bhcfd->bhcid", phi_q * from_start.unsqueeze(-1), entering)
+    return out.reshape(b, h, nc * chunk, e)[:, :, :n]
+
+
 def gated_kernel_attention_reference(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor,
-                                     gate_logit: torch.Tensor, mask: torch.Tensor | None,
-                                     eps: float = 1e-6) -> torch.Tensor:
+                                     gate_logit: torch.Tensor, mask: torch.Tensor | None, *,
+                                     rel_floor: float = 0.0) -> torch.Tensor:
     """The literal sequential recurrence of :func:`gated_kernel_attention` (a loop over positions).
 
     Slow (N steps); for tests. Computes in the inputs' dtype (pass float64 for a reference).
@@ -220,12 +273,15 @@ def gated_kernel_attention_reference(phi_q: torch.Tensor, phi_k: torch.Tensor, v
     b, h, n, f = phi_q.shape
     s = phi_q.new_zeros(b, h, f, v.shape[-1])
     z = phi_q.new_zeros(b, h, f)
+    mass = phi_q.new_zeros(b, h)                         # sum_j w_tj |phi_k_j|, for the floor
     outs = []
     for t in range(n):
         gt, wt = g[:, :, t, None], w[:, :, t, None]
         s = gt[..., None] * s + (wt * phi_k[:, :, t])[..., None] * v[:, :, t, None, :]
         z = gt * z + wt * phi_k[:, :, t]
+        mass = g[:, :, t] * mass + w[:, :, t] * phi_k[:, :, t].norm(dim=-1)
         num = torch.einsum("bhf,bhfd->bhd", phi_q[:, :, t], s)
         den = torch.einsum("bhf,bhf->bh", phi_q[:, :, t], z)
-        outs.append(num / safe_denominator(den, eps).unsqueeze(-1))
+        floor = normalizer_floor(phi_q[:, :, t], mass, rel_floor) if rel_floor else None
+        outs.append(num / safe_denominator(den, floor).unsqueeze(-1))
     return torch.stack(outs, dim=2)

@@ -44,8 +44,12 @@ def iterative_pinv(a: torch.Tensor, iterations: int) -> torch.Tensor:
 
     Initial ``Z0 = A^T / (max column abs-sum * max row abs-sum)``, per matrix, which makes the
     iteration converge (Razavi et al. 2014); each step is a 7th-order Newton-Schulz-type update.
+    No eps or clamp: ``Z0`` is homogeneous of degree -1 in ``A`` (as the pseudo-inverse), so
+    ``pinv(c A) = pinv(A) / c`` for any ``c``, and its divisor is 0 only for ``A = 0`` (never the
+    case here: softmax rows sum to 1, empty landmarks get identity rows). Computes in fp32, or
+    float64 for float64 input (the reference of the same algorithm).
     """
-    a = a.float()
+    a = a.to(torch.promote_types(a.dtype, torch.float32))
     eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
     norm_1 = a.abs().sum(dim=-2).amax(dim=-1)  # max column sum
     norm_inf = a.abs().sum(dim=-1).amax(dim=-1)  # max row sum
@@ -105,6 +109,7 @@ class NystromAttention(Attention):
         keep = mask.to(x.dtype)
         sums = (x * keep[:, None, :, None]).reshape(b, h, m, n // m, d).sum(dim=-2)
         counts = keep.reshape(b, m, n // m).sum(dim=-1)
+        # counts are integers: the clamp only turns an empty segment's 0/0 into 0/1 (flagged empty)
         return sums / counts.clamp(min=1)[:, None, :, None], counts == 0
 
     def forward(self, q, k, v, key_padding_mask=None):

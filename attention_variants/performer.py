@@ -20,8 +20,19 @@ by every key of a (batch, head) -- the maximum over all real keys and features: 
 would reweight keys relative to one another and change the result. The maximum is taken over real
 keys only (so padded keys cannot move it) and detached (it cancels, so its gradient is zero).
 
+Normalizer guard: none that could bias the estimate. The features are positive, so the
+normalizer ``phi(q_i) . sum_j phi(k_j)`` is a sum of non-negative terms; since the stabilizers put
+it on an arbitrary scale, any absolute floor would shrink the outputs of legitimately small rows
+(a clamp at 1e-6 gave relative errors up to 0.23 at score std 4, head_dim 64). Only a normalizer that is
+exactly 0 (every key padded) is guarded, giving output 0 (:func:`_kernel.safe_denominator`). With
+these stabilizers the fp32 normalizer stays far above the fp32 range: measured minimum ~1e-12 at
+score std 16 (head_dim 64, 256 features, N = 256), against fp32's smallest normal 1e-38.
+
 ``kernel="relu"`` is the paper's generalized-kernel variant ``phi(x) = relu(W x) + kernel_eps``
-(a positive but non-softmax kernel; its scale cancels in the normalization).
+(a positive but non-softmax kernel; its scale cancels in the normalization). ``kernel_eps`` is part
+of the kernel's definition, not a guard: it is added to the unrescaled features (no stabilizer
+is applied to this kernel), so it means the same thing at every input scale, and it keeps every
+feature, hence every normalizer with at least one real key, strictly positive.
 
 Projection redraws: the projection is a registered buffer drawn from ``torch.Generator`` seeded
 with ``config.seed`` (draw i > 0 from a seed derived from ``(seed, i)``, so resuming a checkpoint
@@ -106,8 +117,6 @@ class PerformerConfig(AttentionConfig):
     scaling: str = "chi"
     #: added to relu features (keeps them positive); unused by the softmax kernel
     kernel_eps: float = 1e-3
-    #: lower bound on the attention normalizer
-    eps: float = 1e-6
 
 
 @register("performer", PerformerConfig)
@@ -175,4 +184,4 @@ class Performer(Attention):
         with fp32(q.device):
             phi_q = self.feature_map(q, is_query=True)
             phi_k = self.feature_map(k, is_query=False, mask=mask)
-        return kernel_attention(phi_q, phi_k, v, mask, self.config.eps)
+        return kernel_attention(phi_q, phi_k, v, mask)

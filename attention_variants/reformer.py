@@ -52,7 +52,9 @@ from .base import Attention, AttentionConfig
 from .masking import normalize_key_padding_mask, pad_mask_to_multiple, pad_to_multiple
 from .registry import register
 
-SELF_ATTN_SCORE = -1e5  # Trax's value: below any real score, above padded keys (finfo.min)
+# Trax's value: below any real score (keys are unit vectors, so |score| <= |q| / sqrt(d), and the
+# scores are the true logits, not rescaled) unless |q| > 1e5 sqrt(d); above padded keys (finfo.min).
+SELF_ATTN_SCORE = -1e5
 
 
 def _buckets_for(length: int, bucket_size: int) -> int:

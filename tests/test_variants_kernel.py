@@ -216,8 +216,9 @@ def test_kernel_attention_signed_denominator_is_guarded():
     phi_q = torch.tensor([1.0, -1.0]).view(1, 1, 1, 2)
     phi_k = torch.tensor([[1.0, 1.0]]).view(1, 1, 1, 2)       # normalizer exactly 0
     v = torch.ones(1, 1, 1, 3)
-    out = kernel_attention(phi_q, phi_k, v, None, eps=1e-6)
-    assert torch.isfinite(out).all()
+    for rel_floor in (0.0, 1e-3):
+        out = kernel_attention(phi_q, phi_k, v, None, rel_floor=rel_floor)
+        assert torch.isfinite(out).all()
 
 
 def test_kernel_attention_runs_fp32_under_autocast():
@@ -283,7 +284,8 @@ def test_gated_random_feature_equals_sequential_recurrence(normalize, chunk):
     out = attn(q, k, v, key_padding_mask=mask)
     phi_q, phi_k = attn.feature_map(q, True), attn.feature_map(k, False, mask)
     ref = gated_kernel_attention_reference(phi_q.double(), phi_k.double(), v.double(),
-                                           attn.gate_logits(k).double(), mask)
+                                           attn.gate_logits(k).double(), mask,
+                                           rel_floor=attn.config.normalizer_floor)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out.double(), ref, atol=1e-5, rtol=1e-5)
 
