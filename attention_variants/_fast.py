@@ -28,6 +28,8 @@ import torch
 
 BACKENDS = ("auto", "reference", "fast")
 REDUCED = (torch.bfloat16, torch.float16)
+#: ``function name -> error`` for every :class:`CudaCompiled` function that fell back to eager
+COMPILE_FAILURES: dict[str, str] = {}
 
 
 def check_backend(variant: str, backend: str) -> None:
@@ -101,6 +103,7 @@ class CudaCompiled:
             raise
         except Exception as err:  # noqa: BLE001 - stay correct: the eager function is the same
             self._failed = True
+            COMPILE_FAILURES[self.fn.__name__] = f"{type(err).__name__}: {err}"
             warnings.warn(f"torch.compile of {self.fn.__name__} failed ({type(err).__name__}: {err}); "
                           "running it eagerly", RuntimeWarning, stacklevel=2)
             return self.fn(*args, **kwargs)

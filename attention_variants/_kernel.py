@@ -131,7 +131,7 @@ def fast_kernel_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Ten
     and memory policy, for features computed in the dtype the matmuls want (bf16 under autocast).
 
     Shapes as :func:`kernel_attention`; returns ``v``'s dtype. The matmuls along the length
-    (``phi_k^T v``, ``phi_q (phi_k^T v)`` and the four of the backward) take operands in
+    (``phi_k^T v``, ``phi_q (phi_k^T v)`` and the backward's) take operands in
     ``phi_q``'s dtype (``phi_k`` and ``v`` are cast to it) with fp32 accumulation; the
     normalizer ``phi_k^T 1`` is summed in fp32, ``phi_q . (phi_k^T 1)`` is reduced in fp32,
     ``phi_k^T v`` has an fp32 result, and the division is done in fp32. A custom autograd function

@@ -186,11 +186,14 @@ class NystromAttention(Attention):
         kernel_2 = torch.where(empty[:, None, :, None], eye, kernel_2)
         z = iterative_pinv(kernel_2, self.config.pinv_iterations)                     # (B, H, m, m) fp32
         # kernel_1 z kernel_3 V = kernel_1 [z kernel_3 (V - c) | z 1] [I ; c]: one attention over the
-        # landmarks with the value columns [z kernel_3 (V - c) | z 1 | 0 ...] (width a multiple of 8)
+        # landmarks with the value columns [z kernel_3 (V - c) | z 1 | 0 ...], width a multiple of 8;
+        # queries and landmark keys get zero columns up to that width (their scores are unchanged;
+        # the fused kernels want one head width)
         width = (d + 1 + 7) // 8 * 8
         ctx = torch.cat([z @ ctx3.to(acc), z.sum(dim=-1, keepdim=True), ctx3.new_zeros(*z.shape[:-1], width - d - 1)],
                         dim=-1)
-        o = F.scaled_dot_product_attention(qp, k_l, ctx.to(cd), attn_mask=lm_bias)
+        o = F.scaled_dot_product_attention(F.pad(qp, (0, width - d)), F.pad(k_l, (0, width - d)), ctx.to(cd),
+                                           attn_mask=lm_bias, scale=scale)
         return (o[..., :d].to(acc) + o[..., d:d + 1].to(acc) * center).to(cd)
 
     def _reference(self, q, k, v, full_mask, m: int, n: int):

@@ -149,7 +149,7 @@ def _relu_features(proj: torch.Tensor, eps: float, cd: torch.dtype) -> torch.Ten
 @CudaCompiled
 def _relu_features_backward(grad: torch.Tensor, phi: torch.Tensor, eps: float) -> torch.Tensor:
     """``d phi / d proj`` is 1 where ``proj > 0``, i.e. where ``phi`` exceeds ``eps`` (as rounded)."""
-    return grad.to(phi.dtype) * (phi > torch.tensor(eps, dtype=phi.dtype)).to(phi.dtype)
+    return grad.to(phi.dtype) * (phi > eps).to(phi.dtype)            # phi > eps <=> proj > 0 (up to rounding)
 
 
 class _PositiveFeatures(torch.autograd.Function):

@@ -276,17 +276,19 @@ class ReformerAttention(Attention):
                 ext_real = ext_real.reshape(-1)
             ext_pos = torch.cat([ext.reshape(-1), ext.reshape(-1)[:chunk]])
         acc = torch.promote_types(q.dtype, torch.float32)
-        kn = (qp.to(acc) / torch.linalg.vector_norm(qp, dim=-1, keepdim=True, dtype=acc).clamp_min(1e-12)
-              ).to(qp.dtype)                                                     # shared QK: unit keys
+        inv_norm = 1.0 / torch.linalg.vector_norm(qp, dim=-1, keepdim=True, dtype=acc).clamp_min(1e-12)
+        kn = (qp * inv_norm).to(qp.dtype)                                        # shared QK: unit keys
         table = torch.cat([qp, kn, vp], dim=-1).reshape(b * h * n_pad, 3 * d)
         gathered = table[rows]                                                   # the one gather
         out, lse = _LookBackAttention.apply(gathered, ext_pos, ext_bucket, ext_real, chunk,
                                             1.0 / math.sqrt(d), cfg.attend_across_buckets)
-        # drop the spare windows, undo the sort, combine the rounds with fp32 weights
-        out = out.view(groups, n_chunks + 1, chunk, d)[:, :n_chunks].reshape(b, h, rounds, n_pad, d)
-        lse = lse.view(groups, n_chunks + 1, chunk)[:, :n_chunks].reshape(b, h, rounds, n_pad)
-        out = out.gather(3, undo.unsqueeze(-1).expand(b, h, rounds, n_pad, d))
-        weights = torch.softmax(lse.gather(-1, undo), dim=2)                    # (B, H, R, Np) fp32
+        # undo the sort (spare windows dropped: each position's row in the output, per round), then
+        # combine the rounds with fp32 weights
+        with torch.no_grad():
+            g = torch.arange(groups, device=q.device).view(b, h, rounds, 1)
+            back = (g * (n_chunks + 1) * chunk + undo).reshape(-1)
+        out = out.reshape(-1, d)[back].view(b, h, rounds, n_pad, d)
+        weights = torch.softmax(lse.reshape(-1)[back].view(b, h, rounds, n_pad), dim=2)   # fp32
         return (out * weights.unsqueeze(-1).to(out.dtype)).sum(dim=2)
 
 
