@@ -30,6 +30,8 @@ BACKENDS = ("auto", "reference", "fast")
 REDUCED = (torch.bfloat16, torch.float16)
 #: ``function name -> error`` for every :class:`CudaCompiled` function that fell back to eager
 COMPILE_FAILURES: dict[str, str] = {}
+#: why :func:`matmul_fp32` upcast on CUDA instead of an fp32-output tensor-core matmul (empty: it did not)
+MATMUL_FP32_FALLBACK: dict[str, str] = {}
 
 
 def check_backend(variant: str, backend: str) -> None:
@@ -73,8 +75,8 @@ def matmul_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         b3 = b.expand(*lead, *b.shape[-2:]).reshape(-1, *b.shape[-2:])
         try:
             return torch.bmm(a3, b3, out_dtype=torch.float32).view(*lead, a.shape[-2], b.shape[-1])
-        except (TypeError, RuntimeError, NotImplementedError):
-            pass
+        except (TypeError, RuntimeError, NotImplementedError) as err:  # same result, more time and memory
+            MATMUL_FP32_FALLBACK.setdefault("bmm", f"{type(err).__name__}: {err}")
     acc = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
     return torch.matmul(a.to(acc), b.to(acc))
 

@@ -318,3 +318,4 @@ def test_gpu_matmul_fp32_keeps_an_fp32_result():
     b = torch.randn(3, 64, 96, device="cuda").to(torch.bfloat16)
     exact = a.double() @ b.double()
     assert rel(_fast.matmul_fp32(a, b), exact) < 1e-6          # a bf16 result would be ~2e-3 off
+    assert not _fast.MATMUL_FP32_FALLBACK, f"upcast instead of an fp32-output bf16 matmul: {_fast.MATMUL_FP32_FALLBACK}"
