@@ -200,6 +200,7 @@ def resolve_settings(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
             s[section]["lengths"] = [int(n) for n in _as_list(s[section]["lengths"])]
     if "train_overhead" in modes:
         to["trainer"] = overhead_trainer(to.get("task") or "listops", to.get("trainer"))
+        schema.check(to["trainer"], schema.TRAINER, prefix="train_overhead.trainer.")
         if to.get("steps_per_call") is None:
             to["steps_per_call"] = int(to["trainer"].get("log_every", 50))
     s["device"] = str(device)
@@ -384,13 +385,13 @@ def measure_op(case: Case, s: dict, device: torch.device) -> Measurement:
     build_cfg = {"heads": h, "head_dim": d, "max_length": n, "seed": seed, **s["knobs"][case.variant]}
     cls, _ = av.get(case.variant)
     torch.manual_seed(seed)  # parameters the variant initialises from the global generator
-    gen = torch.Generator().manual_seed(seed)  # the inputs: q, k, v, then grad_out
+    gen = torch.Generator(device).manual_seed(seed)  # the inputs: q, k, v, then grad_out
     with PeakMemory(device) as mem:
         attn = av.build(case.variant, **build_cfg).to(device)
         attn.train(backward)
-        q, k, v = (torch.randn(b, h, n, d, generator=gen).to(device, dtype).requires_grad_(backward)
+        q, k, v = (torch.randn(b, h, n, d, generator=gen, device=device, dtype=dtype, requires_grad=backward)
                    for _ in range(3))
-        grad_out = torch.randn(b, h, n, d, generator=gen).to(device, dtype) if backward else None
+        grad_out = torch.randn(b, h, n, d, generator=gen, device=device, dtype=dtype) if backward else None
         params = [p for p in attn.parameters() if p.requires_grad]
         mem.mark()
 
@@ -454,13 +455,13 @@ def measure_model_step(case: Case, s: dict, device: torch.device) -> Measurement
                             pooling=ms.get("pooling", "cls"), pos_emb=ms.get("pos_emb", "sinusoidal"),
                             attention=case.variant, attention_cfg=dict(knobs))
     torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device).manual_seed(seed)
     last_loss: list[torch.Tensor] = []
     with PeakMemory(device) as mem:
         model = Encoder(enc_cfg).to(device).train()
         opt = torch.optim.AdamW(model.parameters(), lr=float(ms.get("lr", 1e-4)))
-        tokens = torch.randint(1, enc_cfg.vocab_size, (b, n), generator=gen).to(device)
-        labels = torch.randint(0, enc_cfg.num_classes, (b,), generator=gen).to(device)
+        tokens = torch.randint(1, enc_cfg.vocab_size, (b, n), generator=gen, device=device)
+        labels = torch.randint(0, enc_cfg.num_classes, (b,), generator=gen, device=device)
         mem.mark()
 
         def step():
@@ -974,6 +975,10 @@ def _hydra_main():
     import hydra  # noqa: PLC0415
     from hydra.core.hydra_config import HydraConfig  # noqa: PLC0415
     from hydra.types import RunMode  # noqa: PLC0415
+
+    from . import register_resolvers  # noqa: PLC0415
+
+    register_resolvers()  # ${lra_visible_gpus:...} in conf/hydra/launcher/*.yaml
 
     started = []
 

@@ -100,8 +100,14 @@ def show_grid(data: tasks.TaskData, split: str, n: int, out: Path) -> Path:
 
 
 def run(argv: list[str]) -> int:
+    from .train import ConfigError, check_task_data, task_problems
+
     command, task, overrides, show = parse(argv)
     _, task_cfg = compose(overrides)
+    found = task_problems(task_cfg)  # every value checked before any data is prepared, as lra-train does
+    if found:
+        raise ConfigError("; ".join(found))
+    check_task_data(task_cfg)
     t0 = time.perf_counter()
     data = tasks.prepare(task_cfg)
     took = time.perf_counter() - t0

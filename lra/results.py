@@ -19,7 +19,8 @@ A record (``SCHEMA_VERSION`` 1) holds at least::
     metrics         {accuracy, loss, steps_per_s, tokens_per_s, ms_fwd, ms_fwd_bwd,
                      peak_mem_mb, tflops, approx_error, ...} (those that apply)
     case            free-form facts that identify a benchmark case (mode, heads, ...)
-    timings_ms      (bench, timed modes) the raw per-call times behind ``metrics.ms``
+    timings_ms      (bench, timed modes) the raw per-call times behind ``metrics.ms`` (ms per
+                    step for train_overhead, whose ``timings_ms_by_part`` has each timed function's)
     config          the effective configuration of the run: what it ran with after recipes,
                     presets and command-line overrides (train: task, model, trainer, attention
                     with every knob of the variant)

@@ -22,6 +22,8 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from omegaconf import OmegaConf
+
 
 class ConfigError(ValueError):
     """A configuration that cannot work; raised before any data is prepared or model built."""
@@ -45,6 +47,7 @@ class Rule:
     optional: bool = False
     means: str = ""
     example: Any = None
+    length: int | None = None  # ``floats``: the list's length
 
     def constraint(self) -> str:
         """What a valid value is, e.g. "an integer >= 1 (sequence length in tokens)"."""
@@ -53,7 +56,8 @@ class Rule:
         elif self.kind == "bool":
             text = "true or false"
         else:
-            noun = {"int": "an integer", "float": "a number", "ints": "an integer", "str": "a string"}[self.kind]
+            noun = {"int": "an integer", "float": "a number", "ints": "an integer", "floats": "a number",
+                    "str": "a string"}[self.kind]
             bounds = []
             if self.low is not None:
                 bounds.append(f"{'>' if self.open_low else '>='} {_fmt(self.low)}")
@@ -68,6 +72,12 @@ class Rule:
         """None if ``value`` is valid, else a sentence saying what is wrong (without the key)."""
         if value is None:
             return None if self.optional else f"is not set: it must be {self.constraint()}"
+        if self.kind == "floats":
+            if not isinstance(value, (list, tuple)) or (self.length is not None and len(value) != self.length) \
+                    or not all(self._ok(v, "float") for v in value):
+                count = f"a list of {self.length} numbers" if self.length else "a list of numbers"
+                return f"is invalid: it must be {count}, each {self.constraint()}"
+            return None
         if self.kind == "ints":
             if not isinstance(value, (list, tuple)):
                 return None if self._ok(value, "int") else f"is invalid: it must be {self.constraint()}"
@@ -191,6 +201,7 @@ TRAINER = [
     Choice("schedule", ("rsqrt", "linear", "cosine")),
     Int("warmup", low=0, means="warm-up steps", example=50),
     Float("weight_decay", low=0, optional=True, means="AdamW weight decay", example=0.01),
+    Rule("betas", "floats", low=0, high=1, open_high=True, length=2, means="AdamW betas", example="[0.9,0.98]"),
     Float("grad_clip", low=0, optional=True, means="gradient-norm clipping; 0 or null = off", example=1.0),
     Int("eval_every", means="steps between validations", example=500),
     Int("eval_batches", optional=True, means="cap on validation batches; null = all", example=10),
@@ -249,7 +260,7 @@ BENCH = [
     Ints("lengths", means="sequence lengths N", example="[256,512]"),
     Ints("batch_size", means="batch sizes", example=2),
     Int("heads", example=4), Int("head_dim", example=64),
-    Int("repeats", means="timed calls per case (at least)", example=5),
+    Int("repeats", means="timed calls per case, at least", example=5),
     Int("warmup", low=0, means="untimed calls first", example=2),
     Float("min_time_s", low=0, means="keep timing until this much time is timed (host clock only)", example=0.2),
     Int("max_repeats", means="cap on timed calls per case", example=1000),
@@ -290,6 +301,8 @@ def problems(values: dict[str, Any], rules: Iterable[Rule], prefix: str = "",
         if rule.key not in values:
             continue
         value = values[rule.key]
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value, resolve=True)
         problem = rule.problem(value)
         if problem is None:
             continue

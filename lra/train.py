@@ -120,7 +120,7 @@ def validate(cfg: DictConfig) -> None:
     divisibility, lengths, and that the task's data can exist at these settings. Raises one
     :class:`ConfigError` naming every bad value, its constraint and the fix."""
     task_cfg, model, trainer, knobs = resolve(cfg)
-    task_module = tasks.get(task_cfg.name)  # unknown task -> ValueError with the list
+    tasks.get(task_cfg.name)  # unknown task -> ValueError with the list
     name = cfg.attention.name
     try:
         _, config_cls = av.get(name)
@@ -134,8 +134,7 @@ def validate(cfg: DictConfig) -> None:
         if key not in trainer:
             raise ConfigError(f"trainer.{key} is not set and task {task_cfg.name!r} has no default for it")
     preset = {k: f"trainer.task_overrides.{k}" for k in (cfg.trainer.get("task_overrides") or {})}
-    found = schema.problems(OmegaConf.to_container(task_cfg, resolve=True), schema.task_rules(task_cfg.name),
-                            "task.", preset)
+    found = task_problems(task_cfg, preset)
     found += schema.problems(model, schema.MODEL, "model.")
     found += schema.problems(trainer, schema.TRAINER, "trainer.")
     found += schema.problems({"seed": cfg.get("seed")}, schema.RUN)
@@ -157,10 +156,22 @@ def validate(cfg: DictConfig) -> None:
         except ValueError as err:
             raise ConfigError(f"attention={name} cannot take task {task_cfg.name!r} at length "
                               f"{task_cfg.seq_len}: {err}") from None
-    check_data = getattr(task_module, "check_config", None)  # can the task's data exist at these settings?
-    if check_data is not None:
+    check_task_data(task_cfg)
+
+
+def task_problems(task_cfg: DictConfig, source: dict[str, str] | None = None) -> list[str]:
+    """The effective task config's bad values (:func:`lra.schema.problems` with the task's rules)."""
+    return schema.problems(OmegaConf.to_container(task_cfg, resolve=True), schema.task_rules(task_cfg.name),
+                           "task.", source)
+
+
+def check_task_data(task_cfg: DictConfig) -> None:
+    """Whether the task's data can exist at these settings (the task module's ``check_config``,
+    e.g. enough distinct ListOps expressions of the allowed lengths); :class:`ConfigError` if not."""
+    check = getattr(tasks.get(task_cfg.name), "check_config", None)
+    if check is not None:
         try:
-            check_data(task_cfg)
+            check(task_cfg)
         except ValueError as err:
             raise ConfigError(str(err)) from None
 

@@ -425,6 +425,7 @@ BAD_BENCH = [
     (["modes=[model_step]", "model_step.layers=0"], r"model_step\.layers=0 is invalid"),
     (["modes=[model_step]", "model_step.d_model=30", "model_step.heads=4"], r"model_step\.d_model=30 is not divisible"),
     (["modes=[train_overhead]", "train_overhead.steps_per_call=0"], r"train_overhead\.steps_per_call=0 is invalid"),
+    (["modes=[train_overhead]", "+train_overhead.trainer.lr=-1"], r"train_overhead\.trainer\.lr=-1 is invalid"),
     (["variants=[performer]", "+knobs.performer.num_features=0"], r"knobs\.performer\.num_features=0 is invalid"),
 ]
 

@@ -65,6 +65,7 @@ BAD_TRAIN = [  # (overrides, message) -- each must fail in validate(), before da
     (["trainer.checkpoint_every=0"], r"trainer\.checkpoint_every=0"),
     (["trainer.grad_clip=-1"], r"trainer\.grad_clip=-1"),
     (["trainer.steps=2.5"], r"trainer\.steps=2\.5 is invalid: it must be an integer"),
+    (["trainer.betas=[0.9,1.5]"], r"trainer\.betas=\[0\.9,1\.5\] is invalid: it must be a list of 2 numbers, each"),
     (["trainer.model_overrides.layers=0"], r"model\.layers=0 is invalid"),
     (["trainer.model_overrides.d_model=0"], r"model\.d_model=0 is invalid"),
     (["trainer.model_overrides.dropout=1.5"], r"model\.dropout=1\.5 is invalid: it must be a number >= 0 and < 1"),
@@ -345,3 +346,15 @@ def test_listops_progress_moves_as_chunks_finish(monkeypatch):
     total = time.perf_counter() - t0
     assert sum(n for _, n in updates) == 80
     assert updates[0][0] - t0 < 0.5 * total, (updates, total)   # the first chunk shows before the last ends
+
+
+@pytest.mark.parametrize("arg,message", [("seq_len=-5", "task.seq_len=-5 is invalid"),
+                                         ("seq_len=2", "task.seq_len=2 is too short for ListOps"),
+                                         ("num_train=0", "task.num_train=0 is invalid")])
+def test_lra_data_checks_values_before_preparing(tmp_path, capsys, arg, message):
+    from lra import cli_data
+
+    with pytest.raises(SystemExit) as stop, deadline(30):
+        cli_data.main(["prepare", "task=listops", f"cache_dir={tmp_path}", arg])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
