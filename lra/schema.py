@@ -24,6 +24,8 @@ from typing import Any, Iterable
 
 from omegaconf import OmegaConf
 
+from . import model as _model
+
 
 class ConfigError(ValueError):
     """A configuration that cannot work; raised before any data is prepared or model built."""
@@ -157,6 +159,7 @@ TASK = [
     Float("val_fraction", low=0, high=1, open_low=True, open_high=True, optional=True,
           means="share of the training set held out for validation", example=0.1),
     Bool("download", optional=True), Bool("progress", optional=True),
+    Bool("mask_zero_tokens", optional=True),
 ]
 TASK_EXTRA = {
     "listops": [
@@ -191,6 +194,20 @@ MODEL = [
     Choice("pooling", ("cls", "mean"), optional=True),
     Choice("pos_emb", ("learned", "sinusoidal"), optional=True),
     Bool("tied_weights", optional=True),
+    Int("qkv_dim", optional=True, means="total q/k/v width; must divide by heads; null = d_model", example=64),
+    Bool("qkv_bias", optional=True),
+    Float("attention_dropout", low=0, high=1, open_high=True, optional=True, means="dropout on attention weights",
+          example=0.1),
+    Choice("init", _model.INITS, optional=True),
+    Float("token_init_std", low=0, open_low=True, optional=True, means="std of the token embedding init",
+          example=0.02),
+    Float("norm_eps", low=0, open_low=True, optional=True, means="LayerNorm epsilon", example=1e-6),
+    Choice("gelu", _model.GELUS, optional=True),
+    Choice("head_activation", _model.HEAD_ACTIVATIONS, optional=True),
+    Choice("dual_head", _model.DUAL_HEADS, optional=True),
+    Choice("masked_queries", _model.MASKED_QUERIES, optional=True),
+    Choice("cls_mask", _model.CLS_MASKS, optional=True),
+    Choice("pool_masked", _model.POOL_MASKED, optional=True),
 ]
 
 #: ``trainer.*`` (after task defaults, recipe and the trainer preset)
@@ -198,10 +215,12 @@ TRAINER = [
     Int("batch_size", means="examples per step", example=32),
     Int("steps", means="optimizer steps", example=500),
     Float("lr", low=0, open_low=True, means="base learning rate", example=1e-3),
-    Choice("schedule", ("rsqrt", "linear", "cosine")),
+    Choice("schedule", ("rsqrt", "linear", "cosine", "onecycle")),
     Int("warmup", low=0, means="warm-up steps", example=50),
     Float("weight_decay", low=0, optional=True, means="AdamW weight decay", example=0.01),
     Rule("betas", "floats", low=0, high=1, open_high=True, length=2, means="AdamW betas", example="[0.9,0.98]"),
+    Float("eps", low=0, open_low=True, optional=True, means="Adam epsilon", example=1e-9),
+    Choice("weight_decay_params", ("all", "matrices"), optional=True),
     Float("grad_clip", low=0, optional=True, means="gradient-norm clipping; 0 or null = off", example=1.0),
     Int("eval_every", means="steps between validations", example=500),
     Int("eval_batches", optional=True, means="cap on validation batches; null = all", example=10),
