@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 import attention_variants as av
 
-from . import conf_dir, schema, tasks
+from . import conf_dir, pretrain, schema, tasks
 from .data import DeviceBatches
 from .devices import set_job_threads
 from .model import Encoder, EncoderConfig
@@ -90,7 +90,8 @@ def resolve(cfg: DictConfig) -> tuple[DictConfig, dict, dict, dict]:
     model = _merge(shared.get("model"), recipe.get("model"), cfg.trainer.get("model_overrides"), cfg.model)
     model["mask_zero_tokens"] = bool(task_cfg.get("mask_zero_tokens") or False)
     trainer = _merge(shared.get("trainer"), recipe.get("trainer"),
-                     {k: v for k, v in cfg.trainer.items() if k not in ("task_overrides", "model_overrides")})
+                     {k: v for k, v in cfg.trainer.items()
+                      if k not in ("task_overrides", "model_overrides", "pretrain_overrides")})
     _check_trainer(trainer)
     knobs = _merge(cfg.attention)
     knobs.pop("name", None)
@@ -160,6 +161,7 @@ def validate(cfg: DictConfig) -> None:
     found += schema.problems({"seed": cfg.get("seed")}, schema.RUN)
     found += schema.problems(knobs, schema.knob_rules(name, config_cls), "attention.")
     found += schema.threads_problems(cfg.get("threads", "auto"))
+    found += pretrain.problems(cfg, task_cfg.name, trainer)
     if found:
         raise ConfigError("; ".join(found))
     if model["d_model"] % model["heads"]:
@@ -169,6 +171,7 @@ def validate(cfg: DictConfig) -> None:
     autocast_dtype(trainer.get("precision", "auto"), device)
     attn = av.build(name, heads=model["heads"], head_dim=model["d_model"] // model["heads"],
                     max_length=int(task_cfg.seq_len) + 1, **knobs)
+    pretrain.check_attention(cfg, attn)
     check = getattr(attn, "check_length", None)
     if check is not None:
         try:
@@ -196,7 +199,7 @@ def check_task_data(task_cfg: DictConfig) -> None:
             raise ConfigError(str(err)) from None
 
 
-SCHEDULES = ("rsqrt", "linear", "cosine", "onecycle")
+SCHEDULES = schema.SCHEDULES
 #: which parameters weight decay applies to: every one (both references) | matrices other than
 #: position embeddings (this suite's earlier choice)
 DECAY_SCOPES = ("all", "matrices")
@@ -210,8 +213,9 @@ def lr_factor(schedule: str, warmup: int, steps: int):
     first update has lr 0): ``constant * linear_warmup * rsqrt_decay`` = min(1, s/w) / sqrt(max(s, w));
     ``constant * linear_warmup * cosine_decay`` = min(1, s/w) * 0.5 (1 + cos(pi ((s - w)+ / steps mod 1)))
     with steps_per_cycle = the run's steps, as every LRA image config sets it. ``linear``: warm-up
-    to the base lr, then linear decay to 0 (the quick trainer's). ``onecycle`` is torch's
-    OneCycleLR, built in :func:`make_optimizer`.
+    to the base lr, then linear decay to 0 (the quick trainer's). ``constant``: min(1, s/w), then
+    constant (transformers' get_constant_schedule_with_warmup, the self-pretraining code's
+    ``constant_warmup``). ``onecycle`` is torch's OneCycleLR, built in :func:`make_optimizer`.
     """
     w = max(warmup, 1)
 
@@ -227,7 +231,10 @@ def lr_factor(schedule: str, warmup: int, steps: int):
         progress = max(0.0, (s - warmup) / max(1, steps))
         return min(1.0, s / w) * max(0.0, 0.5 * (1 + math.cos(math.pi * (progress % 1.0))))
 
-    return {"rsqrt": rsqrt, "linear": linear, "cosine": cosine}[schedule]
+    def constant(s):  # transformers.get_constant_schedule_with_warmup
+        return s / w if s < warmup else 1.0
+
+    return {"rsqrt": rsqrt, "linear": linear, "cosine": cosine, "constant": constant}[schedule]
 
 
 # ----------------------------------------------------------------------------- training
@@ -375,6 +382,8 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
     set_job_threads(cfg.get("threads", "auto"))
     host = host_info()  # at the start: threads, cores, load
     task_cfg, model_kw, tr, knobs = resolve(cfg)
+    spt = pretrain.settings(cfg, task_cfg.name, tr)  # None: trained from scratch
+    model_kw, tr = pretrain.finetune_settings(spt, model_kw, tr)
     device = device_of(tr.get("device", "auto"), acquire=True)
     amp = autocast_dtype(tr.get("precision", "auto"), device)
     data = tasks.prepare(task_cfg)
@@ -397,11 +406,18 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
         print(f"[lra] trainer.batch_size={tr['batch_size']} exceeds the {len(data.splits['train'][1])} training "
               f"examples: batches of {train_b.batch_size}")
     config = effective_config(cfg, model.cfg, batch_size=train_b.batch_size)
+    config["pretrain"] = spt or {"objective": "none"}
     knobs_ran = {k: v for k, v in config["attention"].items() if k != "name"}
     base = dict(task=data.name, variant=cfg.attention.name, variant_config=knobs_ran, seq_len=data.seq_len,
                 batch_size=train_b.batch_size, dtype=str(amp or torch.float32).replace("torch.", ""),
                 seed=int(cfg.seed), config=config, started_at=started, device=device, host=host)
     ckpt_path = job_dir / CHECKPOINT
+    # self-pretraining first (resumes; skipped once fine-tuning has a checkpoint), then its best weights
+    spt_result = pretrain.phase(spt, model, data, device, amp, job_dir, int(cfg.seed), tr,
+                                finetuning_started=ckpt_path.is_file())
+    if spt_result is not None and spt_result["status"] != "ok":
+        return make_record("train", status=spt_result["status"], message=spt_result["message"],
+                           metrics=pretrain.metrics(spt_result), case={"pretrain": spt_result}, **base)
     step, train_time, history, best_val = 0, 0.0, [], 0.0
     if ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
@@ -506,6 +522,9 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
     metrics["params"] = sum(p.numel() for p in model.parameters())
     backend = getattr(model.blocks[0].attn.attention, "last_backend", None)
     case = {"history": history, **({"backend": backend} if backend else {})}
+    if spt_result is not None:
+        metrics.update(pretrain.metrics(spt_result))
+        case["pretrain"] = spt_result
     return make_record("train", status=status, message=message, metrics=metrics, case=case, **base)
 
 
