@@ -248,6 +248,10 @@ def phase(spt: dict | None, model: Encoder, data: TaskData, device: torch.device
         return None
     ckpt_path = job_dir / CHECKPOINT
     if finetuning_started:
+        if not ckpt_path.is_file():
+            raise ConfigError(f"{job_dir} holds a fine-tuning checkpoint but no {CHECKPOINT}: that job was started "
+                              f"without pretraining (pretrain=none); run pretrain={spt['objective']} in a new job "
+                              f"directory")
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         return summary(spt, state, job_dir)
     result = pretrain(spt, model, data, device, amp, job_dir, seed, trainer)

@@ -404,3 +404,36 @@ def test_constant_schedule_warms_up_then_stays():
     f = lr_factor("constant", 10, 100)
     assert [f(s) for s in (0, 5, 10, 50, 99)] == [0.0, 0.5, 1.0, 1.0, 1.0]
     assert lr_factor("constant", 0, 100)(0) == 1.0
+
+
+def test_dual_input_task_pretrains_on_each_document(tmp_path):
+    """Retrieval: the two documents of a training pair are two pretraining rows; 15% masked (the paper's
+    rate for text)."""
+    from test_tasks import train_two_steps, write_aan
+
+    root = write_aan(tmp_path / "tsv", n=6)
+    rec = train_two_steps(tmp_path, "retrieval", f"task.data_dir={root}", "trainer.task_overrides.seq_len=32",
+                          "pretrain=mlm", "pretrain.steps=2", "pretrain.warmup=1", "pretrain.eval_every=2",
+                          "pretrain.batch_size=4")
+    assert rec["config"]["pretrain"]["mask_rate"] == 0.15 and rec["metrics"]["pretrain_steps"] == 2
+    data = tasks.TaskData("retrieval", {"train": (torch.arange(24).view(3, 2, 4), None)}, 30, 2, 4, dual=True)
+    assert torch.equal(pretrain.pretraining_inputs(data), torch.arange(24).view(6, 4))
+
+
+def test_a_scratch_job_directory_is_not_resumed_as_spt(tmp_path):
+    run(compose_train(*tiny_train_overrides(tmp_path / "cache", "attention=full", "trainer.steps=4")), tmp_path / "j")
+    (tmp_path / "j" / "record.json").unlink()  # as if killed before the record
+    with pytest.raises(ConfigError, match="started without pretraining"):
+        run(compose_train(*spt_overrides(tmp_path / "cache")), tmp_path / "j")
+
+
+@pytest.mark.gpu
+def test_pretraining_on_cuda_in_bf16(tmp_path):
+    """CUDA paths: bf16 autocast, fused AdamW (the classifier has no gradient while pretraining), masks
+    from CUDA generators, rotary in bf16."""
+    overrides = spt_overrides(tmp_path / "cache", "trainer.device=cuda", "model.pos_emb=rotary", steps=8)
+    a = run(compose_train(*overrides), tmp_path / "a")
+    assert a["status"] == "ok", a["message"]
+    assert a["dtype"] == "bfloat16" and a["metrics"]["pretrain_steps"] == 8
+    b = run(compose_train(*overrides), tmp_path / "b")
+    assert a["case"]["pretrain"]["history"] == b["case"]["pretrain"]["history"]  # masks: a function of the step
