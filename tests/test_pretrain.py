@@ -436,4 +436,6 @@ def test_pretraining_on_cuda_in_bf16(tmp_path):
     assert a["status"] == "ok", a["message"]
     assert a["dtype"] == "bfloat16" and a["metrics"]["pretrain_steps"] == 8
     b = run(compose_train(*overrides), tmp_path / "b")
-    assert a["case"]["pretrain"]["history"] == b["case"]["pretrain"]["history"]  # masks: a function of the step
+    ha, hb = a["case"]["pretrain"]["history"], b["case"]["pretrain"]["history"]
+    assert [h["step"] for h in ha] == [h["step"] for h in hb]  # same masks and batches (CUDA sums may differ
+    assert [h["val_loss"] for h in ha] == pytest.approx([h["val_loss"] for h in hb], rel=1e-2)  # in the last bits)
