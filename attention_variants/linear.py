@@ -40,6 +40,10 @@ class LinearAttention(Attention):
     exact = False
     complexity = "O(N)"
 
+    def feature_map(self, x: torch.Tensor, is_query: bool, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``elu(x) + 1`` for queries and keys alike (the interface of kernel variants; ``mask`` unused)."""
+        return elu_feature_map(x)
+
     def forward(self, q, k, v, key_padding_mask=None):
         mask = normalize_key_padding_mask(key_padding_mask, q.shape[0], k.shape[-2], q.device)
         with fp32(q.device):
