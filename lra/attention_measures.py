@@ -169,3 +169,19 @@ def fit_to_softmax(attn: torch.nn.Module, draw: Callable[[int], tuple[torch.Tens
         opt.step()
         losses.append(float(loss.detach()))
     return losses
+
+
+def fitted_exactness(attn: torch.nn.Module, q: torch.Tensor, k: torch.Tensor, error: Callable[[], float],
+                     draw: Callable[[int], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]], *,
+                     fit_steps: int = 200, lr: float = 3e-3, num_queries: int = 128, seed: int = 0) -> dict[str, float]:
+    """The bench's exactness extras for one input draw: ``error()`` (the caller's output error
+    against softmax) at initialisation (``approx_error_init``) and after :func:`fit_to_softmax` on
+    ``draw`` (``approx_error``; the same value when there is nothing to fit, ``fit_steps`` 0),
+    the first/last fitting loss, and :func:`weight_measures` of the (fitted) variant on ``q, k``."""
+    init = error()
+    losses = fit_to_softmax(attn, draw, fit_steps, lr, num_queries, seed)
+    out = {"approx_error_init": init, "approx_error": error() if losses else init, "fit_steps": len(losses)}
+    if losses:
+        out.update(fit_loss_first=losses[0], fit_loss_last=losses[-1])
+    measures = weight_measures(attn, q, k, None, num_queries, torch.Generator().manual_seed(seed))
+    return {**out, **vars(measures)}

@@ -121,3 +121,69 @@ def distillation_loss(attn: torch.nn.Module, q: torch.Tensor, k: torch.Tensor, m
     student = variant_weights(attn, q, k, mask, idx)
     query_weight = None if mask is None else mask[:, idx]
     return soft_cross_entropy(teacher, student, query_weight)
+
+
+class LayerDistiller:
+    """The ``attention.distill`` training option: each attention layer's distillation loss, from
+    the q, k (and key padding mask) its attention module received in the last forward.
+
+    ``LayerDistiller(model, weight, num_queries)`` registers a forward hook on every attention
+    module of ``model`` (each ``nn.Module`` attribute named ``attention``; a module applied several
+    times, e.g. tied layers, counts once per application). Captures happen only in training mode
+    with gradients enabled (evaluation keeps nothing). After a training forward,
+    ``distiller.loss()`` returns ``weight`` times the mean over layers and heads of
+    :func:`distillation_loss` (queries drawn from the global CPU generator, which checkpoints
+    save), clears the captures, and adds each layer's loss to on-device running sums that
+    :meth:`window` reads (one host sync) and resets. Every layer's variant must expose its
+    features (:func:`has_feature_map`); otherwise the constructor raises ``TypeError``.
+    """
+
+    def __init__(self, model: torch.nn.Module, weight: float, num_queries: int = 64):
+        if weight <= 0:
+            raise ValueError(f"distillation weight must be > 0, got {weight}")
+        self.weight, self.num_queries = float(weight), int(num_queries)
+        modules = {id(m): m for name, m in model.named_modules(remove_duplicate=False)
+                   if name.rsplit(".", 1)[-1] == "attention"}
+        if not modules:
+            raise TypeError("attention distillation: the model has no attention modules")
+        for m in modules.values():
+            if not has_feature_map(m):
+                raise TypeError(f"attention.distill needs a non-causal kernel variant exposing feature_map "
+                                f"(hedgehog, taylor, performer, linear, random_feature); "
+                                f"{getattr(m, 'name', type(m).__name__)!r} has none")
+        self._captured: list[tuple[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
+        self._handles = [m.register_forward_hook(self._capture, with_kwargs=True) for m in modules.values()]
+        self._sums: torch.Tensor | None = None
+        self._count = 0
+
+    def _capture(self, module, args, kwargs, _output) -> None:
+        if module.training and torch.is_grad_enabled():
+            q, k = args[0], args[1]
+            mask = kwargs.get("key_padding_mask", args[3] if len(args) > 3 else None)
+            self._captured.append((module, q, k, mask))
+
+    def loss(self) -> torch.Tensor:
+        """``weight * mean_layers(mean_heads(loss))`` of the captured layers (a scalar tensor)."""
+        if not self._captured:
+            raise RuntimeError("attention distillation: no attention forward was captured since the last loss()")
+        per_layer = torch.stack([distillation_loss(m, q, k, mask, self.num_queries).mean()
+                                 for m, q, k, mask in self._captured])
+        self._captured.clear()
+        detached = per_layer.detach()
+        self._sums = detached if self._sums is None else self._sums + detached
+        self._count += 1
+        return self.weight * per_layer.mean()
+
+    def window(self) -> list[float] | None:
+        """Mean per-layer loss since the last call (one host sync), or None if none; resets."""
+        if self._sums is None:
+            return None
+        out = (self._sums / self._count).tolist()
+        self._sums, self._count = None, 0
+        return [round(x, 6) for x in out]
+
+    def remove(self) -> None:
+        """Remove the hooks."""
+        for h in self._handles:
+            h.remove()
+        self._captured.clear()

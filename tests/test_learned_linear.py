@@ -267,3 +267,50 @@ def test_fitted_hedgehog_closer_to_softmax_than_performer_and_linear():
 
         assert err("hedgehog") < err("performer", num_features=2 * d), pattern
         assert err("hedgehog", feature_dim=d // 2) < err("linear"), pattern
+
+
+# ----------------------------------------------------------------------------- the training option
+
+def tiny_encoder(attention, tied=False, **knobs):
+    from lra.model import Encoder, EncoderConfig
+
+    return Encoder(EncoderConfig(vocab_size=12, num_classes=3, max_length=24, d_model=16, heads=2, mlp_dim=32,
+                                 layers=2, dropout=0.0, tied_weights=tied, attention=attention, attention_cfg=knobs))
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_layer_distiller_losses_per_layer_and_gradients(tied):
+    """One loss per layer application (tied layers too), gradients reach the feature maps, the
+    padded positions and evaluation forwards capture nothing; weight scales the loss."""
+    from lra.distill import LayerDistiller
+
+    model = tiny_encoder("hedgehog", tied=tied).train()
+    dist = LayerDistiller(model, weight=2.0, num_queries=8)
+    tokens = torch.randint(1, 12, (3, 24))
+    mask = torch.ones(3, 24, dtype=torch.bool)
+    mask[0, 10:] = False
+    model(tokens, mask)
+    assert len(dist._captured) == 2
+    loss = dist.loss()
+    loss.backward()
+    assert model.blocks[0].attn.attention.q_weight.grad.abs().sum() > 0
+    window = dist.window()
+    assert len(window) == 2 and loss.item() == pytest.approx(2.0 * sum(window) / 2, rel=1e-5)
+    assert dist.window() is None
+    with torch.no_grad():
+        model(tokens, mask)
+    model.eval()
+    model(tokens, mask)
+    assert dist._captured == []
+    with pytest.raises(RuntimeError, match="captured"):
+        dist.loss()
+    dist.remove()
+
+
+def test_layer_distiller_rejects_non_kernel_variants():
+    from lra.distill import LayerDistiller
+
+    with pytest.raises(TypeError, match="feature_map"):
+        LayerDistiller(tiny_encoder("full"), weight=1.0)
+    with pytest.raises(ValueError, match="weight"):
+        LayerDistiller(tiny_encoder("hedgehog"), weight=0.0)
