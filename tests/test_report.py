@@ -7,6 +7,7 @@ import pytest
 
 from lra import report
 from lra.results import make_record, write_record
+from test_report_answer import assert_links_resolve
 
 H100 = {"type": "cuda", "name": "NVIDIA H100 80GB HBM3", "count": 1, "memory_mb": 81559}
 A100 = {"type": "cuda", "name": "NVIDIA A100-SXM4-40GB", "count": 1, "memory_mb": 40536}
@@ -57,7 +58,8 @@ def _make_records(root):
     _write(root, H100, "train", variant="full", task="text", seq_len=4000, seed=0, metrics={"accuracy": 0.6426})
     _write(root, H100, "train", variant="full", task="pathx", seq_len=16384, seed=0, status="oom",
            message="CUDA out of memory")
-    _write(root, H100, "train", variant="performer", task="listops", seq_len=2000, seed=0, metrics={"accuracy": 0.18})
+    _write(root, H100, "train", variant="performer", task="listops", seq_len=2000, seed=0,
+           metrics={"accuracy": 0.18, "steps_per_s": 12.5, "peak_mem_mb": 900.0})
     _write(root, H100, "train", variant="performer", task="text", seq_len=4000, seed=0, metrics={"accuracy": 0.65})
     _write(root, H100, "train", variant="performer", task="pathx", seq_len=16384, seed=0, metrics={"accuracy": 0.5})
     # training-loop overhead on the H100
@@ -83,12 +85,15 @@ def built(records, tmp_path_factory):
 
 
 def _row(md, first_cell, after=None):
-    """The first markdown table row starting with ``first_cell`` (after the line containing ``after``)."""
+    """The cells of the first markdown table row whose first cell is ``first_cell`` (after the line
+    containing ``after``)."""
     lines = md.splitlines()
     start = next(i for i, ln in enumerate(lines) if after in ln) if after else 0
     for ln in lines[start:]:
-        if ln.startswith(f"| {first_cell} |"):
-            return [c.strip() for c in ln.strip("|").split("|")]
+        if ln.startswith("|"):
+            cells = [c.strip() for c in ln.strip().strip("|").split("|")]
+            if cells[0] == first_cell:
+                return cells
     raise AssertionError(f"no row {first_cell!r} after {after!r}")
 
 
@@ -195,7 +200,7 @@ def test_figures_are_pngs(built):
     names = {p.name for p in pngs}
     assert any(n.startswith("time_op_fwd_bwd_") for n in names)
     assert any(n.startswith("memory_op_fwd_bwd_") for n in names)
-    assert any(n.startswith("bubble_nvidia_h100") for n in names)
+    assert any(n.startswith("summary_nvidia_h100") for n in names)
     assert any(n.startswith("approx_error_") for n in names)
     assert any(n.startswith("smoothness_") for n in names)
     assert "cross_device_op_fwd_bwd.png" in names
@@ -203,6 +208,7 @@ def test_figures_are_pngs(built):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", p
         assert f"figures/{p.name}" in md
     assert (out / "report.html").read_text().startswith("<!doctype html>")
+    assert_links_resolve(md)
 
 
 def test_tidy_csv(built):
@@ -242,8 +248,9 @@ def test_compare_flags_planted_regression(records, built, tmp_path):
 def test_empty_and_partial_inputs(tmp_path, monkeypatch):
     monkeypatch.setenv("LRA_GIT_COMMIT", "0123abc")
     (tmp_path / "none").mkdir()
-    md = report.build_report([tmp_path / "none"], tmp_path / "out").read_text()
-    assert "No records found" in md and "## 8. Comparison" in md
+    with pytest.raises(report.NoRecordsError, match="no result records"):
+        report.build_report([tmp_path / "none"], tmp_path / "out")
+    assert not (tmp_path / "out").exists()           # nothing written that could be mistaken for a report
     # only one train record: every other section says there is nothing
     rec = make_record("train", variant="linear", task="image", metrics={"accuracy": 0.4}, git_commit="x")
     write_record(rec, tmp_path / "one.json")
@@ -287,7 +294,7 @@ def test_cpu_only_report_says_memory_not_measured(tmp_path, monkeypatch):
     assert "memory ~ N^k" not in sec4 and "No memory exponent" in sec4
     names = {p.name for p in (out / "figures").glob("*.png")}
     assert any(n.startswith("time_op_fwd_bwd_cpu") for n in names)
-    assert any(n.startswith("bubble_cpu") for n in names)            # accuracy and speed from the train records
+    assert any(n.startswith("summary_cpu") for n in names)           # accuracy and speed from the train records
     assert not any(n.startswith("memory_") for n in names)           # no empty memory figure ...
     assert "Peak memory vs length, attention forward + backward: not drawn (peak memory not measured on CPU" in md
     # ... and the non-record JSON is named, not read and not fatal

@@ -1,0 +1,157 @@
+"""Records -> one tidy pandas DataFrame (a row per record), the only input of every table and figure.
+
+:func:`load_frame` reads record JSON (through :func:`lra.results.load`), a previous report's
+``tidy.csv``, or a report folder; :func:`normalize` makes every column the report uses exist with
+the right type, whatever vintage the records are; :func:`tidy` is what ``tidy.csv`` holds.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from lra.results import load
+
+from .labels import UNKNOWN_DEVICE
+
+BASE_COLUMNS = ("kind", "task", "variant", "seq_len", "batch_size", "dtype", "seed", "device_name",
+                "device_type", "device_count", "device_memory_mb", "versions_torch", "versions_cuda",
+                "git_commit", "status", "message", "started_at", "finished_at", "mode", "pattern",
+                "accuracy", "val_accuracy", "loss", "steps_per_s", "tokens_per_s", "peak_mem_mb", "ms",
+                "ms_p10", "ms_p90", "ms_fwd", "ms_fwd_bwd", "tflops", "tflops_fraction", "approx_error",
+                "lipschitz", "flops_convention", "flops_source", "repeats")
+NUMERIC = ("seq_len", "batch_size", "seed", "device_count", "device_memory_mb", "accuracy", "val_accuracy",
+           "loss", "steps_per_s", "tokens_per_s", "peak_mem_mb", "ms", "ms_p10", "ms_p90", "ms_fwd",
+           "ms_fwd_bwd", "tflops", "tflops_fraction", "approx_error", "lipschitz", "repeats")
+#: the host facts a record carries (``host`` dict, flattened to ``host_<key>``); absent in older records
+HOST_FIELDS = ("torch_threads", "interop_threads", "cpu_count", "cpus_available", "load_avg_1m",
+               "omp_num_threads", "mkl_num_threads", "affinity", "loaded")
+#: columns holding a list per record; JSON text in ``tidy.csv``, lists again after :func:`normalize`
+LIST_COLUMNS = ("timings_ms", "host_affinity")
+
+
+class NoRecordsError(ValueError):
+    """The inputs hold no result record, so there is nothing to report."""
+
+
+def _read_any(path: Path, skipped: list[Path] | None = None) -> pd.DataFrame:
+    """Records from a file/dir of JSON records, a tidy CSV, or a report dir holding ``tidy.csv``.
+
+    A directory is read as a previous report (its ``tidy.csv``) only when it holds no JSON at all,
+    so a records folder that also holds its own report (``results/``) is read from the records.
+    """
+    if path.is_file() and path.suffix == ".csv":
+        return pd.read_csv(path)
+    if path.is_dir() and (path / "tidy.csv").is_file() and not any(path.rglob("*.json")):
+        return pd.read_csv(path / "tidy.csv")
+    return load(path, skipped)
+
+
+def load_frame(inputs: Iterable[str | os.PathLike] | str | os.PathLike,
+               skipped: list[Path] | None = None) -> pd.DataFrame:
+    """Load records (JSON files/dirs, tidy CSVs, report dirs) into one normalised frame.
+
+    Every column the report uses exists afterwards (NaN where the records had none); see
+    :func:`normalize`. ``skipped`` collects the JSON files found that are not result records.
+    """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    frames = [_read_any(Path(p), skipped) for p in inputs]
+    frames = [f for f in frames if not f.empty]
+    df = pd.concat(frames, ignore_index=True, sort=False) if frames else pd.DataFrame()
+    return normalize(df)
+
+
+def _as_list(value: Any) -> Any:
+    """A list cell as a list: JSON text from a CSV is parsed back; other values pass through."""
+    if isinstance(value, str) and value.startswith("["):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def _flag(value: Any) -> bool | None:
+    """A recorded yes/no (a bool, or its text in a CSV) as a bool; None where not recorded."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "1.0", "0.0"):
+        return value.strip().lower() in ("true", "1", "1.0")
+    if isinstance(value, (int, float)) and np.isfinite(value):
+        return bool(value)
+    return None
+
+
+def _expand_host(df: pd.DataFrame) -> pd.DataFrame:
+    """``host`` dicts -> ``host_<key>`` columns, where :func:`lra.results.flatten` left them nested."""
+    if "host" in df:
+        nested = df["host"].map(lambda h: h if isinstance(h, dict) else {})
+        for key in {k for h in nested for k in h}:
+            col = f"host_{key}"
+            values = nested.map(lambda h: h.get(key, np.nan))
+            df[col] = values if col not in df else df[col].where(df[col].notna(), values)
+        df = df.drop(columns=["host"])
+    for key in HOST_FIELDS:
+        if f"host_{key}" not in df:
+            df[f"host_{key}"] = np.nan
+    return df
+
+
+def normalize(df: pd.DataFrame) -> pd.DataFrame:
+    """Add missing columns, coerce types and derive the columns the report reads.
+
+    Afterwards: every column of :data:`BASE_COLUMNS` and ``host_<field>`` for :data:`HOST_FIELDS`
+    exists; numbers are numeric; missing device names read ``"unknown device"``; ``recipe`` is the
+    train recipe (``lra`` unless the config says otherwise); ``time_ms`` is the per-call time of a
+    bench case (``ms``, else ``ms_fwd_bwd``/``ms_fwd`` by mode) with ``time_p10``/``time_p90`` its
+    spread over the timed calls where recorded; ``n_timings`` counts the raw per-call times in
+    ``timings_ms``; ``host_loaded`` is a nullable bool (``pd.NA`` where not recorded).
+    """
+    df = _expand_host(df.copy())
+    for col in BASE_COLUMNS:
+        if col not in df:
+            df[col] = np.nan
+    for col in NUMERIC + ("host_torch_threads", "host_interop_threads", "host_cpu_count",
+                          "host_cpus_available", "host_load_avg_1m"):
+        df[col] = pd.to_numeric(df[col], errors="coerce")
+    for col in ("started_at", "finished_at"):
+        df[col] = pd.to_datetime(df[col], utc=True, errors="coerce")
+    df["status"] = df["status"].astype(object).where(df["status"].notna(), "ok")
+    df["device_name"] = df["device_name"].astype(object).where(df["device_name"].notna(), UNKNOWN_DEVICE)
+    df["variant"] = df["variant"].astype(object).where(df["variant"].notna(), "?")
+    df["host_loaded"] = pd.array([_flag(v) for v in df["host_loaded"]], dtype="boolean")
+    for col in LIST_COLUMNS:
+        if col in df:
+            df[col] = df[col].astype(object).map(_as_list)
+    df["n_timings"] = (df["timings_ms"].map(lambda t: len(t) if isinstance(t, list) else np.nan)
+                       if "timings_ms" in df else np.nan)
+    none = pd.Series([None] * len(df), index=df.index, dtype=object)
+    config, given = df.get("config", none), df.get("recipe", none)  # a tidy CSV has `recipe`, not `config`
+    df["recipe"] = [(c.get("recipe") or "lra") if isinstance(c, dict) and k == "train" else
+                    (r if isinstance(r, str) else None) for c, k, r in zip(config, df["kind"], given)]
+    time = df["ms"].copy()
+    spread = time.notna()
+    for mode, col in (("op_fwd_bwd", "ms_fwd_bwd"), ("op_fwd", "ms_fwd")):
+        fill = (df["mode"] == mode) & time.isna()
+        time = time.where(~fill, df[col])
+    df["time_ms"] = time
+    df["time_p10"] = df["ms_p10"].where(spread)
+    df["time_p90"] = df["ms_p90"].where(spread)
+    return df
+
+
+def tidy(df: pd.DataFrame) -> pd.DataFrame:
+    """The frame as written to ``tidy.csv``: one row per record, the full Hydra config dropped, and
+    dict/list cells (``timings_ms``, ``variant_config``, ...) as JSON text, which :func:`normalize`
+    turns back into lists when the CSV is read again."""
+    out = df.drop(columns=[c for c in ("config", "_path") if c in df])
+    for col in out.columns:
+        if out[col].dtype == object and out[col].map(lambda v: isinstance(v, (dict, list))).any():
+            out[col] = out[col].map(lambda v: json.dumps(v, sort_keys=True, default=str)
+                                    if isinstance(v, (dict, list)) else v)
+    return out
