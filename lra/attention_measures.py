@@ -113,7 +113,7 @@ class WeightMeasures:
     entropy: float            #: the variant's attention entropy (nats)
     softmax_entropy: float    #: softmax's on the same q, k (nats)
     monotonicity: float       #: Spearman(weights, q . k); 1 = monotone
-    kl: float                 #: KL(softmax || variant) (nats): the weight-level mimicry gap
+    weight_kl: float          #: KL(softmax || variant) (nats): the weight-level mimicry gap
 
     def as_metrics(self, prefix: str = "") -> dict[str, float]:
         return {f"{prefix}{key}": round(float(value), 6) for key, value in vars(self).items()}
@@ -139,7 +139,7 @@ def weight_measures(attn: torch.nn.Module, q: torch.Tensor, k: torch.Tensor, mas
     kl = (torch.xlogy(teacher, teacher) - teacher * w.clamp_min(tiny).log()).sum(dim=-1)
     return WeightMeasures(entropy=mean(attention_entropy(w, mask)),
                           softmax_entropy=mean(attention_entropy(teacher, mask)),
-                          monotonicity=mean(monotonicity(w, scores, mask)), kl=mean(kl))
+                          monotonicity=mean(monotonicity(w, scores, mask)), weight_kl=mean(kl))
 
 
 def trainable_parameters(attn: torch.nn.Module) -> list[torch.nn.Parameter]:

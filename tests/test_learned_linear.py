@@ -199,10 +199,10 @@ def test_fitting_lowers_the_distillation_loss(name, drop):
     (relative); taylor's only learnable part is its projection, so it moves less."""
     attn = av.build(name, heads=2, head_dim=16)
     q, k, _, mask = inputs(2.0, n=64)
-    kl0 = weight_measures(attn, q, k, mask, 64).kl
+    kl0 = weight_measures(attn, q, k, mask, 64).weight_kl
     losses = fit_to_softmax(attn, lambda t: (q, k, mask), steps=25, lr=1e-2, num_queries=64)
     assert len(losses) == 25 and losses[-1] < losses[0]
-    assert weight_measures(attn, q, k, mask, 64).kl < (1 - drop) * kl0
+    assert weight_measures(attn, q, k, mask, 64).weight_kl < (1 - drop) * kl0
     assert fit_to_softmax(av.build("linear", heads=2, head_dim=16), lambda t: (q, k, mask), 5) == []
 
 
@@ -243,10 +243,10 @@ def test_softmax_measures_and_linear_lacks_spikiness():
     q, k, _ = exactness_inputs("concentrated", 1, 2, 64, 16, seed=0)
     q, k = q.float(), k.float()
     full = weight_measures(av.build("full", heads=2, head_dim=16), q, k, None, 32)
-    assert full.monotonicity > 0.999 and abs(full.kl) < 1e-4
+    assert full.monotonicity > 0.999 and abs(full.weight_kl) < 1e-4
     assert abs(full.entropy - full.softmax_entropy) < 1e-4
     lin = weight_measures(av.build("linear", heads=2, head_dim=16), q, k, None, 32)
-    assert lin.entropy > full.entropy + 1 and lin.monotonicity < 0.9 and lin.kl > 0.5
+    assert lin.entropy > full.entropy + 1 and lin.monotonicity < 0.9 and lin.weight_kl > 0.5
 
 
 def test_fitted_hedgehog_closer_to_softmax_than_performer_and_linear():
