@@ -13,6 +13,8 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
+from ._fast import CudaCompiled, check_backend, matmul_fp32, no_autocast, resolve_backend
+
 
 def fp32(device: torch.device):
     """Context that disables autocast on ``device``'s type so the enclosed math runs in fp32.
@@ -80,8 +82,13 @@ def normalizer_floor(phi_q: torch.Tensor, key_mass: torch.Tensor, rel_floor: flo
 
 
 def kernel_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor,
-                     mask: torch.Tensor | None, *, rel_floor: float = 0.0) -> torch.Tensor:
+                     mask: torch.Tensor | None, *, rel_floor: float = 0.0,
+                     backend: str = "reference") -> torch.Tensor:
     """Normalized linear attention ``phi_q (phi_k^T v) / (phi_q (phi_k^T 1))`` in O(N).
+
+    ``backend="reference"`` (the default) is the fp32 path described here; ``"fast"`` computes
+    the same function in ``phi_q``'s dtype (:func:`fast_kernel_attention`); ``"auto"`` picks by
+    device and dtype (:func:`attention_variants._fast.resolve_backend`).
 
     Shapes: ``phi_q (B, H, N, F)``, ``phi_k (B, H, M, F)``, ``v (B, H, M, D)``,
     ``mask (B, M)`` bool (True = real key) or None; returns ``(B, H, N, D)`` in ``v``'s dtype.
@@ -99,6 +106,9 @@ def kernel_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor,
     can cross 0) also raises ``|normalizer|`` to ``rel_floor * |phi_q_i| * sum_j |phi_k_j|``
     (:func:`normalizer_floor`, sign kept); this costs O((N + M) F) more.
     """
+    check_backend("kernel_attention", backend)
+    if resolve_backend(backend, phi_q) == "fast":
+        return fast_kernel_attention(phi_q, phi_k, v, mask, rel_floor=rel_floor)
     out_dtype = v.dtype
     with fp32(v.device):
         work = torch.promote_types(v.dtype, torch.float32)
@@ -113,6 +123,158 @@ def kernel_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor,
                  if rel_floor else None)
         out = num / safe_denominator(den, floor).unsqueeze(-1)
     return out.to(out_dtype)
+
+
+def fast_kernel_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor,
+                          mask: torch.Tensor | None, *, rel_floor: float = 0.0) -> torch.Tensor:
+    """:func:`kernel_attention`'s function (same guard, same masking) with the fast-path precision
+    and memory policy, for features computed in the dtype the matmuls want (bf16 under autocast).
+
+    Shapes as :func:`kernel_attention`; returns ``v``'s dtype. The matmuls along the length
+    (``phi_k^T v``, ``phi_q (phi_k^T v)`` and the backward's) take operands in
+    ``phi_q``'s dtype (``phi_k`` and ``v`` are cast to it) with fp32 accumulation; the
+    normalizer ``phi_k^T 1`` is summed in fp32, ``phi_q . (phi_k^T 1)`` is reduced in fp32,
+    ``phi_k^T v`` has an fp32 result, and the division is done in fp32. A custom autograd function
+    (:class:`_FastKernelAttention`) saves for backward only ``phi_q``, ``phi_k``, ``v`` (as given:
+    padded keys are re-masked in the backward) and O(F D + N) fp32 statistics; the ``(N, F)``
+    features are never held in fp32. Its backward centres the values (:func:`_value_center`) and
+    recomputes one ``(N, F) x (F, D)`` product. Pointwise parts are compiled on CUDA. float64
+    inputs give the float64 function.
+
+    ``rel_floor > 0``: the floor ``rel_floor |phi_q_i| sum_j |phi_k_j|`` is computed with autograd
+    outside the custom function (norms reduced in fp32) and its gradient flows where it is active.
+    """
+    cd = phi_q.dtype
+    with no_autocast(phi_q.device):
+        phi_k = phi_k.to(cd)
+        floor = None
+        if rel_floor:
+            acc = torch.promote_types(cd, torch.float32)
+            q_norm = torch.linalg.vector_norm(phi_q, dim=-1, dtype=acc)
+            k_norm = torch.linalg.vector_norm(mask_keys(phi_k, mask), dim=-1, dtype=acc)
+            floor = rel_floor * q_norm * k_norm.sum(dim=-1, keepdim=True)     # normalizer_floor, in fp32
+        return _FastKernelAttention.apply(phi_q, phi_k, v, mask, floor)
+
+
+@CudaCompiled
+def _normalizer(phi_q: torch.Tensor, k_sum: torch.Tensor) -> torch.Tensor:
+    """``phi_q . k_sum`` reduced in ``k_sum``'s (fp32) dtype: ``(B, H, N, F), (B, H, F) -> (B, H, N)``."""
+    return (phi_q.to(k_sum.dtype) * k_sum.unsqueeze(-2)).sum(dim=-1)
+
+
+@CudaCompiled
+def _guarded_ratio(num: torch.Tensor, den: torch.Tensor, floor: torch.Tensor | None, out_dtype: torch.dtype):
+    """``num / safe_denominator(den, floor)`` in ``den``'s (fp32) dtype, cast to ``out_dtype``; also
+    the effective normalizer ``den_eff``, ``den / den_eff`` (1 where unguarded) and each row's state
+    (0: the raw normalizer, 1: the floor, 2: exactly zero, divided by 1), for the backward."""
+    raw = den
+    state = torch.zeros_like(den, dtype=torch.uint8)
+    if floor is not None:
+        floored = den.abs() < floor
+        den = torch.where(floored, torch.where(den >= 0, floor, -floor), den)
+        state = torch.where(floored, 1, state).to(torch.uint8)
+    zero = den == 0
+    state = torch.where(zero, 2, state).to(torch.uint8)
+    den = torch.where(zero, torch.ones_like(den), den)
+    return (num.to(den.dtype) / den.unsqueeze(-1)).to(out_dtype), den, raw / den, state
+
+
+@CudaCompiled
+def _ratio_backward(grad: torch.Tensor, num_c: torch.Tensor, center: torch.Tensor, den: torch.Tensor,
+                    ratio: torch.Tensor, state: torch.Tensor, cd: torch.dtype):
+    """Backward of ``out = num / den_eff`` written with centred values (:func:`_value_center`):
+    ``out = num_c / den_eff + center * den / den_eff``, ``center`` a constant. Returns
+    ``[grad / den_eff | d/d den]`` as ``(B, H, N, D + 1)`` in ``cd`` and the floor's gradient.
+
+    Unguarded rows (``den_eff = den``): ``d/d den = -grad . num_c / den^2``. Guarded rows (floored or
+    zero): ``den_eff`` does not follow ``den``, so ``d/d den = grad . center / den_eff``, and on
+    floored rows ``d/d floor = -sign(den_eff) grad . out / den_eff``."""
+    g = grad.to(den.dtype)
+    g_out_c = (g * num_c.to(den.dtype)).sum(dim=-1) / den
+    g_center = (g * center).sum(dim=-1)
+    g_raw = torch.where(state == 0, -g_out_c / den, g_center / den)
+    g_floor = torch.where(state == 1, -(g_out_c + g_center * ratio) / den * torch.sign(den),
+                          torch.zeros_like(g_raw))
+    return torch.cat([g / den.unsqueeze(-1), g_raw.unsqueeze(-1)], dim=-1).to(cd), g_floor
+
+
+class _FastKernelAttention(torch.autograd.Function):
+    """``phi_q (phi_k^T v) / guard(phi_q . phi_k^T 1, floor)`` with a hand-written backward (see
+    :func:`fast_kernel_attention`). Inputs: features ``(B, H, N, F)``, ``(B, H, M, F)`` in one
+    dtype, ``v (B, H, M, D)``, ``mask (B, M)`` or None, ``floor (B, H, N)`` or None.
+
+    The forward uses the values as given. The backward is written with values centred on the mean
+    of the real keys' values (:func:`_value_center`), from ``phi_k^T v`` kept in fp32, so that its
+    two large terms do not cancel in the compute dtype."""
+
+    @staticmethod
+    def forward(ctx, phi_q, phi_k, v, mask, floor):
+        cd = phi_q.dtype
+        acc = torch.promote_types(cd, torch.float32)
+        pk, vm = _masked_keys_values(phi_k, v, mask, cd)
+        kv = matmul_fp32(pk.transpose(-1, -2), vm)                   # (B, H, F, D) in fp32
+        k_sum = pk.sum(dim=-2, dtype=acc)                            # (B, H, F) normalizer sums
+        num = torch.matmul(phi_q, kv.to(cd))                         # (B, H, N, D), fp32 accumulation
+        den = _normalizer(phi_q, k_sum)                              # (B, H, N) in fp32
+        out, den, ratio, state = _guarded_ratio(num, den, floor, v.dtype)
+        center = _value_center(v, mask, acc)
+        ctx.save_for_backward(phi_q, phi_k, v, mask, kv, k_sum, den, ratio, state, center)
+        ctx.has_floor = floor is not None
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        phi_q, phi_k, v, mask, kv, k_sum, den, ratio, state, center = ctx.saved_tensors
+        cd = phi_q.dtype
+        kv_c = (kv - k_sum.unsqueeze(-1) * center).to(cd)             # phi_k^T (v - center), (B, H, F, D)
+        num_c = torch.matmul(phi_q, kv_c)                            # recomputed: (B, H, N, D)
+        g_aug, g_floor = _ratio_backward(grad, num_c, center, den, ratio, state, cd)  # (B, H, N, D + 1)
+        kvs = torch.cat([kv_c, k_sum.to(cd).unsqueeze(-1)], dim=-1)  # (B, H, F, D + 1)
+        d_phi_q = torch.matmul(g_aug, kvs.transpose(-1, -2)) if ctx.needs_input_grad[0] else None
+        d_phi_k = d_v = None
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            d_kvs = torch.matmul(phi_q.transpose(-1, -2), g_aug)       # (B, H, F, D + 1)
+            d_kv, d_k_sum = d_kvs[..., :-1], d_kvs[..., -1]
+            pk, vm_c = _masked_keys_values(phi_k, v, mask, cd, center)
+            if ctx.needs_input_grad[1]:
+                d_phi_k = torch.matmul(vm_c, d_kv.transpose(-1, -2)).add_(d_k_sum.unsqueeze(-2))
+                if mask is not None:
+                    d_phi_k.masked_fill_(~mask[:, None, :, None], 0)
+            if ctx.needs_input_grad[2]:
+                d_v = torch.matmul(pk, d_kv).to(v.dtype)               # 0 at padded keys (pk = 0)
+        return d_phi_q, d_phi_k, d_v, None, (g_floor if ctx.has_floor else None)
+
+
+def _value_center(v: torch.Tensor, mask: torch.Tensor | None, acc: torch.dtype) -> torch.Tensor:
+    """The mean of the real keys' values, ``(B, H, 1, D)`` in ``acc`` (0 where none is real).
+
+    Why the backward centres: the gradient w.r.t. ``phi_q_i`` is
+    ``sum_j phi_k_j (v_j - out_i) . g_i / den_i``, i.e. ``(phi_k^T v)^T g_i - (phi_k^T 1) (out_i . g_i)``,
+    two terms that nearly cancel when the values share an offset (as values from a biased linear
+    layer do) and attention is spread out; in bf16 their rounding then dominates (measured against
+    the fp32 path with a value offset of 3 x their spread: gradient errors of 6-24%). With
+    ``num = num_c + center den`` (``num_c`` the numerator of ``v - center``) the same gradient is
+    ``(phi_k^T (v - center))^T g_i - (phi_k^T 1)(num_c_i . g_i) / den_i``, whose terms are on the
+    scale of the centred values (errors under 1.1%). ``center`` is a constant for autograd: the
+    function does not depend on it. The forward uses the values as given, so its only rounding is
+    that of aggregate sums (rounding each ``v_j - center`` instead costs 4x in output accuracy when
+    attention is spread out, measured)."""
+    with torch.no_grad():
+        if mask is None:
+            return v.mean(dim=-2, keepdim=True, dtype=acc)
+        keep = mask[:, None, :, None]
+        total = v.masked_fill(~keep, 0).sum(dim=-2, keepdim=True, dtype=acc)
+        return total / mask.sum(dim=-1).clamp(min=1).to(acc)[:, None, None, None]
+
+
+def _masked_keys_values(phi_k, v, mask, cd, center=None):
+    """``phi_k`` and ``v`` (minus ``center`` if given, in fp32) in ``cd``, with padded keys' rows
+    zeroed (masked_fill: no inf/NaN from padded rows)."""
+    v = v.to(cd) if center is None else (v.to(center.dtype) - center).to(cd)
+    if mask is None:
+        return phi_k, v
+    keep = mask[:, None, :, None]
+    return phi_k.masked_fill(~keep, 0), v.masked_fill(~keep, 0)
 
 
 def quadratic_kernel_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor,

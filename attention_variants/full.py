@@ -1,7 +1,7 @@
 """Full softmax attention, materialized: the LRA paper's baseline ("Transformer").
 
 ``softmax(Q K^T / sqrt(d)) V`` with the ``(N, N)`` score matrix held in memory.
-Time O(N^2 d), memory O(N^2) per head. Softmax is taken in fp32 for stability.
+Time O(N^2 d), memory O(N^2) per head. Softmax is taken in at least fp32 for stability.
 """
 from __future__ import annotations
 
@@ -22,9 +22,11 @@ def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
     ``key_padding_mask``: ``(B, M)`` bool, True = real key. ``attn_mask``: optional bool mask
     broadcastable to ``(B, H, N, M)``, True = may attend. Used as ground truth by tests and
-    the benchmark's exactness measurement.
+    the benchmark's exactness measurement. Scores and softmax run in float32 for half-precision
+    inputs and in the inputs' own precision otherwise (float64 stays float64).
     """
-    scores = torch.matmul(q, k.transpose(-2, -1)).float() * (1.0 / math.sqrt(q.shape[-1]))
+    scores = torch.matmul(q, k.transpose(-2, -1))
+    scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * (1.0 / math.sqrt(q.shape[-1]))
     allowed = None
     if key_padding_mask is not None:
         allowed = key_padding_mask[:, None, None, :]

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ._kernel import fp32, kernel_attention
+from ._fast import CudaCompiled, check_backend, compute_dtype, no_autocast, resolve_backend
+from ._kernel import fast_kernel_attention, fp32, kernel_attention
 from .base import Attention, AttentionConfig
 from .masking import normalize_key_padding_mask
 from .registry import register
@@ -28,17 +29,55 @@ def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
     return F.elu(x.float()) + 1.0
 
 
+@CudaCompiled
+def _elu_plus_one(x: torch.Tensor, cd: torch.dtype) -> torch.Tensor:
+    """``elu(x) + 1`` computed in fp32 (no cancellation in ``-1 + e^x + 1``), cast to ``cd``."""
+    return (F.elu(x.to(torch.promote_types(cd, torch.float32))) + 1.0).to(cd)
+
+
+@CudaCompiled
+def _elu_plus_one_backward(grad: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+    return grad * torch.clamp(phi, max=1.0)
+
+
+class _EluFeatures(torch.autograd.Function):
+    """``elu(x) + 1`` in a compute dtype, saving only the features: the derivative is
+    ``min(phi, 1)`` (1 where ``x > 0``, ``e^x = phi`` elsewhere)."""
+
+    @staticmethod
+    def forward(ctx, x, cd):
+        phi = _elu_plus_one(x, cd)
+        ctx.save_for_backward(phi)
+        ctx.x_dtype = x.dtype
+        return phi
+
+    @staticmethod
+    def backward(ctx, grad):
+        (phi,) = ctx.saved_tensors
+        return _elu_plus_one_backward(grad, phi).to(ctx.x_dtype), None
+
+
 @dataclass
 class LinearConfig(AttentionConfig):
-    """No knobs of its own."""
+    #: "auto" (fast on CUDA or in bf16/fp16, reference for fp32 on CPU) | "reference" | "fast"
+    backend: str = "auto"
 
 
 @register("linear", LinearConfig)
 class LinearAttention(Attention):
-    """Katharopoulos et al. 2020: ``q, k, v (B, H, N, D) -> (B, H, N, D)``, O(N), no parameters."""
+    """Katharopoulos et al. 2020: ``q, k, v (B, H, N, D) -> (B, H, N, D)``, O(N), no parameters.
+
+    Backends (``backend``): ``reference`` (fp32), ``fast`` (features and matmuls in the compute
+    dtype, :func:`attention_variants._kernel.fast_kernel_attention`), ``auto``
+    (:mod:`attention_variants._fast`)."""
 
     exact = False
     complexity = "O(N)"
+
+    def __init__(self, config: LinearConfig):
+        super().__init__(config)
+        check_backend("linear", config.backend)
+        self.last_backend: str | None = None
 
     def feature_map(self, x: torch.Tensor, is_query: bool, mask: torch.Tensor | None = None) -> torch.Tensor:
         """``elu(x) + 1`` for queries and keys alike (the interface of kernel variants; ``mask`` unused)."""
@@ -46,6 +85,12 @@ class LinearAttention(Attention):
 
     def forward(self, q, k, v, key_padding_mask=None):
         mask = normalize_key_padding_mask(key_padding_mask, q.shape[0], k.shape[-2], q.device)
+        self.last_backend = resolve_backend(self.config.backend, q)
+        if self.last_backend == "fast":
+            cd = compute_dtype(q)
+            with no_autocast(q.device):
+                phi_q, phi_k = _EluFeatures.apply(q, cd), _EluFeatures.apply(k, cd)
+            return fast_kernel_attention(phi_q, phi_k, v, mask)
         with fp32(q.device):
             phi_q, phi_k = elu_feature_map(q), elu_feature_map(k)
         return kernel_attention(phi_q, phi_k, v, mask)

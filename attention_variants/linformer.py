@@ -21,7 +21,14 @@ output independent of the padded keys' and values' contents (the property the in
 for). Zero rows add nothing to ``E K`` and ``F V``, so a right-padded sequence gives its real
 queries the same outputs as the real prefix run alone.
 
-Time O(N k D), memory O(N k) per head. Scores and softmax in fp32.
+Time O(N k D), memory O(N k) per head (``reference``), O(N + k) on the ``fast`` backend.
+
+Backends (``backend``): ``reference`` -- the matmuls above with the scores and softmax in fp32
+(autocast casts the projections); ``fast`` -- the projections ``E K``, ``F V`` in the compute
+dtype (:mod:`attention_variants._fast`; fp32 accumulation), then the attention over the ``k``
+projected keys as one :func:`torch.nn.functional.scaled_dot_product_attention` call (fused
+kernels: fp32 softmax statistics, the ``(N, k)`` scores never stored); ``auto`` -- ``fast`` on
+CUDA or in bf16/fp16, ``reference`` for fp32 on CPU. ``last_backend`` records which one ran.
 """
 from __future__ import annotations
 
@@ -29,8 +36,10 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from ._fast import check_backend, compute_dtype, no_autocast, resolve_backend
 from .base import Attention, AttentionConfig
 from .masking import normalize_key_padding_mask
 from .registry import register
@@ -42,6 +51,8 @@ class LinformerConfig(AttentionConfig):
     k: int = 256
     #: tie F = E (key-value sharing); False = separate E and F (the paper's default)
     share_kv: bool = False
+    #: "auto" (fast on CUDA or in bf16/fp16, reference for fp32 on CPU) | "reference" | "fast"
+    backend: str = "auto"
 
 
 @register("linformer", LinformerConfig)
@@ -58,6 +69,8 @@ class LinformerAttention(Attention):
         super().__init__(config)
         if config.k < 1:
             raise ValueError(f"linformer: k must be >= 1, got {config.k}")
+        check_backend("linformer", config.backend)
+        self.last_backend: str | None = None
         gen = torch.Generator().manual_seed(config.seed)
         bound = math.sqrt(6.0 / (config.k + config.max_length))
 
@@ -84,6 +97,13 @@ class LinformerAttention(Attention):
             k = k.masked_fill(~keep, 0)
             v = v.masked_fill(~keep, 0)
         e, f = self.projections(k.shape[-2])
+        self.last_backend = resolve_backend(self.config.backend, q)
+        if self.last_backend == "fast":
+            cd = compute_dtype(q)
+            with no_autocast(q.device):
+                k_proj = torch.einsum("kn,bhnd->bhkd", e.to(cd), k.to(cd))  # (B, H, k, D)
+                v_proj = torch.einsum("kn,bhnd->bhkd", f.to(cd), v.to(cd))
+                return F.scaled_dot_product_attention(q.to(cd), k_proj, v_proj)
         k_proj = torch.matmul(e.to(k.dtype), k)  # (B, H, k, D)
         v_proj = torch.matmul(f.to(v.dtype), v)
         scores = torch.matmul(q, k_proj.transpose(-2, -1)).float() * (1.0 / math.sqrt(d))

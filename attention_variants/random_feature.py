@@ -82,6 +82,13 @@ maximum over the whole sequence, so a later, larger key cannot underflow earlier
 weights.
 
 Redraws are not implemented: the projection is fixed (a buffer drawn once from ``config.seed``).
+
+Precision: always fp32 (autocast disabled; no ``fast`` backend, unlike performer / linear). The
+sin/cos features are signed, so the normalizer is a sum that cancels; rounding the features to
+bf16 moves ``den_i`` by up to ~2^-9 of the row's mass ``M_i`` (the floor's own scale), which is
+more than the floor ``delta M_i = 1e-3 M_i`` itself: rows near the floor -- exactly the ones it
+exists for -- would be decided by rounding. Keeping the features in fp32 for the normalizer means
+keeping them in fp32 for backward too, which leaves nothing for a bf16 path to save.
 """
 from __future__ import annotations
 

@@ -38,6 +38,35 @@ Design choices (documented for the report):
 
 Time O(N log N) (the sort) + O(N * bucket_size * n_hashes * D) (chunked attention);
 memory O(N * bucket_size * n_hashes) per head. Scores and softmax in fp32.
+
+Backends (``backend``), computing the same function (the same buckets, windows and masks):
+
+* ``reference`` -- the steps above as written: per round an argsort and its inverse argsort,
+  a gather per tensor, windows materialised by concatenation, scores and softmax in fp32;
+* ``fast`` -- the precision and memory policy of :mod:`attention_variants._fast`: one sort per
+  round (its inverse by a scatter), one gather of ``[q | q/|q| | v]`` (all rounds at once) into
+  a layout where each chunk's look-back window is a contiguous run of rows, so the windows are
+  overlapping strided views (no copies); scores, probabilities and the products in the compute
+  dtype with fp32 accumulation, the masked softmax and its log-sum-exp in fp32 (one compiled
+  pointwise kernel on CUDA), a hand-written backward that saves only the gathered rows and the
+  probabilities (:class:`_LookBackAttention`); the rounds combined in fp32 weights;
+* ``auto`` -- ``fast`` on CUDA or in bf16/fp16, ``reference`` for fp32 on CPU.
+
+``last_backend`` records which one ran.
+
+Same function as reformer-pytorch's ``LSHAttention`` (tested with the same rotations,
+``tests/test_peers_equivalence.py``) except for two choices, where ours is the one documented above:
+
+* look-back wrap: reformer-pytorch (like Trax) sorts all rounds as one sequence, so the first
+  chunk of round r looks back to the *last chunk of round r - 1* (of round ``n_hashes - 1`` for
+  r = 0); here each round wraps to its own last chunk. Right: rounds are independent hashes and
+  the paper's estimator combines independent rounds; the cross-round look-back is an artefact of
+  concatenating them. With ``n_hashes=1`` the two agree exactly.
+* padding: reformer-pytorch hashes and sorts padded tokens with the real ones, so which real
+  tokens share a chunk depends on the padded tokens' contents; here they go to an extra bucket
+  after the real ones and change nothing (the interface's rule). Its self-attention value
+  ``-5e4`` (ours ``-1e5``, as Trax) changes no output: both are ``exp``-negligible beside any
+  other real key, and a query with no other key outputs its own value either way.
 """
 from __future__ import annotations
 
@@ -48,6 +77,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from ._fast import CudaCompiled, check_backend, compute_dtype, no_autocast, resolve_backend
 from .base import Attention, AttentionConfig
 from .masking import normalize_key_padding_mask, pad_mask_to_multiple, pad_to_multiple
 from .registry import register
@@ -75,6 +105,8 @@ class ReformerConfig(AttentionConfig):
     n_buckets: int | None = None
     #: attend to keys of other buckets that share the query's chunk window
     attend_across_buckets: bool = True
+    #: "auto" (fast on CUDA or in bf16/fp16, reference for fp32 on CPU) | "reference" | "fast"
+    backend: str = "auto"
 
 
 @register("reformer", ReformerConfig)
@@ -97,6 +129,8 @@ class ReformerAttention(Attention):
         if config.n_buckets is not None and config.n_buckets != 1 and (
                 config.n_buckets < 2 or config.n_buckets % 2):
             raise ValueError(f"reformer: n_buckets must be 1 or a positive even number, got {config.n_buckets}")
+        check_backend("reformer", config.backend)
+        self.last_backend: str | None = None
         if config.n_buckets is not None:
             max_buckets = config.n_buckets
         else:
@@ -118,19 +152,28 @@ class ReformerAttention(Attention):
         return n
 
     def hash(self, q: torch.Tensor, n_buckets: int) -> torch.Tensor:
-        """``(B, H, N, D)`` -> bucket ids ``(B, H, n_hashes, N)`` in ``[0, n_buckets)``."""
+        """``(B, H, N, D)`` -> bucket ids ``(B, H, n_hashes, N)`` in ``[0, n_buckets)``, computed in fp32."""
         b, h, n, d = q.shape
         if n_buckets == 1:
             return torch.zeros(b, h, self.config.n_hashes, n, dtype=torch.long, device=q.device)
         rot = self.rotations[..., : n_buckets // 2].to(torch.float32)
-        rotated = torch.einsum("bhnd,drk->bhrnk", q.float(), rot)
-        return torch.cat([rotated, -rotated], dim=-1).argmax(dim=-1)
+        with no_autocast(q.device):  # fp32 under any autocast: buckets must not depend on it
+            rotated = torch.einsum("bhnd,drk->bhrnk", q.float(), rot)
+        # argmax([r; -r]) without concatenating: first index of max(r), or of min(r) + n/2
+        top, i_top = rotated.max(dim=-1)
+        low, i_low = rotated.min(dim=-1)
+        return torch.where(top >= -low, i_top, i_low + n_buckets // 2)
 
     def forward(self, q, k, v, key_padding_mask=None):
         cfg = self.config
         b, h, n, d = q.shape
         mask = normalize_key_padding_mask(key_padding_mask, b, n, q.device)
         mask = pad_mask_to_multiple(mask, b, n, cfg.bucket_size, q.device)
+        self.last_backend = resolve_backend(cfg.backend, q)
+        if self.last_backend == "fast":
+            cd = compute_dtype(q)
+            with no_autocast(q.device):
+                return self._fast(q.to(cd), v.to(cd), mask)[..., :n, :]
         qp, _ = pad_to_multiple(q, cfg.bucket_size)
         vp, _ = pad_to_multiple(v, cfg.bucket_size)
         n_pad = qp.shape[-2]
@@ -189,3 +232,154 @@ class ReformerAttention(Attention):
         weights = torch.softmax(lse, dim=2).unsqueeze(-1)
         out = (out.float() * weights).sum(dim=2).to(out.dtype)
         return out[..., :n, :]
+
+    def _fast(self, q: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The ``fast`` backend on ``q, v (B, H, N, D)`` in the compute dtype, ``mask`` already
+        padded to the chunk multiple (or None); returns ``(B, H, N_pad, D)``.
+
+        Layout: per (batch, head, round) ``g`` the sorted sequence's ``C`` chunks of ``L`` rows are
+        stored after a copy of its last chunk, ``[c_{C-1}, c_0, ..., c_{C-1}]``, and all ``g`` one
+        after another (plus ``L`` spare rows at the end). Window ``w = g (C + 1) + c`` -- the keys
+        of chunk ``c`` (its look-back chunk, then itself) -- is then rows ``[w L, w L + 2 L)`` and
+        its queries rows ``[(w + 1) L, (w + 2) L)``: uniform strides over ``w``. Window ``c = C`` of
+        each ``g`` is a spare whose outputs are dropped.
+        """
+        cfg = self.config
+        chunk, rounds = cfg.bucket_size, cfg.n_hashes
+        qp, _ = pad_to_multiple(q, chunk)
+        vp, _ = pad_to_multiple(v, chunk)
+        b, h, n_pad, d = qp.shape
+        n_chunks = n_pad // chunk
+        n_buckets = self.n_buckets_for(n_pad)
+        groups = b * h * rounds
+        with torch.no_grad():
+            buckets = self.hash(qp, n_buckets)                                   # (B, H, R, Np)
+            if mask is not None:  # padded tokens go to an extra bucket after the real ones
+                buckets = buckets.masked_fill(~mask[:, None, None, :], n_buckets)
+            pos = torch.arange(n_pad, device=q.device)
+            s_key, order = (buckets * n_pad + pos).sort(dim=-1)                 # the one sort
+            undo = torch.empty_like(order).scatter_(-1, order, pos.expand_as(order))
+            s_bucket = s_key // n_pad
+            # the look-back layout (see the docstring): row r of group g holds sorted slot ext[r]
+            lead = order.reshape(groups, n_chunks, chunk)
+            ext = torch.cat([lead[:, -1:], lead], dim=1)                        # (G, C + 1, L)
+            bh = torch.arange(b * h, device=q.device).repeat_interleave(rounds)
+            rows = (bh[:, None, None] * n_pad + ext).reshape(-1)
+            rows = torch.cat([rows, rows[:chunk]])                              # L spare rows
+            lead_b = s_bucket.reshape(groups, n_chunks, chunk)
+            ext_bucket = torch.cat([lead_b[:, -1:], lead_b], dim=1).reshape(-1)
+            ext_bucket = torch.cat([ext_bucket, ext_bucket[:chunk]])
+            ext_real = ext_bucket < n_buckets
+            if n_chunks == 1:  # a single chunk has no look-back: its copy attends nowhere
+                ext_real = ext_real.view(-1, chunk).clone()
+                ext_real[0::2] = False
+                ext_real = ext_real.reshape(-1)
+            ext_pos = torch.cat([ext.reshape(-1), ext.reshape(-1)[:chunk]])
+        acc = torch.promote_types(q.dtype, torch.float32)
+        inv_norm = 1.0 / torch.linalg.vector_norm(qp, dim=-1, keepdim=True, dtype=acc).clamp_min(1e-12)
+        kn = (qp * inv_norm).to(qp.dtype)                                        # shared QK: unit keys
+        table = torch.cat([qp, kn, vp], dim=-1).reshape(b * h * n_pad, 3 * d)
+        gathered = table[rows]                                                   # the one gather
+        out, lse = _LookBackAttention.apply(gathered, ext_pos, ext_bucket, ext_real, chunk,
+                                            1.0 / math.sqrt(d), cfg.attend_across_buckets)
+        # undo the sort (spare windows dropped: each position's row in the output, per round), then
+        # combine the rounds with fp32 weights
+        with torch.no_grad():
+            g = torch.arange(groups, device=q.device).view(b, h, rounds, 1)
+            back = (g * (n_chunks + 1) * chunk + undo).reshape(-1)
+        out = out.reshape(-1, d)[back].view(b, h, rounds, n_pad, d)
+        weights = torch.softmax(lse.reshape(-1)[back].view(b, h, rounds, n_pad), dim=2)   # fp32
+        return (out * weights.unsqueeze(-1).to(out.dtype)).sum(dim=2)
+
+
+@CudaCompiled
+def _window_softmax(scores, q_pos, k_pos, k_real, q_bucket, k_bucket, scale: float, across: bool):
+    """The masked softmax of a window in fp32: ``scores (W, L, 2L)`` (raw ``q . k``), positions /
+    buckets of the queries ``(W, L)`` and keys ``(W, 2L)``, ``k_real (W, 2L)``. Same masking as the
+    reference path (self ``SELF_ATTN_SCORE``, other buckets twice that, padded keys ``finfo.min``).
+    Returns probabilities in ``scores``' dtype and the fp32 log-sum-exp ``(W, L)``."""
+    s = scores.float() * scale
+    s = torch.where(q_pos[:, :, None] == k_pos[:, None, :], SELF_ATTN_SCORE, s)
+    if not across:
+        s = torch.where(q_bucket[:, :, None] != k_bucket[:, None, :], SELF_ATTN_SCORE * 2, s)
+    s = torch.where(k_real[:, None, :], s, torch.finfo(torch.float32).min)
+    lse = torch.logsumexp(s, dim=-1)
+    return torch.exp(s - lse[..., None]).to(scores.dtype), lse
+
+
+@CudaCompiled
+def _window_softmax_backward(p, dp, d_lse, q_pos, k_pos, k_real, q_bucket, k_bucket, scale: float,
+                             across: bool):
+    """Gradient w.r.t. the raw scores of :func:`_window_softmax` (``p`` the probabilities, ``dp``
+    and ``d_lse`` the incoming gradients): ``scale p (dp - sum_j p dp + d_lse)``, 0 at every
+    replaced entry (self, other buckets, padded keys), as ``masked_fill`` gives the reference."""
+    pf = p.float()
+    ds = pf * (dp.float() - (pf * dp.float()).sum(dim=-1, keepdim=True) + d_lse[..., None])
+    replaced = (q_pos[:, :, None] == k_pos[:, None, :]) | ~k_real[:, None, :]
+    if not across:
+        replaced = replaced | (q_bucket[:, :, None] != k_bucket[:, None, :])
+    return (ds.masked_fill(replaced, 0.0) * scale).to(p.dtype)
+
+
+def _windows(t: torch.Tensor, chunk: int, width: int, offset_rows: int, column: int, length: int):
+    """Overlapping view ``(W, length, width)`` of the rows ``t (rows, E)``: window ``w`` starts at row
+    ``(w + offset_rows) * chunk``, columns ``[column, column + width)``; ``W = rows / chunk - 1``."""
+    rows, e = t.shape
+    n_windows = rows // chunk - 1
+    return t.as_strided((n_windows, length, width), (chunk * e, e, 1),
+                        t.storage_offset() + offset_rows * chunk * e + column)
+
+
+class _LookBackAttention(torch.autograd.Function):
+    """Chunked attention over the look-back layout of :meth:`ReformerAttention._fast`.
+
+    Input ``rows (R, 3D)``: ``[q | k | v]`` per row; window ``w`` has queries rows
+    ``[(w + 1) L, (w + 2) L)`` and keys/values rows ``[w L, w L + 2 L)`` (overlapping strided
+    views, never copied); ``pos``, ``bucket``, ``real`` per row. Output ``(W, L, D)`` and the fp32
+    log-sum-exp ``(W, L)``. Forward: ``softmax(q k^T / sqrt(D)) v`` per window with the
+    reference's masks; backward by hand (saves the rows and the probabilities only)."""
+
+    @staticmethod
+    def forward(ctx, rows, pos, bucket, real, chunk, scale, across):
+        d = rows.shape[1] // 3
+        q = _windows(rows, chunk, d, 1, 0, chunk)
+        k = _windows(rows, chunk, d, 0, d, 2 * chunk)
+        v = _windows(rows, chunk, d, 0, 2 * d, 2 * chunk)
+        meta = _window_meta(pos, bucket, real, chunk)
+        scores = torch.bmm(q, k.transpose(1, 2))                                 # (W, L, 2L)
+        p, lse = _window_softmax(scores, *meta, scale, across)
+        out = torch.bmm(p, v)
+        ctx.save_for_backward(rows, pos, bucket, real, p)
+        ctx.chunk, ctx.scale, ctx.across = chunk, scale, across
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, d_out, d_lse):
+        rows, pos, bucket, real, p = ctx.saved_tensors
+        chunk = ctx.chunk
+        d = rows.shape[1] // 3
+        q = _windows(rows, chunk, d, 1, 0, chunk)
+        k = _windows(rows, chunk, d, 0, d, 2 * chunk)
+        v = _windows(rows, chunk, d, 0, 2 * d, 2 * chunk)
+        d_out = d_out.to(rows.dtype)
+        dp = torch.bmm(d_out, v.transpose(1, 2))
+        ds = _window_softmax_backward(p, dp, d_lse, *_window_meta(pos, bucket, real, chunk), ctx.scale,
+                                      ctx.across)
+        d_rows = torch.zeros_like(rows)
+        _windows(d_rows, chunk, d, 1, 0, chunk).copy_(torch.bmm(ds, k))           # queries: disjoint
+        d_k = torch.bmm(ds.transpose(1, 2), q)                                   # (W, 2L, D)
+        d_v = torch.bmm(p.transpose(1, 2), d_out)
+        for col, grad in ((d, d_k), (2 * d, d_v)):  # each window's two halves, one strided add each
+            _windows(d_rows, chunk, d, 0, col, chunk).add_(grad[:, :chunk])
+            _windows(d_rows, chunk, d, 1, col, chunk).add_(grad[:, chunk:])
+        return d_rows, None, None, None, None, None, None
+
+
+def _window_meta(pos, bucket, real, chunk):
+    """Per-window query positions/buckets ``(W, L)`` and key positions/real/buckets ``(W, 2L)``."""
+    def win(t, offset_rows, length):
+        n_windows = t.shape[0] // chunk - 1
+        return t.as_strided((n_windows, length), (chunk, 1), t.storage_offset() + offset_rows * chunk).contiguous()
+
+    return (win(pos, 1, chunk), win(pos, 0, 2 * chunk), win(real, 0, 2 * chunk), win(bucket, 1, chunk),
+            win(bucket, 0, 2 * chunk))

@@ -39,7 +39,7 @@ Modes (``case.mode`` in the record):
     ``lra-train``'s ``steps_per_s``.
 ``exactness``
     ``approx_error = ||out - exact||_F / ||exact||_F`` against
-    :func:`attention_variants.full.softmax_attention` (in float64) on the same inputs, for
+    :func:`reference_attention` (float64 end to end) on the same inputs, for
     input patterns ``random`` (q, k, v ~ N(0, 1)) and ``concentrated`` (each query built from
     a few keys, q and k scaled up: peaked attention). Averaged over ``exactness.seeds`` draws
     of inputs and variant seeds (``approx_error_max``: the worst).
@@ -50,17 +50,36 @@ Modes (``case.mode`` in the record):
 
 Measurement rules (``lra.timing``): warm-up calls first (they also compile
 ``torch.compile`` paths); ``torch.cuda.synchronize()``; CUDA events around each timed call
-(``case.timer = "cuda_event"``), or ``time.perf_counter`` on CPU (``"perf_counter"``); the
-median of ``repeats``. Peak memory: ``torch.cuda.reset_peak_memory_stats`` before the case,
-``torch.cuda.max_memory_allocated`` after the warm-up and timed calls (the peak of the timed
-loop itself, not a separate call), counted from what was allocated before the case; it
-includes the inputs (``input_mem_mb`` says how much of it they are). CPU memory is not
-measured (``peak_mem_mb`` null). FLOPs: exact variants (``exact = True``: ``full``, ``flash``)
-use the analytic 4·B·H·N²·D forward and 3.5x that for forward+backward
-(``case.flops_source = "analytic"``); the others count matmul-like ops of one extra untimed
-call with ``FlopCounterMode`` (``"flop_counter"``), except on a ``flex_attention`` backend,
-which it would count as dense (``flops`` null). TFLOP/s fractions are of the device's dense
-BF16 peak (``lra.timing.PEAK_BF16_TFLOPS``; null where unknown, e.g. on CPU).
+(``case.timer = "cuda_event"``), ``repeats`` calls; or on CPU ``time.perf_counter``
+(``"perf_counter"``) for at least ``repeats`` calls *and* until the timed calls add up to
+``min_time_s`` (CPU default 0.2 s; at most ``max_repeats`` calls), so a CPU case is never five
+calls inside one slow phase of the machine. The record keeps every per-call time
+(``timings_ms``, top level, outside ``metrics``); ``metrics.ms`` is their median, ``ms_p10``/
+``ms_p90`` the 10th/90th percentiles and ``ms_iqr_rel`` = (p75 - p25) / median their spread;
+``case.repeats`` is the number of timed calls and ``case.timed_s`` their total. Peak memory:
+``torch.cuda.reset_peak_memory_stats`` before the case, ``torch.cuda.max_memory_allocated``
+after the warm-up and timed calls (the peak of the timed loop itself, not a separate call),
+counted from what was allocated before the case; it includes the inputs (``input_mem_mb``
+says how much of it they are). CPU memory is not measured (``peak_mem_mb`` null). FLOPs:
+exact variants (``exact = True``: ``full``, ``flash``) use the analytic 4·B·H·N²·D forward
+and, forward+backward, what the kernel that ran executes (``case.flops_convention``): 3.0x
+forward on the materialized math path (``full``; ``flash`` when SDPA ran ``math``), 3.5x for
+fused kernels that recompute QKᵀ in the backward pass (``flash`` on its flash / efficient /
+cuDNN / xformers backends, on CPU too) (``case.flops_source = "analytic"``); the others count
+matmul-like ops of one extra untimed call with ``FlopCounterMode`` (``"flop_counter"``,
+convention ``"counted (FlopCounterMode)"``), except on a ``flex_attention`` backend, which it
+would count as dense (``flops`` null). TFLOP/s fractions are of the device's dense BF16 peak
+(``lra.timing.PEAK_BF16_TFLOPS``; null where unknown, e.g. on CPU).
+
+Seeds: ``seed`` draws the inputs (``case.input_seed``; exactness: ``case.input_seeds``) and
+seeds the variant's random projections (``variant_config.seed``). Every record's ``host``
+says how many threads ran, on how many CPUs, at what load (:func:`lra.results.host_info`);
+CPU threads are the job's share of the cores (``threads``, :mod:`lra.devices`), and a run
+that starts with the load average above its CPUs warns loudly (records: ``host.loaded``).
+
+All settings are checked before the first case (:mod:`lra.schema`; non-positive lengths,
+sizes, counts are config errors). Exit status of ``lra-bench``: 0, 1 when a case failed
+(status ``error`` or ``nan``; ``oom`` is a measured outcome), 2 on a config error.
 
 Failures never stop the grid: an out-of-memory case is a record with status ``oom`` (and the
 same variant's larger N in that mode/batch/dtype are recorded as ``oom`` with message
@@ -84,13 +103,14 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 import attention_variants as av
-from attention_variants.full import softmax_attention
 
-from . import conf_dir
-from .results import flatten, git_commit, make_record, now, write_record
+from . import conf_dir, schema
+from .devices import set_job_threads
+from .results import flatten, git_commit, host_info, loaded_warning, make_record, now, variant_config, write_record
+from .schema import ConfigError
 from .smoothness import attention_map, growth_exponent, lipschitz_estimate, unit_rows
-from .timing import (PeakMemory, attention_flops, count_flops, free_memory, is_oom,
-                     peak_bf16_tflops, tflops, time_fn, time_interleaved)
+from .timing import (FLOPS_COUNTED, PeakMemory, attention_flops, count_flops, exact_kernel, flops_convention,
+                     free_memory, is_oom, peak_bf16_tflops, tflops, time_fn, time_interleaved)
 
 MODES = ("op_fwd", "op_fwd_bwd", "model_step", "exactness", "smoothness", "train_overhead")
 PATTERNS = ("random", "concentrated")
@@ -101,8 +121,6 @@ SKIPPED_OOM = "skipped: smaller N already out of memory"
 RECORDS_DIR = "records"
 
 
-class ConfigError(ValueError):
-    """A bench configuration that cannot work (unknown variant, mode, dtype or knob)."""
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -139,39 +157,53 @@ def resolve_settings(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     all_defaults = raw.get("device_defaults") or {}
     dd = all_defaults.get(device.type) or all_defaults.get("cpu") or {}
     s: dict[str, Any] = {k: v for k, v in raw.items() if k != "device_defaults"}
-    for key in ("lengths", "batch_size", "heads", "head_dim", "dtype", "repeats", "warmup"):
+    for key in ("lengths", "batch_size", "heads", "head_dim", "dtype", "repeats", "warmup", "min_time_s"):
         if s.get(key) is None:
             s[key] = dd.get(key)
         if s[key] is None:
             raise ConfigError(f"{key} is null and device_defaults.{device.type} has no {key}")
-    s["lengths"] = [int(n) for n in _as_list(s["lengths"])]
-    s["batch_size"] = [int(b) for b in _as_list(s["batch_size"])]
-    s["dtype"] = [str(d) for d in _as_list(s["dtype"])]
-    for section in ("model_step", "exactness", "smoothness", "train_overhead"):
-        s[section] = _fill(s.get(section), dd.get(section))
-        if s[section].get("lengths") is None:
-            s[section]["lengths"] = s["lengths"]
-        s[section]["lengths"] = [int(n) for n in _as_list(s[section]["lengths"])]
-    for key in ("layers", "d_model", "heads", "mlp_dim", "batch_size"):
-        if s["model_step"].get(key) is None:
-            raise ConfigError(f"model_step.{key} is null and device_defaults.{device.type}.model_step has none")
-    to = s["train_overhead"]
-    for key in ("layers", "d_model", "heads", "mlp_dim", "batch_size"):  # null = model_step's
-        if to.get(key) is None:
-            to[key] = s["model_step"][key]
-    for key in ("warmup", "repeats"):
-        if to.get(key) is None:
-            to[key] = s[key]
-    if "train_overhead" in _as_list(s.get("modes")):
-        to["trainer"] = overhead_trainer(to.get("task") or "listops", to.get("trainer"))
-        if to.get("steps_per_call") is None:
-            to["steps_per_call"] = int(to["trainer"].get("log_every", 50))
-    s["device"] = str(device)
     modes = _as_list(s.get("modes"))
     bad = [m for m in modes if m not in MODES]
     if bad:
         raise ConfigError(f"unknown mode(s) {bad}; modes are {list(MODES)}")
     s["modes"] = modes
+    found = schema.problems(s, schema.BENCH)
+    for section in ("model_step", "exactness", "smoothness", "train_overhead"):
+        s[section] = _fill(s.get(section), dd.get(section))
+        if s[section].get("lengths") is None:
+            s[section]["lengths"] = s["lengths"]
+    to = s["train_overhead"]
+    for key in ("layers", "d_model", "heads", "mlp_dim", "batch_size"):  # null = model_step's
+        if to.get(key) is None:
+            to[key] = s["model_step"].get(key)
+    for key in ("warmup", "repeats"):
+        if to.get(key) is None:
+            to[key] = s[key]
+    for section in ("model_step", "exactness", "smoothness", "train_overhead"):
+        if section in modes:  # the sections of modes not run are not used
+            found += schema.problems(s[section], schema.BENCH_SECTIONS[section], prefix=f"{section}.")
+            for key in ("d_model", "heads"):
+                if s[section].get(key) is None and key in {r.key for r in schema.BENCH_SECTIONS[section]}:
+                    found.append(f"{section}.{key} is null and device_defaults.{device.type}.{section} has none")
+    found += [f"{sec}.d_model={s[sec]['d_model']} is not divisible by {sec}.heads={s[sec]['heads']}; change either"
+              for sec in ("model_step", "train_overhead") if sec in modes
+              and all(isinstance(s[sec].get(k), int) and s[sec][k] > 0 for k in ("d_model", "heads"))
+              and s[sec]["d_model"] % s[sec]["heads"]]
+    found += schema.threads_problems(s.get("threads", "auto"))
+    if found:
+        raise ConfigError("; ".join(found))
+    s["lengths"] = [int(n) for n in _as_list(s["lengths"])]
+    s["batch_size"] = [int(b) for b in _as_list(s["batch_size"])]
+    s["dtype"] = [str(d) for d in _as_list(s["dtype"])]
+    for section in ("model_step", "exactness", "smoothness", "train_overhead"):
+        if section in modes:
+            s[section]["lengths"] = [int(n) for n in _as_list(s[section]["lengths"])]
+    if "train_overhead" in modes:
+        to["trainer"] = overhead_trainer(to.get("task") or "listops", to.get("trainer"))
+        schema.check(to["trainer"], schema.TRAINER, prefix="train_overhead.trainer.")
+        if to.get("steps_per_call") is None:
+            to["steps_per_call"] = int(to["trainer"].get("log_every", 50))
+    s["device"] = str(device)
     for d in s["dtype"] + [s["exactness"]["dtype"], s["smoothness"]["dtype"]]:
         if d not in DTYPES:
             raise ConfigError(f"unknown dtype {d!r}; choose one of {sorted(DTYPES)}")
@@ -182,6 +214,10 @@ def resolve_settings(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     s["exactness"]["patterns"] = patterns
     s["variants"] = resolve_variants(s.get("variants"))
     s["knobs"] = {name: variant_knobs(name, (raw.get("knobs") or {}).get(name)) for name in s["variants"]}
+    if "exactness" in modes:
+        for name, knobs in (s["exactness"].get("knobs") or {}).items():
+            if name in s["variants"]:
+                variant_knobs(name, {**s["knobs"][name], **(knobs or {})})
     return s
 
 
@@ -229,6 +265,7 @@ def variant_knobs(name: str, overrides: dict | None = None) -> dict[str, Any]:
         av.make_config(name, **knobs)
     except TypeError as err:
         raise ConfigError(str(err)) from None
+    schema.check(knobs, schema.knob_rules(name, av.get(name)[1]), prefix=f"knobs.{name}.")
     return knobs
 
 
@@ -298,6 +335,8 @@ class Measurement:
     variant_config: dict[str, Any]
     status: str = "ok"
     message: str | None = None
+    timings_ms: list[float] | None = None   # raw per-call times behind metrics["ms"] (record's ``timings_ms``)
+    timings_ms_by_part: dict[str, list[float]] | None = None  # train_overhead: each timed function's times
 
 
 def _autocast(device: torch.device, dtype: torch.dtype):
@@ -305,13 +344,32 @@ def _autocast(device: torch.device, dtype: torch.dtype):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype in (torch.bfloat16, torch.float16))
 
 
+def _time_metrics(timing, per_call: int = 1) -> dict:
+    """``ms`` (median), ``ms_p10``/``ms_p90`` and ``ms_iqr_rel`` = (p75 - p25) / median, the
+    spread of the per-call times (0.05: the middle half of the calls lie within 5% of the
+    median's size); times divided by ``per_call`` (steps per timed call)."""
+    iqr = timing.iqr_rel
+    return {"ms": round(timing.median_ms / per_call, 5), "ms_p10": round(timing.p10_ms / per_call, 5),
+            "ms_p90": round(timing.p90_ms / per_call, 5), "ms_iqr_rel": None if iqr is None else round(iqr, 4)}
+
+
+def _timing_facts(timing) -> dict:
+    return {"timer": timing.timer, "warmup": timing.warmup, "repeats": timing.repeats,
+            "timed_s": round(timing.total_s, 6)}
+
+
 def _speed_metrics(timing, prefix_metric: str, flops: int | None, device_name: str | None) -> dict:
     t = tflops(flops, timing.median_ms)
     peak = peak_bf16_tflops(device_name)
-    return {"ms": round(timing.median_ms, 5), "ms_p10": round(timing.p10_ms, 5), "ms_p90": round(timing.p90_ms, 5),
-            prefix_metric: round(timing.median_ms, 5), "flops": flops,
+    return {**_time_metrics(timing), prefix_metric: round(timing.median_ms, 5), "flops": flops,
             "tflops": None if t is None else round(t, 4),
             "tflops_fraction": None if (t is None or peak is None) else round(t / peak, 5)}
+
+
+def _timing_kw(s: dict) -> dict:
+    """Keyword arguments of :func:`lra.timing.time_fn` from the settings."""
+    return {"warmup": int(s["warmup"]), "repeats": int(s["repeats"]), "min_time_s": float(s.get("min_time_s") or 0),
+            "max_repeats": int(s.get("max_repeats") or 1000)}
 
 
 def _device_name(device: torch.device) -> str | None:
@@ -323,14 +381,17 @@ def measure_op(case: Case, s: dict, device: torch.device) -> Measurement:
     backward = case.mode == "op_fwd_bwd"
     dtype = DTYPES[case.dtype]
     b, h, n, d = case.batch_size, int(s["heads"]), case.seq_len, int(s["head_dim"])
-    build_cfg = {"heads": h, "head_dim": d, "max_length": n, **s["knobs"][case.variant]}
+    seed = int(s.get("seed") or 0)
+    build_cfg = {"heads": h, "head_dim": d, "max_length": n, "seed": seed, **s["knobs"][case.variant]}
     cls, _ = av.get(case.variant)
-    torch.manual_seed(int(s.get("seed") or 0))
+    torch.manual_seed(seed)  # parameters the variant initialises from the global generator
+    gen = torch.Generator(device).manual_seed(seed)  # the inputs: q, k, v, then grad_out
     with PeakMemory(device) as mem:
         attn = av.build(case.variant, **build_cfg).to(device)
         attn.train(backward)
-        q, k, v = (torch.randn(b, h, n, d, device=device, dtype=dtype, requires_grad=backward) for _ in range(3))
-        grad_out = torch.randn(b, h, n, d, device=device, dtype=dtype) if backward else None
+        q, k, v = (torch.randn(b, h, n, d, generator=gen, device=device, dtype=dtype, requires_grad=backward)
+                   for _ in range(3))
+        grad_out = torch.randn(b, h, n, d, generator=gen, device=device, dtype=dtype) if backward else None
         params = [p for p in attn.parameters() if p.requires_grad]
         mem.mark()
 
@@ -344,12 +405,14 @@ def measure_op(case: Case, s: dict, device: torch.device) -> Measurement:
                 with torch.no_grad(), _autocast(device, dtype):
                     attn(q, k, v)
 
-        timing = time_fn(fn, warmup=int(s["warmup"]), repeats=int(s["repeats"]), device=device)
+        timing = time_fn(fn, device=device, **_timing_kw(s))
     backend = getattr(attn, "last_backend", None)
     mode_key = "fwd_bwd" if backward else "fwd"
-    flops, source = None, None
+    flops, source, convention = None, None, None
     if getattr(cls, "exact", False):
-        flops, source = attention_flops(b, h, n, d, mode_key), "analytic"
+        kernel = exact_kernel(backend)
+        flops, source = attention_flops(b, h, n, d, mode_key, kernel=kernel), "analytic"
+        convention = flops_convention(mode_key, kernel)
     elif backend == "flex":
         source = "none: FlopCounterMode counts flex_attention as dense"
     elif s.get("count_flops", True):
@@ -363,18 +426,18 @@ def measure_op(case: Case, s: dict, device: torch.device) -> Measurement:
                 t.grad = None
 
         try:
-            flops, source = count_flops(count_fn), "flop_counter"
+            flops, source, convention = count_flops(count_fn), "flop_counter", FLOPS_COUNTED
         except Exception as err:  # noqa: BLE001 - counting is best effort
             flops, source = None, f"none: FlopCounterMode failed ({type(err).__name__})"
             if is_oom(err):
                 free_memory(device)
     metrics = _speed_metrics(timing, f"ms_{mode_key}", flops, _device_name(device))
     metrics.update({"peak_mem_mb": mem.peak_mb, "input_mem_mb": mem.inputs_mb})
-    facts = {"heads": h, "head_dim": d, "timer": timing.timer, "warmup": timing.warmup,
-             "repeats": timing.repeats, "backend": backend, "flops_source": source,
+    facts = {"heads": h, "head_dim": d, **_timing_facts(timing), "backend": backend, "flops_source": source,
+             "flops_convention": convention, "input_seed": seed,
              "autocast": dtype in (torch.bfloat16, torch.float16), "exact": bool(getattr(cls, "exact", False)),
              "complexity": getattr(cls, "complexity", None)}
-    return Measurement(metrics, facts, build_cfg)
+    return Measurement(metrics, facts, variant_config(case.variant, **build_cfg), timings_ms=timing.times_ms)
 
 
 def measure_model_step(case: Case, s: dict, device: torch.device) -> Measurement:
@@ -384,19 +447,21 @@ def measure_model_step(case: Case, s: dict, device: torch.device) -> Measurement
     ms = s["model_step"]
     dtype = DTYPES[case.dtype]
     b, n = case.batch_size, case.seq_len
-    knobs = s["knobs"][case.variant]
+    seed = int(s.get("seed") or 0)
+    knobs = {**s["knobs"][case.variant], "seed": seed}
     enc_cfg = EncoderConfig(vocab_size=int(ms["vocab_size"]), num_classes=int(ms["num_classes"]), max_length=n,
                             d_model=int(ms["d_model"]), heads=int(ms["heads"]), mlp_dim=int(ms["mlp_dim"]),
                             layers=int(ms["layers"]), dropout=float(ms.get("dropout", 0.1)),
                             pooling=ms.get("pooling", "cls"), pos_emb=ms.get("pos_emb", "sinusoidal"),
                             attention=case.variant, attention_cfg=dict(knobs))
-    torch.manual_seed(int(s.get("seed") or 0))
+    torch.manual_seed(seed)
+    gen = torch.Generator(device).manual_seed(seed)
     last_loss: list[torch.Tensor] = []
     with PeakMemory(device) as mem:
         model = Encoder(enc_cfg).to(device).train()
         opt = torch.optim.AdamW(model.parameters(), lr=float(ms.get("lr", 1e-4)))
-        tokens = torch.randint(1, enc_cfg.vocab_size, (b, n), device=device)
-        labels = torch.randint(0, enc_cfg.num_classes, (b,), device=device)
+        tokens = torch.randint(1, enc_cfg.vocab_size, (b, n), generator=gen, device=device)
+        labels = torch.randint(0, enc_cfg.num_classes, (b,), generator=gen, device=device)
         mem.mark()
 
         def step():
@@ -408,20 +473,20 @@ def measure_model_step(case: Case, s: dict, device: torch.device) -> Measurement
             opt.step()
             last_loss[:] = [loss.detach()]
 
-        timing = time_fn(step, warmup=int(s["warmup"]), repeats=int(s["repeats"]), device=device)
+        timing = time_fn(step, device=device, **_timing_kw(s))
     steps_per_s = 1e3 / timing.median_ms if timing.median_ms > 0 else None
-    metrics = {"ms": round(timing.median_ms, 5), "ms_p10": round(timing.p10_ms, 5), "ms_p90": round(timing.p90_ms, 5),
-               "ms_step": round(timing.median_ms, 5),
+    metrics = {**_time_metrics(timing), "ms_step": round(timing.median_ms, 5),
                "steps_per_s": None if steps_per_s is None else round(steps_per_s, 4),
                "tokens_per_s": None if steps_per_s is None else round(steps_per_s * b * n, 1),
                "peak_mem_mb": mem.peak_mb, "params": sum(p.numel() for p in model.parameters())}
     facts = {"heads": enc_cfg.heads, "head_dim": enc_cfg.d_model // enc_cfg.heads, "layers": enc_cfg.layers,
-             "d_model": enc_cfg.d_model, "mlp_dim": enc_cfg.mlp_dim, "timer": timing.timer,
-             "warmup": timing.warmup, "repeats": timing.repeats,
+             "d_model": enc_cfg.d_model, "mlp_dim": enc_cfg.mlp_dim, **_timing_facts(timing),
              "backend": getattr(model.blocks[0].attn.attention, "last_backend", None),
-             "autocast": dtype in (torch.bfloat16, torch.float16), "optimizer": "AdamW"}
-    m = Measurement(metrics, facts, {"heads": enc_cfg.heads, "head_dim": enc_cfg.d_model // enc_cfg.heads,
-                                     "max_length": n + (enc_cfg.pooling == "cls"), **knobs})
+             "autocast": dtype in (torch.bfloat16, torch.float16), "optimizer": "AdamW", "input_seed": seed}
+    m = Measurement(metrics, facts, variant_config(case.variant, heads=enc_cfg.heads,
+                                                   head_dim=enc_cfg.d_model // enc_cfg.heads,
+                                                   max_length=n + (enc_cfg.pooling == "cls"), **knobs),
+                    timings_ms=timing.times_ms)
     if last_loss and not bool(torch.isfinite(last_loss[0])):
         m.status, m.message = "nan", "non-finite training loss in the timed steps"
     return m
@@ -504,10 +569,11 @@ def measure_train_overhead(case: Case, s: dict, device: torch.device) -> Measure
                 first_bad[0] = bad
 
         timings = time_interleaved({"model_fwd_bwd": model_steps(False), "model_fwd_bwd_opt": model_steps(True),
-                                    "train_step": train_steps}, warmup=warmup, repeats=repeats, device=device)
+                                    "train_step": train_steps}, device=device,
+                                   **{**_timing_kw(s), "warmup": warmup, "repeats": repeats})
     ms = {name: t.median_ms / per_call for name, t in timings.items()}
     fb, fbo, full = ms["model_fwd_bwd"], ms["model_fwd_bwd_opt"], ms["train_step"]
-    metrics: dict[str, Any] = {"ms": round(full, 5)}
+    metrics: dict[str, Any] = _time_metrics(timings["train_step"], per_call)
     for name, t in timings.items():
         metrics[f"ms_{name}"] = round(ms[name], 5)
         metrics[f"ms_{name}_p10"] = round(t.p10_ms / per_call, 5)
@@ -518,13 +584,17 @@ def measure_train_overhead(case: Case, s: dict, device: torch.device) -> Measure
                     "steps_per_s": round(1e3 / full, 4), "tokens_per_s": round(1e3 / full * b * n, 1),
                     "peak_mem_mb": mem.peak_mb, "params": sum(p.numel() for p in model.parameters())})
     facts = {"heads": enc_cfg.heads, "head_dim": enc_cfg.d_model // enc_cfg.heads, "layers": enc_cfg.layers,
-             "d_model": enc_cfg.d_model, "mlp_dim": enc_cfg.mlp_dim, "timer": timings["train_step"].timer,
-             "warmup": warmup, "repeats": repeats, "steps_per_call": per_call, "examples": examples,
+             "d_model": enc_cfg.d_model, "mlp_dim": enc_cfg.mlp_dim, **_timing_facts(timings["train_step"]),
+             "steps_per_call": per_call, "examples": examples, "input_seed": seed,
              "trainer_task": to.get("task"), "grad_clip": clip, "schedule": tr.get("schedule"),
              "compile": bool(to.get("compile")), "autocast": amp is not None, "optimizer": "AdamW",
              "backend": getattr(model.blocks[0].attn.attention, "last_backend", None)}
-    m = Measurement(metrics, facts, {"heads": enc_cfg.heads, "head_dim": enc_cfg.d_model // enc_cfg.heads,
-                                     "max_length": n + (enc_cfg.pooling == "cls"), **knobs})
+    m = Measurement(metrics, facts, variant_config(case.variant, heads=enc_cfg.heads,
+                                                   head_dim=enc_cfg.d_model // enc_cfg.heads,
+                                                   max_length=n + (enc_cfg.pooling == "cls"),
+                                                   **{**knobs, "seed": seed}),
+                    timings_ms=[x / per_call for x in timings["train_step"].times_ms],
+                    timings_ms_by_part={name: [x / per_call for x in t.times_ms] for name, t in timings.items()})
     if first_bad[0] >= 0:
         m.status, m.message = "nan", f"non-finite training loss at timed step {first_bad[0]}"
     return m
@@ -556,6 +626,20 @@ def exactness_inputs(pattern: str, b: int, h: int, n: int, d: int, *, seed: int,
     return q.to(device), k.to(device), v.to(device)
 
 
+def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Exact softmax attention in float64 end to end: ``softmax(q kᵀ / sqrt(D)) v``.
+
+    ``q, k, v: (B, H, N, D)`` (any dtype; cast to float64) -> ``(B, H, N, D)`` float64; scores,
+    softmax and both products all in float64. Time O(B·H·N²·D), memory O(B·H·N²). The ground
+    truth of the ``exactness`` mode (``case.reference``)."""
+    q, k, v = (t.to(torch.float64) for t in (q, k, v))
+    scores = torch.matmul(q, k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+
+REFERENCE = "float64 end to end (lra.bench.reference_attention)"
+
+
 def measure_exactness(case: Case, s: dict, device: torch.device) -> Measurement:
     """``exactness``: relative Frobenius error against float64 softmax attention."""
     ex = s["exactness"]
@@ -563,15 +647,17 @@ def measure_exactness(case: Case, s: dict, device: torch.device) -> Measurement:
     b, h, n, d = case.batch_size, int(ex["heads"]), case.seq_len, int(ex["head_dim"])
     # exactness-only knob overrides (e.g. nystrom without its conv on V: the approximation itself)
     knobs = {**s["knobs"][case.variant], **((ex.get("knobs") or {}).get(case.variant) or {})}
-    errors = []
+    errors, input_seeds, variant_seeds = [], [], []
     base_seed = int(s.get("seed") or 0)
     for i in range(max(1, int(ex.get("seeds", 1)))):
-        q, k, v = exactness_inputs(case.pattern, b, h, n, d, seed=base_seed + 1000 * i,
+        input_seeds.append(base_seed + 1000 * i)
+        variant_seeds.append(base_seed + i)
+        q, k, v = exactness_inputs(case.pattern, b, h, n, d, seed=input_seeds[-1],
                                    scale=float(ex.get("concentrated_scale", 3.0)),
                                    keys_per_query=int(ex.get("concentrated_keys", 4)),
                                    random_scale=float(ex.get("random_scale", 1.0)), device=device)
-        ref = softmax_attention(q, k, v)
-        attn = av.build(case.variant, **{"heads": h, "head_dim": d, "max_length": n, "seed": base_seed + i,
+        ref = reference_attention(q, k, v)
+        attn = av.build(case.variant, **{"heads": h, "head_dim": d, "max_length": n, "seed": variant_seeds[-1],
                                          **knobs}).to(device).eval()
         with torch.no_grad(), _autocast(device, dtype):
             out = attn(q.to(dtype), k.to(dtype), v.to(dtype))
@@ -579,10 +665,12 @@ def measure_exactness(case: Case, s: dict, device: torch.device) -> Measurement:
         del q, k, v, ref, out, attn
     err = sum(errors) / len(errors)
     metrics = {"approx_error": err, "approx_error_max": max(errors), "approx_seeds": len(errors)}
-    facts = {"heads": h, "head_dim": d, "pattern": case.pattern, "reference": "softmax_attention float64",
+    facts = {"heads": h, "head_dim": d, "pattern": case.pattern, "reference": REFERENCE,
+             "input_seeds": input_seeds, "variant_seeds": variant_seeds,
              "pattern_scale": float(ex.get("concentrated_scale", 3.0) if case.pattern == "concentrated"
                                     else ex.get("random_scale", 1.0))}
-    m = Measurement(metrics, facts, {"heads": h, "head_dim": d, "max_length": n, **knobs})
+    m = Measurement(metrics, facts, variant_config(case.variant, heads=h, head_dim=d, max_length=n,
+                                                   **{**knobs, "seed": base_seed}))
     if not all(math.isfinite(e) for e in errors):
         m.status, m.message = "nan", "non-finite output"
     return m
@@ -642,7 +730,8 @@ def measure_smoothness(case: Case, s: dict, device: torch.device) -> Measurement
     facts = {"heads": 1, "head_dim": d, "radius": sm.get("radius", 1.0), "weight_std": sm.get("weight_std", 1.0),
              "iters": sm.get("iters", 20), "backend": getattr(attn, "last_backend", None) or knobs.get("backend"),
              "backend_fallback": fallback}
-    m = Measurement(metrics, facts, {"heads": 1, "head_dim": d, "max_length": n, **knobs})
+    m = Measurement(metrics, facts, variant_config(case.variant, heads=1, head_dim=d, max_length=n,
+                                                   **{"seed": seed, **knobs}))
     if not math.isfinite(lip):
         m.status, m.message = "nan", "non-finite Lipschitz estimate"
     return m
@@ -677,6 +766,7 @@ def run_grid(cases: Iterable[Case], s: dict, device: torch.device, *,
     for case in bar:
         bar.set_description(case.label())
         started = now()
+        host = host_info()
         status, message = "ok", None
         m: Measurement | None = None
         group = case.group()
@@ -695,10 +785,17 @@ def run_grid(cases: Iterable[Case], s: dict, device: torch.device, *,
                     message = f"{_first_line(err)}\n{traceback.format_exc(limit=6)}"
             finally:
                 free_memory(device)
+        if status == "ok" and m is not None:
+            status, message = _measured_something(case, m)
         facts = {"mode": case.mode, "heads": None, "head_dim": None, "timer": None,
                  "pattern": case.pattern, "backend": None}
         if m is not None:
             facts.update(m.facts)
+        extra = {}
+        if m is not None and m.timings_ms is not None:
+            extra["timings_ms"] = [round(t, 6) for t in m.timings_ms]
+        if m is not None and m.timings_ms_by_part is not None:
+            extra["timings_ms_by_part"] = {k: [round(t, 6) for t in v] for k, v in m.timings_ms_by_part.items()}
         record = make_record(
             "bench", variant=case.variant, task=s[case.mode].get("task") if case.mode in ("model_step", "train_overhead")
             else None,
@@ -706,12 +803,23 @@ def run_grid(cases: Iterable[Case], s: dict, device: torch.device, *,
             metrics=m.metrics if m is not None else {}, case=facts,
             variant_config=m.variant_config if m is not None else dict(s["knobs"].get(case.variant, {})),
             config=config if config is not None else s, device=device, seed=int(s.get("seed") or 0),
-            started_at=started)
+            started_at=started, host=host, **extra)
         records.append(record)
         if emit is not None:
             emit(case, record)
     bar.close()
     return records
+
+
+def _measured_something(case: Case, m: Measurement) -> tuple[str, str | None]:
+    """``ok`` only if the mode's main metric was measured and is finite; else ``error``."""
+    metric = MAIN_METRIC[case.mode][0]
+    value = m.metrics.get(metric)
+    if value is None:
+        return "error", f"measured nothing: no {metric}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan", f"{metric} is {value}"
+    return m.status, m.message
 
 
 def _raise_compile_limits() -> None:
@@ -761,9 +869,13 @@ def run(cfg: DictConfig, job_dir: Path, *, raise_config_errors: bool = True,
             print(f"[lra-bench] config error: {err}", file=sys.stderr)
             return [record]
         _raise_compile_limits()
+        threads = set_job_threads(s.get("threads", "auto"))
         cases = plan(s)
-        print(f"[lra-bench] {len(cases)} cases on {device} ({_device_name(device) or 'cpu'}): "
-              f"variants {', '.join(s['variants'])}; modes {', '.join(s['modes'])}; records in {records_dir}")
+        print(f"[lra-bench] {len(cases)} cases on {device} ({_device_name(device) or 'cpu'}, {threads} CPU "
+              f"threads): variants {', '.join(s['variants'])}; modes {', '.join(s['modes'])}; records in {records_dir}")
+        warning = loaded_warning(host_info())
+        if warning:
+            print(f"[lra-bench] {warning}", file=sys.stderr)
 
         def emit(case: Case, record: dict) -> None:
             write_record(record, records_dir / case.filename())
@@ -777,7 +889,19 @@ def run(cfg: DictConfig, job_dir: Path, *, raise_config_errors: bool = True,
             os.environ.pop("LRA_GIT_COMMIT", None)
     if s.get("summary", True):
         print(summary(records))
+    loaded = sum(bool((r.get("host") or {}).get("loaded")) for r in records)
+    if loaded:
+        print(f"[lra-bench] WARNING: {loaded} of {len(records)} cases started on a loaded machine (load average "
+              "above the CPUs available; host.loaded=true in their records): their timings are not trustworthy.",
+              file=sys.stderr)
     return records
+
+
+def exit_code(records: list[dict[str, Any]]) -> int:
+    """``lra-bench``'s exit status: 1 if any case failed (status ``error`` or ``nan``: nothing
+    valid was measured), else 0. ``oom`` is a measured outcome (the case does not fit), not a
+    failure."""
+    return 1 if any(r["status"] in ("error", "nan") for r in records) else 0
 
 
 # ----------------------------------------------------------------------------- summary
@@ -852,17 +976,30 @@ def _hydra_main():
     from hydra.core.hydra_config import HydraConfig  # noqa: PLC0415
     from hydra.types import RunMode  # noqa: PLC0415
 
+    from . import register_resolvers  # noqa: PLC0415
+
+    register_resolvers()  # ${lra_visible_gpus:...} in conf/hydra/launcher/*.yaml
+
+    started = []
+
     @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="bench")
     def main(cfg: DictConfig) -> None:
+        started.append(True)
         hc = HydraConfig.get()
         multirun = hc.mode == RunMode.MULTIRUN
         try:
-            run(cfg, Path(hc.runtime.output_dir), raise_config_errors=not multirun)
+            records = run(cfg, Path(hc.runtime.output_dir), raise_config_errors=not multirun)
         except ConfigError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
+        code = exit_code(records)
+        if code and not multirun:  # a sweep goes on; each job's records say what failed
+            failed = sum(r["status"] in ("error", "nan") for r in records)
+            print(f"error: {failed} of {len(records)} cases failed (status error or nan); see their records",
+                  file=sys.stderr)
+            sys.exit(code)
 
-    main()
+    schema.exit_2_on_composition_errors(main, started)
 
 
 if __name__ == "__main__":

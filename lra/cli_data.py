@@ -7,7 +7,8 @@
 ``key=value`` sets ``task.<key>`` (e.g. ``data_dir=~/data/imdb``, ``source=release``,
 ``seq_len=1000``); ``trainer=quick`` and dotted keys (``trainer.task_overrides.seq_len=64``,
 ``task.num_train=100``) pass to Hydra unchanged. The config is composed from the same files
-as ``lra-train`` (``conf/train.yaml``) and resolved the same way, so both see the same data.
+as ``lra-train`` (``conf/train.yaml``) and resolved the same way (an explicit ``seq_len=64``
+beats ``trainer=quick``'s 128 here too), so both see the same data.
 """
 from __future__ import annotations
 
@@ -57,12 +58,13 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from .train import resolve
+    from .train import explicit_beats_presets, resolve
 
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = hydra_compose("train", overrides=overrides)
+    cfg = explicit_beats_presets(cfg, overrides)  # the same rule as lra-train: task.<key> beats a preset
     return cfg, resolve(cfg)[0]
 
 
@@ -98,8 +100,14 @@ def show_grid(data: tasks.TaskData, split: str, n: int, out: Path) -> Path:
 
 
 def run(argv: list[str]) -> int:
+    from .train import ConfigError, check_task_data, task_problems
+
     command, task, overrides, show = parse(argv)
     _, task_cfg = compose(overrides)
+    found = task_problems(task_cfg)  # every value checked before any data is prepared, as lra-train does
+    if found:
+        raise ConfigError("; ".join(found))
+    check_task_data(task_cfg)
     t0 = time.perf_counter()
     data = tasks.prepare(task_cfg)
     took = time.perf_counter() - t0

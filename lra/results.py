@@ -4,16 +4,26 @@ A record (``SCHEMA_VERSION`` 1) holds at least::
 
     kind            "train" | "bench"
     task            LRA task name (train; the model-step shape for bench) or null
-    variant         attention variant name;  variant_config: its knobs (dict)
+    variant         attention variant name;  variant_config: every field of its config
+                    dataclass with defaults filled in (:func:`variant_config`)
     seq_len, batch_size, dtype, seed
-    device          {type, name, count, memory_mb}
+    device          {type, name, count, memory_mb}; count: CUDA GPUs visible (cuda), or the
+                    CPUs available to the job (cpu: ``host.cpus_available``)
+    host            where and how it ran on the host (:func:`host_info`): torch_threads,
+                    interop_threads, cpu_count, cpus_available, concurrent_jobs, load_avg_1m,
+                    loaded (load_avg_1m > cpus_available: other work competed for the cores,
+                    so timings are not trustworthy), omp_num_threads, mkl_num_threads, affinity
     versions        {python, torch, cuda, cudnn, xformers, lra_bench}
     git_commit      commit of the code that produced it (with "-dirty" when modified)
     status          "ok" | "oom" | "nan" | "error";  message: why, when not ok
     metrics         {accuracy, loss, steps_per_s, tokens_per_s, ms_fwd, ms_fwd_bwd,
                      peak_mem_mb, tflops, approx_error, ...} (those that apply)
     case            free-form facts that identify a benchmark case (mode, heads, ...)
-    config          the full resolved Hydra config of the run
+    timings_ms      (bench, timed modes) the raw per-call times behind ``metrics.ms`` (ms per
+                    step for train_overhead, whose ``timings_ms_by_part`` has each timed function's)
+    config          the effective configuration of the run: what it ran with after recipes,
+                    presets and command-line overrides (train: task, model, trainer, attention
+                    with every knob of the variant)
     started_at, finished_at   ISO-8601 UTC timestamps
 
 :func:`load` is the only way reports read records.
@@ -78,7 +88,49 @@ def device_info(device: Any = None) -> dict[str, Any]:
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
     except (ValueError, OSError, AttributeError):
         mem = None
-    return {"type": device.type, "name": f"CPU {cpu_model()}", "count": os.cpu_count(), "memory_mb": mem}
+    from .devices import cpus_available  # noqa: PLC0415
+
+    return {"type": device.type, "name": f"CPU {cpu_model()}", "count": cpus_available(), "memory_mb": mem}
+
+
+def host_info() -> dict[str, Any]:
+    """The host side of a run: threads, cores, load, thread settings and CPU affinity.
+
+    ``torch_threads``/``interop_threads``: torch's intra-/inter-op thread counts;
+    ``cpu_count``: ``os.cpu_count()``; ``cpus_available``: the CPUs this job may use
+    (affinity / SLURM allocation, :func:`lra.devices.cpus_available`); ``concurrent_jobs``:
+    jobs of the sweep sharing them (:func:`lra.devices.concurrent_jobs`); ``load_avg_1m``: the
+    1-minute load average; ``loaded``: ``load_avg_1m > cpus_available`` (more runnable work
+    than cores: timings are slowed by others); ``omp_num_threads``/``mkl_num_threads``: the
+    environment settings (None if unset); ``affinity``: the CPU ids, or None where unknown.
+    """
+    import torch  # noqa: PLC0415
+
+    from .devices import concurrent_jobs, cpus_available  # noqa: PLC0415
+
+    try:
+        affinity = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        affinity = None
+    try:
+        load = round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        load = None
+    cpus = cpus_available()
+    return {"torch_threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
+            "cpu_count": os.cpu_count(), "cpus_available": cpus, "concurrent_jobs": concurrent_jobs(),
+            "load_avg_1m": load, "loaded": bool(load is not None and load > cpus),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "mkl_num_threads": os.environ.get("MKL_NUM_THREADS"), "affinity": affinity}
+
+
+def loaded_warning(host: dict[str, Any]) -> str | None:
+    """A loud warning when ``host`` says the machine was loaded (see :func:`host_info`), else None."""
+    if not host.get("loaded"):
+        return None
+    return (f"WARNING: the 1-minute load average ({host['load_avg_1m']}) exceeds the {host['cpus_available']} "
+            f"CPUs available to this job: other work is competing for the cores, so CPU timings are slowed and "
+            f"noisy. These records say host.loaded=true. Measure on a quiet machine, or run fewer jobs at once.")
 
 
 def cpu_model() -> str:
@@ -108,10 +160,22 @@ def git_commit() -> str | None:
     return head + ("-dirty" if dirty else "")
 
 
+def variant_config(name: str, **cfg: Any) -> dict[str, Any]:
+    """Every field of variant ``name``'s config dataclass (``heads``, ``head_dim``,
+    ``max_length``, ``seed`` and each knob), defaults filled in: the record's ``variant_config``."""
+    import dataclasses  # noqa: PLC0415
+
+    import attention_variants as av  # noqa: PLC0415
+
+    return dataclasses.asdict(av.make_config(name, **cfg))
+
+
 def make_record(kind: str, *, variant: str, task: str | None = None, status: str = "ok",
                 message: str | None = None, metrics: dict | None = None, device: Any = None,
-                **fields: Any) -> dict[str, Any]:
-    """A record with provenance filled in; ``fields`` adds or overrides top-level keys."""
+                host: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
+    """A record with provenance filled in; ``fields`` adds or overrides top-level keys.
+
+    ``host``: :func:`host_info` taken when the measurement started (default: now)."""
     if kind not in ("train", "bench"):
         raise ValueError(f"record kind must be 'train' or 'bench', got {kind!r}")
     if status not in STATUSES:
@@ -119,7 +183,8 @@ def make_record(kind: str, *, variant: str, task: str | None = None, status: str
     record = {
         "schema": SCHEMA_VERSION, "kind": kind, "task": task, "variant": variant,
         "variant_config": {}, "seq_len": None, "batch_size": None, "dtype": None, "seed": None,
-        "device": device_info(device), "versions": versions(), "git_commit": git_commit(),
+        "device": device_info(device), "host": host if host is not None else host_info(),
+        "versions": versions(), "git_commit": git_commit(),
         "status": status, "message": message, "metrics": dict(metrics or {}), "case": {},
         "config": {}, "started_at": None, "finished_at": now(),
     }
@@ -191,7 +256,7 @@ def iter_records(paths: Iterable[str | os.PathLike] | str | os.PathLike,
                 skipped.append(f)
 
 
-_FLAT_PREFIXED = ("device", "versions")
+_FLAT_PREFIXED = ("device", "versions", "host")
 _FLAT_PLAIN = ("metrics", "case")
 
 

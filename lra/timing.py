@@ -5,9 +5,13 @@ Timing protocol (:func:`time_fn`), the same on every device:
 1. call ``fn`` ``warmup`` times (the first calls also compile any ``torch.compile`` path:
    flex_attention kernels of ``local``/``bigbird`` on CUDA, cuDNN/SDPA autotuning, ...);
 2. ``sync()`` -- wait for all queued device work;
-3. ``repeats`` times: ``start = clock.start(); fn(); stop = clock.stop()``;
-4. ``sync()``, then read every (start, stop) pair; report the median and the 10th/90th
-   percentiles in milliseconds.
+3. ``start = clock.start(); fn(); stop = clock.stop()``, ``repeats`` times -- and, with a
+   clock read on the host as it goes (``perf_counter``, i.e. on CPU), more calls until the
+   timed calls add up to ``min_time_s`` (at most ``max_repeats`` calls): a CPU case is timed
+   for at least ~0.2 s whatever its speed, so one slow phase of the machine cannot be most of
+   its samples;
+4. ``sync()``, then read every (start, stop) pair; report the median, the 10th/25th/75th/90th
+   percentiles and every per-call time (``Timing.times_ms``) in milliseconds.
 
 :func:`time_interleaved` compares several functions: each warmed up, then rounds of one
 :func:`time_fn` call each, the order rotated per round, so drift hits all of them alike.
@@ -26,8 +30,12 @@ and ``torch.cuda.max_memory_allocated`` after it (allocations made by PyTorch's 
 allocator, i.e. tensors; not the allocator's reserve, not cuBLAS workspaces, not other
 processes). On CPU no memory is measured (``None``): tracemalloc cannot see torch's allocator.
 
-FLOPs: :func:`attention_flops` is the analytic count for exact attention (FlashAttention's
-benchmark convention: 4·B·H·N²·D forward, 2.5x that backward, so 3.5x forward+backward);
+FLOPs: :func:`attention_flops` is the analytic count for exact attention, by what the kernel
+executes (:data:`FLOP_CONVENTIONS`): forward 4·B·H·N²·D (QKᵀ and PV, 2 FLOPs per
+multiply-add); backward 2x forward for the materialized math path (dV = PᵀdO, dP = dO Vᵀ,
+dQ = dS K, dK = dSᵀQ), so 3.0x forward+backward, and 2.5x for fused kernels
+(FlashAttention-style) that recompute QKᵀ in the backward pass, so 3.5x (FlashAttention's
+benchmark convention). :func:`exact_kernel` says which applies to a backend.
 :func:`count_flops` asks :class:`torch.utils.flop_counter.FlopCounterMode` (matmul-like ops
 only: mm/bmm/conv/SDPA; elementwise work such as ``exp`` is not counted).
 """
@@ -72,7 +80,8 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 
 @dataclass
 class Timing:
-    """Result of :func:`time_fn`; times in milliseconds."""
+    """Result of :func:`time_fn`; times in milliseconds. ``repeats``: timed calls made;
+    ``iqr_rel``: the interquartile range over the median, (p75 - p25) / median."""
 
     median_ms: float
     p10_ms: float
@@ -81,6 +90,16 @@ class Timing:
     timer: str = "perf_counter"
     warmup: int = 0
     repeats: int = 0
+    p25_ms: float = 0.0
+    p75_ms: float = 0.0
+
+    @property
+    def iqr_rel(self) -> float | None:
+        return (self.p75_ms - self.p25_ms) / self.median_ms if self.median_ms > 0 else None
+
+    @property
+    def total_s(self) -> float:
+        return sum(self.times_ms) / 1e3
 
 
 def _noop() -> None:
@@ -91,6 +110,7 @@ class PerfCounterClock:
     """Host wall clock; ``sync`` runs before reading it so that queued device work is included."""
 
     name = "perf_counter"
+    immediate = True  # each elapsed time can be read right after the call
 
     def __init__(self, sync: Callable[[], Any] | None = None,
                  clock: Callable[[], float] = time.perf_counter):
@@ -114,6 +134,7 @@ class CudaEventClock:
     """CUDA events on the current stream; read after the final synchronize."""
 
     name = "cuda_event"
+    immediate = False  # elapsed times are read after the final synchronize
 
     def start(self) -> torch.cuda.Event:
         event = torch.cuda.Event(enable_timing=True)
@@ -141,13 +162,20 @@ def default_clock(device: torch.device | str):
     return CudaEventClock() if device.type == "cuda" else PerfCounterClock(device_sync(device))
 
 
+MAX_REPEATS = 1000
+
+
 def time_fn(fn: Callable[[], Any], *, warmup: int = 3, repeats: int = 10,
             sync: Callable[[], Any] | None = None, clock=None,
-            device: torch.device | str = "cpu") -> Timing:
-    """Warm ``fn`` up, synchronize, time ``repeats`` calls; median and 10th/90th percentile in ms.
+            device: torch.device | str = "cpu", min_time_s: float = 0.0,
+            max_repeats: int = MAX_REPEATS) -> Timing:
+    """Warm ``fn`` up, synchronize, time at least ``repeats`` calls; per-call times in ms.
 
-    ``sync`` and ``clock`` default to the device's (:func:`device_sync`, :func:`default_clock`);
-    tests inject fakes to check the order of calls.
+    With a clock that reads on the host as it goes (``clock.immediate``: ``perf_counter``),
+    timing goes on until the timed calls add up to ``min_time_s`` seconds too, up to
+    ``max_repeats`` calls; CUDA events keep exactly ``repeats`` calls (``min_time_s`` would
+    need a sync per call). ``sync`` and ``clock`` default to the device's
+    (:func:`device_sync`, :func:`default_clock`); tests inject fakes to check the order of calls.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -157,32 +185,38 @@ def time_fn(fn: Callable[[], Any], *, warmup: int = 3, repeats: int = 10,
         fn()
     sync()
     marks = []
-    for _ in range(repeats):
+    timed_ms, goal_ms = 0.0, (min_time_s * 1e3 if getattr(clock, "immediate", False) else 0.0)
+    while len(marks) < repeats or (timed_ms < goal_ms and len(marks) < max(repeats, max_repeats)):
         start = clock.start()
         fn()
-        marks.append((start, clock.stop()))
+        stop = clock.stop()
+        marks.append((start, stop))
+        if goal_ms:
+            timed_ms += clock.elapsed_ms(start, stop)
     sync()
     return summarize([clock.elapsed_ms(a, b) for a, b in marks],
                      timer=getattr(clock, "name", type(clock).__name__), warmup=warmup)
 
 
 def summarize(times_ms: list[float], *, timer: str, warmup: int = 0) -> Timing:
-    """Median and 10th/90th percentiles of per-call times (ms)."""
+    """Median and 10th/25th/75th/90th percentiles of per-call times (ms)."""
     times = [float(t) for t in times_ms]
     ordered = sorted(times)
     return Timing(median_ms=float(statistics.median(times)), p10_ms=float(_percentile(ordered, 10)),
                   p90_ms=float(_percentile(ordered, 90)), times_ms=times, timer=timer, warmup=warmup,
-                  repeats=len(times))
+                  repeats=len(times), p25_ms=float(_percentile(ordered, 25)), p75_ms=float(_percentile(ordered, 75)))
 
 
 def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 3, repeats: int = 10,
-                     device: torch.device | str = "cpu") -> dict[str, Timing]:
+                     device: torch.device | str = "cpu", min_time_s: float = 0.0,
+                     max_repeats: int = MAX_REPEATS) -> dict[str, Timing]:
     """:func:`time_fn` for several functions compared with each other, in interleaved rounds.
 
-    Each function is warmed up ``warmup`` times; then ``repeats`` rounds each time one call of
-    every function (one :func:`time_fn` call, so the same clock and syncs), the order rotated
-    from round to round, so that slow drift (clocks, thermals, other jobs on a shared host)
-    falls on all of them alike rather than on whichever ran last.
+    Each function is warmed up ``warmup`` times; then rounds of one call of every function
+    (one :func:`time_fn` call, so the same clock and syncs), the order rotated from round to
+    round, so that slow drift (clocks, thermals, other jobs on a shared host) falls on all of
+    them alike rather than on whichever ran last. At least ``repeats`` rounds; on a host clock
+    more, until every function's timed calls add up to ``min_time_s`` (at most ``max_repeats``).
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -191,12 +225,16 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 3, repe
         for _ in range(max(0, warmup)):
             fns[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
-    timer = "perf_counter"
-    for r in range(repeats):
+    timer, immediate = "perf_counter", True
+    r = 0
+    while r < repeats or (immediate and r < max(repeats, max_repeats)
+                          and min(sum(t) for t in times.values()) < min_time_s * 1e3):
         for name in names[r % len(names):] + names[:r % len(names)]:
             t = time_fn(fns[name], warmup=0, repeats=1, device=device)
             times[name] += t.times_ms
             timer = t.timer
+        immediate = timer == PerfCounterClock.name
+        r += 1
     return {name: summarize(times[name], timer=timer, warmup=warmup) for name in names}
 
 
@@ -239,15 +277,41 @@ class PeakMemory:
                 self.extra_mb = round((peak - self.marked) / 2**20, 2)
 
 
-def attention_flops(batch: int, heads: int, seq_len: int, head_dim: int, mode: str) -> int:
+#: forward+backward / forward FLOPs of exact attention, and the record's ``flops_convention``
+FLOP_CONVENTIONS = {
+    "materialized": (3.0, "fwd+bwd = 3.0 x fwd (materialized math)"),
+    "fused": (3.5, "fwd+bwd = 3.5 x fwd (fused, recomputes QK^T)"),
+}
+FLOPS_FWD = "fwd = 4 B H N^2 D (analytic)"
+FLOPS_COUNTED = "counted (FlopCounterMode)"
+#: backends (``last_backend``) that run the materialized math path; None: no backend choice (``full``)
+MATERIALIZED_BACKENDS = (None, "math", "reference")
+
+
+def exact_kernel(backend: str | None) -> str:
+    """``"materialized"`` for the math path (``full``, SDPA ``math``), else ``"fused"`` (SDPA
+    flash / efficient / cuDNN, xformers: kernels that recompute QK^T in the backward pass)."""
+    return "materialized" if backend in MATERIALIZED_BACKENDS else "fused"
+
+
+def attention_flops(batch: int, heads: int, seq_len: int, head_dim: int, mode: str, *,
+                    kernel: str) -> int:
     """Analytic FLOPs of exact attention: 4·B·H·N²·D forward (QK^T and PV, 2 FLOPs per MAC);
-    backward 2.5x forward; ``mode``: ``"fwd"`` or ``"fwd_bwd"`` (3.5x)."""
+    ``mode``: ``"fwd"`` or ``"fwd_bwd"``: 3.0x forward for ``kernel="materialized"``, 3.5x for
+    ``"fused"`` (see :data:`FLOP_CONVENTIONS`)."""
+    if kernel not in FLOP_CONVENTIONS:
+        raise ValueError(f"kernel must be one of {list(FLOP_CONVENTIONS)}, got {kernel!r}")
     fwd = 4 * batch * heads * seq_len * seq_len * head_dim
     if mode == "fwd":
         return fwd
     if mode == "fwd_bwd":
-        return int(3.5 * fwd)
+        return int(FLOP_CONVENTIONS[kernel][0] * fwd)
     raise ValueError(f"mode must be 'fwd' or 'fwd_bwd', got {mode!r}")
+
+
+def flops_convention(mode: str, kernel: str) -> str:
+    """The record's ``case.flops_convention`` for an analytic count."""
+    return FLOPS_FWD if mode == "fwd" else FLOP_CONVENTIONS[kernel][1]
 
 
 def count_flops(fn: Callable[[], Any]) -> int:

@@ -6,9 +6,17 @@ Writes one result record (``record.json``) into the job directory and, with
 the job directory; running the same job directory again (``hydra.run.dir=<dir>``) resumes
 from the last checkpoint and ends in the same state as an uninterrupted run.
 
+Every value of the effective configuration is checked against its valid range before any
+data is prepared (:func:`validate`, tables in :mod:`lra.schema`); the record's ``config`` is
+that effective configuration (:func:`effective_config`). An explicit ``task.<key>=...`` on the
+command line beats a trainer preset's ``trainer.task_overrides.<key>``
+(:func:`explicit_beats_presets`). CPU threads: ``threads=auto`` gives the job its share of the
+cores (:mod:`lra.devices`).
+
 Failures never raise out of the job (so a sweep goes on and its report is built): NaN/inf
-losses give status ``nan`` (with the first bad step), out-of-memory ``oom``, anything else
-``error``; in a single (non ``-m``) run an ``error`` also exits non-zero with its message.
+losses give status ``nan`` (with the first bad step), out-of-memory ``oom``, a run that did
+not train or evaluate and anything else ``error``. A single (non ``-m``) run exits 0 only
+with status ``ok`` (exit statuses: :func:`_hydra_main`).
 """
 from __future__ import annotations
 
@@ -28,16 +36,14 @@ from tqdm.auto import tqdm
 
 import attention_variants as av
 
-from . import conf_dir, tasks
+from . import conf_dir, schema, tasks
 from .data import DeviceBatches
+from .devices import set_job_threads
 from .model import Encoder, EncoderConfig
-from .results import RECORD_FILENAME, make_record, now, read_record, write_record
+from .results import RECORD_FILENAME, host_info, make_record, now, read_record, variant_config, write_record
+from .schema import ConfigError
 
 CHECKPOINT = "checkpoint.pt"
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot work; raised before any data is prepared or training starts."""
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -109,26 +115,36 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check the config before any data is prepared: names, divisibility, lengths."""
+    """Check the effective config before any data is prepared: every value against its valid
+    range (the tables of :mod:`lra.schema`: task, model, trainer, the variant's knobs), names,
+    divisibility, lengths, and that the task's data can exist at these settings. Raises one
+    :class:`ConfigError` naming every bad value, its constraint and the fix."""
     task_cfg, model, trainer, knobs = resolve(cfg)
     tasks.get(task_cfg.name)  # unknown task -> ValueError with the list
     name = cfg.attention.name
     try:
-        av.get(name)
+        _, config_cls = av.get(name)
         av.make_config(name, **knobs)
     except (KeyError, TypeError) as err:
         raise ConfigError(str(err)) from None
     for key in ("d_model", "heads", "layers"):
         if key not in model:
             raise ConfigError(f"model.{key} is not set and task {task_cfg.name!r} has no default for it")
-    if model["d_model"] % model["heads"]:
-        raise ConfigError(f"model.d_model={model['d_model']} is not divisible by model.heads={model['heads']}; "
-                          "each head gets d_model/heads dimensions: change model.heads or model.d_model")
     for key in ("batch_size", "steps", "lr", "schedule", "warmup"):
         if key not in trainer:
             raise ConfigError(f"trainer.{key} is not set and task {task_cfg.name!r} has no default for it")
-    if trainer["schedule"] not in ("rsqrt", "linear", "cosine"):
-        raise ConfigError(f"trainer.schedule={trainer['schedule']!r} is not one of rsqrt, linear, cosine")
+    preset = {k: f"trainer.task_overrides.{k}" for k in (cfg.trainer.get("task_overrides") or {})}
+    found = task_problems(task_cfg, preset)
+    found += schema.problems(model, schema.MODEL, "model.")
+    found += schema.problems(trainer, schema.TRAINER, "trainer.")
+    found += schema.problems({"seed": cfg.get("seed")}, schema.RUN)
+    found += schema.problems(knobs, schema.knob_rules(name, config_cls), "attention.")
+    found += schema.threads_problems(cfg.get("threads", "auto"))
+    if found:
+        raise ConfigError("; ".join(found))
+    if model["d_model"] % model["heads"]:
+        raise ConfigError(f"model.d_model={model['d_model']} is not divisible by model.heads={model['heads']}; "
+                          "each head gets d_model/heads dimensions: change model.heads or model.d_model")
     device = device_of(trainer.get("device", "auto"))
     autocast_dtype(trainer.get("precision", "auto"), device)
     attn = av.build(name, heads=model["heads"], head_dim=model["d_model"] // model["heads"],
@@ -140,6 +156,24 @@ def validate(cfg: DictConfig) -> None:
         except ValueError as err:
             raise ConfigError(f"attention={name} cannot take task {task_cfg.name!r} at length "
                               f"{task_cfg.seq_len}: {err}") from None
+    check_task_data(task_cfg)
+
+
+def task_problems(task_cfg: DictConfig, source: dict[str, str] | None = None) -> list[str]:
+    """The effective task config's bad values (:func:`lra.schema.problems` with the task's rules)."""
+    return schema.problems(OmegaConf.to_container(task_cfg, resolve=True), schema.task_rules(task_cfg.name),
+                           "task.", source)
+
+
+def check_task_data(task_cfg: DictConfig) -> None:
+    """Whether the task's data can exist at these settings (the task module's ``check_config``,
+    e.g. enough distinct ListOps expressions of the allowed lengths); :class:`ConfigError` if not."""
+    check = getattr(tasks.get(task_cfg.name), "check_config", None)
+    if check is not None:
+        try:
+            check(task_cfg)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
 
 
 def lr_factor(schedule: str, warmup: int, steps: int):
@@ -286,10 +320,17 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
     """
     started = now()
     validate(cfg)
+    set_job_threads(cfg.get("threads", "auto"))
+    host = host_info()  # at the start: threads, cores, load
     task_cfg, model_kw, tr, knobs = resolve(cfg)
     device = device_of(tr.get("device", "auto"), acquire=True)
     amp = autocast_dtype(tr.get("precision", "auto"), device)
     data = tasks.prepare(task_cfg)
+    empty = [split for split, (_, y) in data.splits.items() if len(y) == 0]
+    if empty:
+        raise tasks.DataNotFoundError(f"task {data.name!r}: the {', '.join(empty)} split(s) hold no examples, so the "
+                                      "run could not train or evaluate; check task.num_train/num_val/num_test and "
+                                      "the data files")
 
     torch.manual_seed(cfg.seed)
     model = build_model(data, model_kw, cfg.attention.name, {**knobs, "seed": int(cfg.seed)}).to(device)
@@ -300,10 +341,14 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
     test_b = DeviceBatches(*data.splits["test"], tr["batch_size"], device, data.pad_id, shuffle=False)
     step_fn = torch.compile(model) if tr.get("compile") else model
 
-    base = dict(task=data.name, variant=cfg.attention.name, variant_config=knobs, seq_len=data.seq_len,
+    if train_b.batch_size != int(tr["batch_size"]):
+        print(f"[lra] trainer.batch_size={tr['batch_size']} exceeds the {len(data.splits['train'][1])} training "
+              f"examples: batches of {train_b.batch_size}")
+    config = effective_config(cfg, model.cfg, batch_size=train_b.batch_size)
+    knobs_ran = {k: v for k, v in config["attention"].items() if k != "name"}
+    base = dict(task=data.name, variant=cfg.attention.name, variant_config=knobs_ran, seq_len=data.seq_len,
                 batch_size=train_b.batch_size, dtype=str(amp or torch.float32).replace("torch.", ""),
-                seed=int(cfg.seed), config=OmegaConf.to_container(cfg, resolve=True), started_at=started,
-                device=device)
+                seed=int(cfg.seed), config=config, started_at=started, device=device, host=host)
     ckpt_path = job_dir / CHECKPOINT
     step, train_time, history, best_val = 0, 0.0, [], 0.0
     if ckpt_path.is_file():
@@ -399,6 +444,8 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
         metrics["val_accuracy"], metrics["val_loss"] = evaluate(model, val_b, amp)
         metrics["accuracy"], metrics["loss"] = evaluate(model, test_b, amp)
         metrics["best_val_accuracy"] = max(best_val, metrics["val_accuracy"])
+    if status == "ok":
+        status, message = _trained_and_evaluated(metrics)
     if train_time > 0 and step:
         metrics["steps_per_s"] = round(step / train_time, 4) if train_time else None
         metrics["tokens_per_s"] = round(step * train_b.batch_size * data.seq_len * (2 if data.dual else 1) / train_time, 1)
@@ -416,9 +463,102 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def run(cfg: DictConfig, job_dir: Path, raise_config_errors: bool = True) -> dict[str, Any]:
+def _trained_and_evaluated(metrics: dict[str, Any]) -> tuple[str, str | None]:
+    """``("ok", None)`` if the run trained (steps > 0) and evaluated (finite accuracies), else
+    ``("error", why)``: a run that did neither is not a result."""
+    if not metrics.get("steps"):
+        return "error", "did not train: 0 optimizer steps ran"
+    bad = [k for k in ("val_accuracy", "accuracy") if not isinstance(metrics.get(k), float)
+           or not math.isfinite(metrics[k])]
+    if bad:
+        return "error", f"did not evaluate: {', '.join(f'{k} = {metrics.get(k)}' for k in bad)}"
+    return "ok", None
+
+
+# ----------------------------------------------------------------------------- the record's configuration
+
+def effective_config(cfg: DictConfig, model_cfg: EncoderConfig | None = None,
+                     batch_size: int | None = None) -> dict[str, Any]:
+    """The configuration a run uses, as its record states it: after the recipe, the trainer
+    preset (``trainer=quick``'s ``task_overrides``/``model_overrides``) and command-line
+    overrides. ``task``: the task config with the overrides applied (its ``model``/``trainer``/
+    ``recipes`` blocks are folded into the other groups); ``model``: the encoder's config
+    (``model_cfg``, the built model's, else the resolved values); ``trainer``: the resolved
+    trainer settings (``batch_size``: the one used, when the data forced a smaller one);
+    ``attention``: ``name`` and every field of the variant's config dataclass
+    (:func:`lra.results.variant_config`; ``seed`` is the base seed, layer l uses seed*1009 + l).
+    """
+    import dataclasses  # noqa: PLC0415
+
+    task_cfg, model, trainer, knobs = resolve(cfg)
+    task = {k: v for k, v in OmegaConf.to_container(task_cfg, resolve=True).items()
+            if k not in ("model", "trainer", "recipes")}
+    if model_cfg is not None:
+        model = {k: v for k, v in dataclasses.asdict(model_cfg).items() if k not in ("attention", "attention_cfg")}
+    if batch_size is not None:
+        trainer = {**trainer, "batch_size": batch_size}
+    name = str(cfg.attention.name)
+    heads, d_model = int(model["heads"]), int(model["d_model"])
+    max_length = int(task["seq_len"]) + (model.get("pooling", "cls") == "cls")
+    try:
+        attention = variant_config(name, heads=heads, head_dim=d_model // heads, max_length=max_length,
+                                   **{**knobs, "seed": int(cfg.seed)})
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        attention = dict(knobs)
+    return {"task": task, "model": model, "trainer": trainer, "attention": {"name": name, **attention},
+            "recipe": cfg.get("recipe") or "lra", "seed": cfg.get("seed"), "threads": cfg.get("threads", "auto"),
+            "results_dir": cfg.get("results_dir")}
+
+
+def _recorded_config(cfg: DictConfig) -> dict[str, Any]:
+    """The effective configuration where it can be resolved, else the composed one (a config
+    error can make resolving impossible)."""
+    try:
+        return effective_config(cfg)
+    except Exception:  # noqa: BLE001
+        return {"composed": OmegaConf.to_container(cfg, resolve=False)}
+
+
+def explicit_beats_presets(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """The rule for command-line values and presets: an explicit ``task.<key>=value`` beats
+    the trainer preset's ``trainer.task_overrides.<key>`` (``lra-train trainer=quick
+    task.seq_len=64`` trains at 64, not quick's 128). ``model.<key>=value`` already wins over
+    ``trainer.model_overrides`` (:func:`resolve` applies ``model`` last); values set directly in
+    ``trainer.task_overrides.<key>=...`` on the command line stay. Returns a copy without the
+    overruled preset entries and says which it dropped."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: PLC0415
+    from omegaconf import open_dict  # noqa: PLC0415
+
+    preset = dict(cfg.trainer.get("task_overrides") or {})
+    if not preset or not overrides:
+        return cfg
+    keys = []
+    for o in OverridesParser.create().parse_overrides(list(overrides)):
+        if not o.is_delete():
+            keys.append(o.key_or_group)
+    explicit_task = {k.split(".", 1)[1] for k in keys if k.startswith("task.") and k.count(".") == 1}
+    explicit_preset = {k.rsplit(".", 1)[1] for k in keys if k.startswith("trainer.task_overrides.")}
+    drop = sorted((explicit_task & set(preset)) - explicit_preset)
+    if not drop:
+        return cfg
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        for key in drop:
+            print(f"[lra] task.{key}={cfg.task[key]} from the command line replaces the trainer preset's "
+                  f"trainer.task_overrides.{key}={preset[key]}")
+            del cfg.trainer.task_overrides[key]
+    return cfg
+
+
+# ----------------------------------------------------------------------------- running
+
+def run(cfg: DictConfig, job_dir: Path, raise_config_errors: bool = True,
+        cli_overrides: list[str] | None = None) -> dict[str, Any]:
     """Run one job in ``job_dir``: train (or resume), write the record, never lose it.
 
+    ``cli_overrides``: the command line's overrides (``lra-train`` passes Hydra's); an explicit
+    ``task.<key>`` among them beats a trainer preset's override (:func:`explicit_beats_presets`),
+    and the record keeps them (``config.command_line``).
     A job whose record already says ``ok`` is not run again (a resubmitted finished job).
     Config and data errors raise when ``raise_config_errors`` (single runs) and are recorded
     as status ``error`` otherwise (sweeps go on).
@@ -428,6 +568,12 @@ def run(cfg: DictConfig, job_dir: Path, raise_config_errors: bool = True) -> dic
     if existing and existing.get("status") == "ok":
         print(f"[lra] {job_dir} already finished; record at {job_dir / RECORD_FILENAME}")
         return existing
+    cfg = explicit_beats_presets(cfg, cli_overrides or [])
+
+    def failed(message: str) -> dict[str, Any]:
+        return make_record("train", variant=str(cfg.attention.get("name")), task=str(cfg.task.get("name")),
+                           status="error", message=message, seed=cfg.get("seed"), config=_recorded_config(cfg))
+
     try:
         record = train(cfg, job_dir)
     except Preempted:
@@ -435,13 +581,11 @@ def run(cfg: DictConfig, job_dir: Path, raise_config_errors: bool = True) -> dic
     except (ConfigError, tasks.DataNotFoundError, ValueError, KeyError, TypeError) as err:
         if raise_config_errors:
             raise
-        record = make_record("train", variant=str(cfg.attention.get("name")), task=str(cfg.task.get("name")),
-                             status="error", message=f"{type(err).__name__}: {err}", seed=int(cfg.seed),
-                             config=OmegaConf.to_container(cfg, resolve=False))
+        record = failed(f"{type(err).__name__}: {err}")
     except Exception as err:  # a bug: record it so that the sweep goes on
-        record = make_record("train", variant=str(cfg.attention.get("name")), task=str(cfg.task.get("name")),
-                             status="error", message=f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=6)}",
-                             seed=int(cfg.seed), config=OmegaConf.to_container(cfg, resolve=False))
+        record = failed(f"{type(err).__name__}: {err}\n{traceback.format_exc(limit=6)}")
+    if cli_overrides is not None:
+        record["config"]["command_line"] = list(cli_overrides)
     path = write_record(record, job_dir / RECORD_FILENAME)
     if cfg.get("results_dir"):
         write_record(record, f"{cfg.results_dir}/")  # a folder, created if missing
@@ -455,6 +599,10 @@ def run(cfg: DictConfig, job_dir: Path, raise_config_errors: bool = True) -> dic
 
 
 def _hydra_main():
+    """``lra-train``. Exit status of a single run: 0 = status ok; 1 = the run ended with status
+    nan, oom or error; 2 = a config or data error, found before any work (also Hydra's own
+    composition errors); 143 = preempted (checkpoint written; run it again to resume). A
+    ``-m`` sweep exits 0 whatever its jobs' statuses: each job's record says how it ended."""
     import hydra
 
     from . import register_resolvers
@@ -463,12 +611,16 @@ def _hydra_main():
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    started = []
+
     @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
     def main(cfg: DictConfig) -> None:
+        started.append(True)
         hc = HydraConfig.get()
         multirun = hc.mode == RunMode.MULTIRUN
         try:
-            run(cfg, Path(hc.runtime.output_dir), raise_config_errors=not multirun)
+            record = run(cfg, Path(hc.runtime.output_dir), raise_config_errors=not multirun,
+                         cli_overrides=list(hc.overrides.task))
         except Preempted as err:
             print(f"[lra] preempted: {err}. Run the same job directory again "
                   f"(hydra.run.dir={hc.runtime.output_dir}) to resume.", file=sys.stderr)
@@ -476,8 +628,13 @@ def _hydra_main():
         except (ConfigError, tasks.DataNotFoundError, ValueError, KeyError, TypeError) as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
+        if record["status"] != "ok" and not multirun:
+            why = (record.get("message") or "").splitlines()[:1]
+            print(f"error: the run ended with status {record['status']}{': ' + why[0] if why else ''}",
+                  file=sys.stderr)
+            sys.exit(1)
 
-    main()
+    schema.exit_2_on_composition_errors(main, started)
 
 
 if __name__ == "__main__":

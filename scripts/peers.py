@@ -1,26 +1,38 @@
 """Side-by-side forward+backward timing of lra-bench variants against public peer implementations.
 
-One self-attention layer (projections included, d_model 512, 8 heads of 64) at B=8, bf16, on CUDA:
-ours = lra.model.MultiHeadAttention with the variant; peers = performer-pytorch SelfAttention,
+One self-attention layer (projections included, d_model 512, 8 heads of 64): ours =
+lra.model.MultiHeadAttention with the variant; peers = performer-pytorch SelfAttention,
 reformer-pytorch LSHSelfAttention, linformer LinformerSelfAttention, nystrom-attention
-NystromAttention, Hugging Face BigBird block-sparse self-attention. Median of CUDA-event timings
-after warm-up. A peer that cannot run as given in bf16 is run as stated in PEER_NOTES, and its rows
-carry that note (nystrom-attention: under torch.autocast).
-Usage: python scripts/peers.py --out peers.json [--lengths 1024 2048 4096 8192]
+NystromAttention, Hugging Face BigBird block-sparse self-attention. Module and input in one dtype
+(no autocast, except where PEER_NOTES says), both in train mode.
+
+Ours and the peer are timed in one interleaved run per (variant, length) (lra.timing.time_interleaved:
+warm-up calls first, then rounds with one call of each, the order alternating), so that drift on a
+shared machine falls on both alike; the median of the rounds is reported, with CUDA events on a GPU
+and time.perf_counter on the CPU. ``ratio`` = ours / peer. Peak memory (CUDA only): the most
+allocated during one more forward+backward above what was allocated before it (the call's working
+memory: activations, saved tensors, gradients; the modules and input excluded, as both are alive).
+
+  python scripts/peers.py --out peers.json                       # CUDA, bf16, B=8, N 1K..8K
+  python scripts/peers.py --device cpu --out peers-cpu.json      # CPU, fp32, B=1, N 1K, 2K
+  python scripts/peers.py --variants performer reformer --lengths 1024 4096 8192 16384 --backend reference
 """
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import traceback
 
 import torch
 
 from lra.model import EncoderConfig, MultiHeadAttention
 from lra.results import device_info, versions
+from lra.timing import time_interleaved
 
-D_MODEL, HEADS, BATCH = 512, 8, 8
+D_MODEL, HEADS = 512, 8
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+DEFAULTS = {"cuda": {"dtype": "bfloat16", "batch": 8, "lengths": [1024, 2048, 4096, 8192], "repeats": 10, "warmup": 3},
+            "cpu": {"dtype": "float32", "batch": 1, "lengths": [1024, 2048], "repeats": 5, "warmup": 1}}
 
 
 def ours(name, n, **knobs):
@@ -30,7 +42,7 @@ def ours(name, n, **knobs):
     return lambda x: mha(x, None), mha
 
 
-def peer(name, n):
+def peer(name, n, batch, device):
     if name == "performer":
         from performer_pytorch import SelfAttention
         m = SelfAttention(dim=D_MODEL, heads=HEADS, dim_head=64, nb_features=256, causal=False)
@@ -60,7 +72,7 @@ def peer(name, n):
         cfg = BigBirdConfig(hidden_size=D_MODEL, num_attention_heads=HEADS, block_size=64, num_random_blocks=3,
                             attention_type="block_sparse", max_position_embeddings=n)
         m = BigBirdBlockSparseAttention(cfg, seed=0)
-        mask = torch.ones(BATCH, n, device="cuda")
+        mask = torch.ones(batch, n, device=device)
         blocked, band, from_mask, to_mask = BigBirdModel.create_masks_for_block_sparse_attn(mask, 64)
 
         def call(x):
@@ -72,63 +84,107 @@ def peer(name, n):
     raise KeyError(name)
 
 
-# How a peer is run when that differs from "module and input in bf16"; copied into its rows.
+# How a peer is run when that differs from "module and input in one dtype"; copied into its rows.
 PEER_NOTES = {
     # Its iterative pseudo-inverse builds an fp32 identity (torch.eye without dtype), so `13 * I - xz`
     # is promoted to fp32 and the next bf16 @ fp32 matmul fails ("expected scalar type BFloat16 but
     # found Float"). Module and input stay bf16; autocast runs those matmuls in bf16 (its softmaxes
     # then run in fp32, as autocast does for softmax). The package itself is not changed.
-    "nystrom": "run under torch.autocast(bf16): its pinv mixes an fp32 identity into bf16 matmuls",
+    "nystrom": "in bf16/fp16: run under torch.autocast: its pinv mixes an fp32 identity into bf16 matmuls",
 }
 
 OURS_KNOBS = {"performer": {"num_features": 256}, "reformer": {"bucket_size": 64, "n_hashes": 2},
               "linformer": {"k": 256}, "nystrom": {"landmarks": 64, "pinv_iterations": 6, "conv_kernel": 33},
               "bigbird": {"block_size": 64, "random_blocks": 3}}
+BACKEND_VARIANTS = ("performer", "reformer", "linformer", "nystrom", "linear")  # have the `backend` knob
 
 
-def time_fwd_bwd(fn, module, n, repeats=10, warmup=3):
-    module.to("cuda", torch.bfloat16).train()
-    x = torch.randn(BATCH, n, D_MODEL, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    for _ in range(warmup):
+def fwd_bwd(fn, x):
+    def step():
         fn(x).float().sum().backward()
+        x.grad = None
+    return step
+
+
+def working_memory_mb(step, device) -> float | None:
+    """The most allocated during one ``step()`` above what was allocated before it (CUDA), MiB."""
+    if device.type != "cuda":
+        return None
     torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn(x).float().sum().backward()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times), torch.cuda.max_memory_allocated() / 2**20
+    step()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def compare(name, n, args, device, dtype) -> list[dict]:
+    """Rows for ours and the peer at one length, timed in one interleaved run."""
+    rows = {who: {"variant": name, "impl": who, "seq_len": n} for who in ("ours", "peer")}
+    if name in PEER_NOTES and dtype != torch.float32:
+        rows["peer"]["note"] = PEER_NOTES[name]
+    knobs = dict(OURS_KNOBS[name])
+    if args.backend and name in BACKEND_VARIANTS:
+        knobs["backend"] = args.backend
+    rows["ours"]["knobs"] = knobs
+    steps, modules = {}, {}
+    for who in ("ours", "peer"):
+        try:
+            fn, module = ours(name, n, **knobs) if who == "ours" else peer(name, n, args.batch, device)
+            module.to(device, dtype).train()
+            x = torch.randn(args.batch, n, D_MODEL, device=device, dtype=dtype, requires_grad=True)
+            steps[who], modules[who] = fwd_bwd(fn, x), module
+            steps[who]()                                   # a failing implementation fails here
+        except Exception as err:  # noqa: BLE001 - a peer that fails is a row, not a crash
+            rows[who]["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            traceback.print_exc(limit=2)
+            steps.pop(who, None)
+    if steps:
+        timings = time_interleaved(steps, warmup=args.warmup, repeats=args.repeats, device=device)
+        for who, t in timings.items():
+            rows[who].update(ms_fwd_bwd=round(t.median_ms, 4), ms_p10=round(t.p10_ms, 4), ms_p90=round(t.p90_ms, 4),
+                             timer=t.timer, peak_mem_mb=working_memory_mb(steps[who], device))
+        backend = getattr(modules.get("ours") and modules["ours"].attention, "last_backend", None)
+        rows["ours"]["backend"] = backend
+    if "ms_fwd_bwd" in rows["ours"] and "ms_fwd_bwd" in rows["peer"]:
+        rows["ours"]["ratio"] = round(rows["ours"]["ms_fwd_bwd"] / rows["peer"]["ms_fwd_bwd"], 4)
+    return list(rows.values())
 
 
 def main():
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="peers.json")
-    ap.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", choices=list(DTYPES), help="default: bfloat16 on CUDA, float32 on CPU")
+    ap.add_argument("--batch", type=int, help="default: 8 on CUDA, 1 on CPU")
+    ap.add_argument("--lengths", type=int, nargs="+")
     ap.add_argument("--variants", nargs="+", default=list(OURS_KNOBS))
+    ap.add_argument("--backend", choices=["auto", "reference", "fast"],
+                    help="our variants' backend knob (default: the config's, auto)")
+    ap.add_argument("--repeats", type=int)
+    ap.add_argument("--warmup", type=int)
     args = ap.parse_args()
+    device = torch.device(args.device)
+    defaults = DEFAULTS["cuda" if device.type == "cuda" else "cpu"]
+    for key in ("dtype", "batch", "lengths", "repeats", "warmup"):
+        if getattr(args, key) is None:
+            setattr(args, key, defaults[key])
+    unknown = [v for v in args.variants if v not in OURS_KNOBS]
+    if unknown:
+        ap.error(f"unknown variant(s) {unknown}; choose from {list(OURS_KNOBS)}")
+    dtype = DTYPES[args.dtype]
     rows = []
     for name in args.variants:
         for n in args.lengths:
-            for who in ("ours", "peer"):
-                row = {"variant": name, "impl": who, "seq_len": n}
-                if who == "peer" and name in PEER_NOTES:
-                    row["note"] = PEER_NOTES[name]
-                try:
-                    fn, module = ours(name, n, **OURS_KNOBS[name]) if who == "ours" else peer(name, n)
-                    row["ms_fwd_bwd"], row["peak_mem_mb"] = time_fwd_bwd(fn, module, n)
-                except Exception as err:  # noqa: BLE001 - a peer that fails is a row, not a crash
-                    row["error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-                    traceback.print_exc(limit=2)
-                torch.cuda.empty_cache()
+            for row in compare(name, n, args, device, dtype):
                 print(json.dumps(row), flush=True)
                 rows.append(row)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     with open(args.out, "w") as f:
-        json.dump({"device": device_info("cuda"), "versions": versions(), "batch": BATCH, "d_model": D_MODEL,
-                   "heads": HEADS, "dtype": "bfloat16", "rows": rows}, f, indent=1)
+        json.dump({"device": device_info(device), "versions": versions(), "batch": args.batch, "d_model": D_MODEL,
+                   "heads": HEADS, "dtype": args.dtype, "timing": "interleaved, median of rounds",
+                   "repeats": args.repeats, "warmup": args.warmup, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

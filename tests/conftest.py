@@ -1,7 +1,11 @@
+import os
+
 import pytest
 import torch
 
 # Tiny shapes: one thread is faster than two contending ones (CPU bf16 batched matmuls especially).
+# OMP_NUM_THREADS caps the runs' threads=auto (lra.devices.job_threads) in-process and in subprocesses.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
 
 # Small knobs so that every variant runs on tiny CPU shapes (heads=2, head_dim=16, N<=128).

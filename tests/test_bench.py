@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +14,8 @@ import attention_variants as av
 from lra import bench, conf_dir
 from lra.results import load
 from lra.smoothness import growth_exponent, lipschitz_estimate
-from lra.timing import PerfCounterClock, attention_flops, is_oom, peak_bf16_tflops, time_fn, time_interleaved
+from lra.timing import (FLOP_CONVENTIONS, FLOPS_COUNTED, PerfCounterClock, attention_flops, count_flops, is_oom,
+                        peak_bf16_tflops, time_fn, time_interleaved)
 
 
 @pytest.fixture(autouse=True)
@@ -72,9 +77,48 @@ def test_interleaved_timing_warms_each_up_then_rotates_rounds():
     assert all(t.repeats == 4 and len(t.times_ms) == 4 and t.timer == "perf_counter" for t in timings.values())
 
 
+class FakeClock(PerfCounterClock):
+    """A host clock whose every call takes ``ms`` milliseconds."""
+
+    def __init__(self, ms):
+        self.t = 0.0
+        super().__init__(clock=lambda: self.t)
+        self.ms = ms
+
+    def stop(self):
+        self.t += self.ms / 1e3
+        return self.t
+
+
+def test_cpu_timing_runs_until_the_minimum_time_and_keeps_every_call():
+    calls = []
+    timing = time_fn(lambda: calls.append(1), warmup=1, repeats=5, min_time_s=0.2, clock=FakeClock(10.0))
+    assert len(calls) == 1 + 20 and timing.repeats == 20 and len(timing.times_ms) == 20   # 20 x 10 ms = 0.2 s
+    assert timing.total_s == pytest.approx(0.2) and timing.iqr_rel == pytest.approx(0.0)
+    slow = time_fn(lambda: None, warmup=0, repeats=5, min_time_s=0.2, clock=FakeClock(100.0))
+    assert slow.repeats == 5                                            # >= 5 calls even when 0.2 s is passed
+    capped = time_fn(lambda: None, warmup=0, repeats=5, min_time_s=10.0, max_repeats=50, clock=FakeClock(1.0))
+    assert capped.repeats == 50
+
+
+def test_event_clocks_keep_exactly_repeats_calls():
+    class Events(FakeClock):
+        name, immediate = "cuda_event", False
+
+    assert time_fn(lambda: None, warmup=0, repeats=3, min_time_s=5.0, clock=Events(1.0)).repeats == 3
+
+
+def test_interleaved_rounds_run_until_every_function_has_the_minimum_time():
+    fns = {"fast": lambda: None, "slow": lambda: time.sleep(0.01)}
+    timings = time_interleaved(fns, warmup=0, repeats=2, min_time_s=0.05)
+    assert timings["slow"].repeats == timings["fast"].repeats and timings["fast"].repeats > 2
+    assert timings["fast"].repeats <= 1000
+
+
 def test_flops_and_peaks():
-    assert attention_flops(2, 3, 128, 64, "fwd") == 4 * 2 * 3 * 128 * 128 * 64
-    assert attention_flops(2, 3, 128, 64, "fwd_bwd") == int(3.5 * 4 * 2 * 3 * 128 * 128 * 64)
+    assert attention_flops(2, 3, 128, 64, "fwd", kernel="fused") == 4 * 2 * 3 * 128 * 128 * 64
+    assert attention_flops(2, 3, 128, 64, "fwd_bwd", kernel="fused") == int(3.5 * 4 * 2 * 3 * 128 * 128 * 64)
+    assert attention_flops(2, 3, 128, 64, "fwd_bwd", kernel="materialized") == 3 * 4 * 2 * 3 * 128 * 128 * 64
     assert peak_bf16_tflops("NVIDIA H100 80GB HBM3") == pytest.approx(989.4)
     assert peak_bf16_tflops("NVIDIA H200") == pytest.approx(989.4)
     assert peak_bf16_tflops("NVIDIA A100-SXM4-80GB") == pytest.approx(312.0)
@@ -120,12 +164,67 @@ def test_op_case_on_cpu_records_timer_flops_and_no_memory():
                   knobs={"full": {}, "linear": {}})
     m = bench.measure_op(bench.Case("op_fwd_bwd", "full", 64, 2, "float32"), s, torch.device("cpu"))
     assert m.facts["timer"] == "perf_counter" and m.facts["flops_source"] == "analytic"
-    assert m.metrics["flops"] == attention_flops(2, 2, 64, 16, "fwd_bwd")
+    assert m.metrics["flops"] == attention_flops(2, 2, 64, 16, "fwd_bwd", kernel="materialized")
     assert m.metrics["ms_fwd_bwd"] > 0 and m.metrics["peak_mem_mb"] is None
     fwd = bench.measure_op(bench.Case("op_fwd", "linear", 64, 2, "float32"), s, torch.device("cpu"))
     assert fwd.facts["flops_source"] == "flop_counter" and fwd.metrics["flops"] > 0
+    assert fwd.facts["flops_convention"] == FLOPS_COUNTED
     both = bench.measure_op(bench.Case("op_fwd_bwd", "linear", 64, 2, "float32"), s, torch.device("cpu"))
     assert both.facts["flops_source"] == "flop_counter" and both.metrics["flops"] > fwd.metrics["flops"]
+
+
+def _full_fwd_bwd_counted(b, h, n, d):
+    q, k, v = (torch.randn(b, h, n, d, requires_grad=True) for _ in range(3))
+    attn = av.build("full", heads=h, head_dim=d, max_length=n)
+
+    def fwd_bwd():
+        attn(q, k, v).backward(torch.ones(b, h, n, d))
+
+    return count_flops(fwd_bwd)
+
+
+def test_exact_flops_follow_what_the_kernel_executes():
+    """full runs the materialized math path: its forward+backward is 3.0x forward (FlopCounterMode
+    agrees), not the 3.5x of fused kernels, which recompute QK^T in the backward pass."""
+    b, h, n, d = 2, 2, 64, 16
+    assert _full_fwd_bwd_counted(b, h, n, d) == attention_flops(b, h, n, d, "fwd_bwd", kernel="materialized")
+    s = _settings(heads=h, head_dim=d, repeats=1, warmup=0, knobs={"full": {}, "flash": {}, "flash_math": {}})
+    full = bench.measure_op(bench.Case("op_fwd_bwd", "full", n, b, "float32"), s, torch.device("cpu"))
+    assert full.metrics["flops"] == 3 * 4 * b * h * n * n * d
+    assert full.facts["flops_convention"] == "fwd+bwd = 3.0 x fwd (materialized math)"
+    flash = bench.measure_op(bench.Case("op_fwd_bwd", "flash", n, b, "float32"), s, torch.device("cpu"))
+    kernel = "materialized" if flash.facts["backend"] == "math" else "fused"   # whichever SDPA backend ran
+    assert flash.facts["flops_convention"] == FLOP_CONVENTIONS[kernel][1]
+    assert flash.metrics["flops"] == attention_flops(b, h, n, d, "fwd_bwd", kernel=kernel)
+    s["knobs"]["flash"] = {"backend": "math"}
+    math_path = bench.measure_op(bench.Case("op_fwd_bwd", "flash", n, b, "float32"), s, torch.device("cpu"))
+    assert math_path.facts["backend"] == "math" and math_path.metrics["flops"] == full.metrics["flops"]
+    fwd = bench.measure_op(bench.Case("op_fwd", "full", n, b, "float32"), s, torch.device("cpu"))
+    assert fwd.metrics["flops"] == 4 * b * h * n * n * d and fwd.facts["flops_convention"].startswith("fwd = ")
+
+
+def test_op_record_keeps_raw_times_spread_and_explicit_seed(tmp_path):
+    s = _settings(heads=2, head_dim=16, repeats=3, warmup=0, min_time_s=0.0, knobs={"performer": {"num_features": 8}},
+                  seed=7)
+    case = bench.Case("op_fwd", "performer", 32, 1, "float32")
+    rec = bench.run_grid([case], s, torch.device("cpu"), progress=False)[0]
+    assert rec["status"] == "ok"
+    times = rec["timings_ms"]
+    assert len(times) == rec["case"]["repeats"] == 3 and "timings_ms" not in rec["metrics"]
+    assert rec["metrics"]["ms"] == pytest.approx(sorted(times)[1], rel=1e-4)
+    assert rec["metrics"]["ms_iqr_rel"] >= 0 and rec["case"]["timed_s"] == pytest.approx(sum(times) / 1e3, abs=2e-6)
+    # the seed drives the inputs and the variant's random features, and the record says so
+    assert rec["seed"] == 7 and rec["case"]["input_seed"] == 7 and rec["variant_config"]["seed"] == 7
+    assert rec["variant_config"]["kernel"] == "softmax" and rec["variant_config"]["num_features"] == 8
+    assert {"torch_threads", "cpus_available", "load_avg_1m", "loaded"} <= set(rec["host"])
+    assert rec["device"]["count"] == rec["host"]["cpus_available"]
+
+
+def test_measure_on_cpu_uses_the_minimum_time_rule():
+    s = _settings(heads=2, head_dim=16, repeats=2, warmup=0, min_time_s=0.05, knobs={"linear": {}})
+    m = bench.measure_op(bench.Case("op_fwd", "linear", 16, 1, "float32"), s, torch.device("cpu"))
+    assert sum(m.timings_ms) >= 50 or len(m.timings_ms) == 1000
+    assert len(m.timings_ms) > 2 and m.facts["repeats"] == len(m.timings_ms)
 
 
 # ----------------------------------------------------------------------------- exactness
@@ -141,6 +240,41 @@ def _exactness_error(variant, n=64, pattern="random", seeds=1, random_scale=1.0,
 @pytest.mark.parametrize("pattern", ["random", "concentrated"])
 def test_exact_variants_have_no_error(variant, pattern):
     assert _exactness_error(variant, pattern=pattern) < 1e-5
+
+
+def _float64_attention(q, k, v):
+    """Softmax attention written out in float64 (einsum + torch.softmax), the test's own ground truth."""
+    q, k, v = (t.double() for t in (q, k, v))
+    scores = torch.einsum("bhnd,bhmd->bhnm", q, k) / math.sqrt(q.shape[-1])
+    return torch.einsum("bhnm,bhmd->bhnd", torch.softmax(scores, dim=-1, dtype=torch.float64), v)
+
+
+@pytest.mark.parametrize("score_std", [1.0, 4.0])
+def test_exactness_reference_is_float64_end_to_end(score_std):
+    from attention_variants.full import softmax_attention
+
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 96, 16, generator=gen, dtype=torch.float64) for _ in range(3))
+    q, k = q * math.sqrt(score_std), k * math.sqrt(score_std)   # q.k/sqrt(d) ~ N(0, score_std^2)
+    want = _float64_attention(q, k, v)
+    for ref in (bench.reference_attention(q, k, v), softmax_attention(q, k, v)):
+        assert ref.dtype == torch.float64
+        assert float((ref - want).norm() / want.norm()) < 1e-13
+
+
+def test_exactness_of_an_exact_float64_kernel_is_float64_rounding():
+    """SDPA's math path in float64 computes exact attention to ~1e-16; against a reference that
+    takes softmax in float32 it showed ~1e-7 (the reference's own error)."""
+    err = _exactness_error_dtype("flash", "float64", backend="math")
+    assert err < 1e-12
+
+
+def _exactness_error_dtype(variant, dtype, **knobs):
+    s = _settings(exactness={"heads": 2, "head_dim": 16, "seeds": 1, "concentrated_scale": 3.0,
+                             "concentrated_keys": 4, "random_scale": 1.0}, knobs={variant: knobs})
+    m = bench.measure_exactness(bench.Case("exactness", variant, 64, 1, dtype, "concentrated"), s, torch.device("cpu"))
+    assert m.facts["reference"] == bench.REFERENCE
+    return m.metrics["approx_error"]
 
 
 def test_performer_error_decreases_with_features():
@@ -224,7 +358,7 @@ def test_train_overhead_times_the_real_train_step(tmp_path, monkeypatch):
             "variants=[full]", "modes=[train_overhead]", "device=cpu", "train_overhead.lengths=[32]",
             "train_overhead.layers=1", "train_overhead.d_model=16", "train_overhead.heads=2",
             "train_overhead.mlp_dim=32", "train_overhead.batch_size=2", "train_overhead.steps_per_call=2",
-            "train_overhead.warmup=1", "train_overhead.repeats=2", "progress=false"])
+            "train_overhead.warmup=1", "train_overhead.repeats=2", "min_time_s=0", "progress=false"])
     records = bench.run(cfg, tmp_path / "job")
     assert len(records) == 1
     rec = records[0]
@@ -264,3 +398,90 @@ def test_exactness_knobs_apply_to_that_mode_only(tmp_path):
     records = {r["case"]["mode"]: r for r in bench.run(cfg, tmp_path / "job")}
     assert records["exactness"]["variant_config"]["conv_kernel"] == 0
     assert records["op_fwd"]["variant_config"]["conv_kernel"] == 35
+
+
+# ----------------------------------------------------------------------------- bad input, exit status, load
+
+def _compose_bench(*overrides):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        return compose("bench", overrides=["device=cpu", "progress=false", "summary=false", *overrides])
+
+
+BAD_BENCH = [
+    (["lengths=[0]"], r"lengths=\[0\] is invalid \(0 is not valid\): each value must be an integer >= 1"),
+    (["lengths=[-8]"], r"lengths=\[-8\] is invalid"),
+    (["lengths=[]"], r"lengths=\[\] is empty"),
+    (["batch_size=0"], r"batch_size=0 is invalid: it must be an integer >= 1"),
+    (["heads=0"], r"heads=0 is invalid"),
+    (["repeats=0"], r"repeats=0 is invalid"),
+    (["warmup=-1"], r"warmup=-1 is invalid"),
+    (["min_time_s=-1"], r"min_time_s=-1 is invalid"),
+    (["threads=0"], r"threads=0 is invalid"),
+    (["modes=[exactness]", "exactness.lengths=[0,64]"], r"exactness\.lengths=\[0,64\] is invalid"),
+    (["modes=[exactness]", "exactness.seeds=0"], r"exactness\.seeds=0 is invalid"),
+    (["modes=[smoothness]", "smoothness.iters=0"], r"smoothness\.iters=0 is invalid"),
+    (["modes=[model_step]", "model_step.layers=0"], r"model_step\.layers=0 is invalid"),
+    (["modes=[model_step]", "model_step.d_model=30", "model_step.heads=4"], r"model_step\.d_model=30 is not divisible"),
+    (["modes=[train_overhead]", "train_overhead.steps_per_call=0"], r"train_overhead\.steps_per_call=0 is invalid"),
+    (["modes=[train_overhead]", "+train_overhead.trainer.lr=-1"], r"train_overhead\.trainer\.lr=-1 is invalid"),
+    (["variants=[performer]", "+knobs.performer.num_features=0"], r"knobs\.performer\.num_features=0 is invalid"),
+]
+
+
+@pytest.mark.parametrize("overrides,message", BAD_BENCH, ids=[" ".join(o) for o, _ in BAD_BENCH])
+def test_bad_bench_grids_are_config_errors(overrides, message):
+    import re
+
+    with pytest.raises(bench.ConfigError) as err:
+        bench.resolve_settings(_compose_bench("variants=[full]", *overrides), torch.device("cpu"))
+    assert re.search(message, str(err.value)), str(err.value)
+
+
+def test_bench_cli_rejects_non_positive_lengths_with_exit_2(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "lra.bench", f"hydra.run.dir={tmp_path}", "variants=[full]",
+                        "device=cpu", "lengths=[-8]"], cwd=Path(__file__).resolve().parent.parent,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-2000:]
+    assert "lengths=[-8] is invalid" in p.stderr and "Traceback" not in p.stderr
+    assert not list((tmp_path / "records").glob("*.json")) if (tmp_path / "records").exists() else True
+
+
+def test_a_case_that_measured_nothing_is_not_ok():
+    def measure(case, s, device):
+        return bench.Measurement({"flops": 1}, {}, {})   # no time
+
+    rec = bench.run_grid([bench.Case("op_fwd", "full", 8, 1, "float32")], _settings(), torch.device("cpu"),
+                         measure=measure, progress=False)[0]
+    assert rec["status"] == "error" and "measured nothing" in rec["message"]
+    assert bench.exit_code([rec]) == 1
+    assert bench.exit_code([{**rec, "status": "oom"}, {**rec, "status": "ok"}]) == 0
+
+
+def test_bench_cli_exits_1_when_a_case_fails(tmp_path, monkeypatch):
+    def broken(case, s, device):
+        raise RuntimeError("kernel exploded")
+
+    monkeypatch.setitem(bench.MEASURE, "op_fwd", broken)
+    monkeypatch.setattr(sys, "argv", ["lra-bench", f"hydra.run.dir={tmp_path}", "variants=[full]", "device=cpu",
+                                      "modes=[op_fwd]", "lengths=[8]", "progress=false", "summary=false"])
+    with pytest.raises(SystemExit) as stop:
+        bench._hydra_main()
+    assert stop.value.code == 1
+    assert load(tmp_path / "records")["status"].tolist() == ["error"]
+
+
+def test_loaded_machine_warns_loudly_and_marks_records(tmp_path, monkeypatch, capsys):
+    import os
+
+    from lra import devices
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (64.0, 64.0, 64.0))
+    monkeypatch.setattr(devices, "cpus_available", lambda: 2)
+    cfg = _compose_bench("variants=[linear]", "modes=[op_fwd]", "lengths=[16]", "batch_size=1", "heads=2",
+                         "head_dim=8", "repeats=1", "warmup=0", "min_time_s=0")
+    records = bench.run(cfg, tmp_path / "job")
+    err = capsys.readouterr().err
+    assert "WARNING: the 1-minute load average (64.0) exceeds the 2 CPUs" in err
+    assert records[0]["host"]["loaded"] is True and records[0]["host"]["load_avg_1m"] == 64.0

@@ -122,7 +122,7 @@ BAD_INPUTS = [
     (["trainer.model_overrides.heads=3"], r"d_model=16 is not divisible by model.heads=3"),
     (["task=text", "task.data_dir=/nonexistent/imdb"], r"/nonexistent/imdb.*lra-data prepare"),
     (["task=image", "task.data_dir=__EMPTY__"], r"cifar-10-batches-py"),
-    (["trainer.schedule=exponential"], "trainer.schedule='exponential' is not one of"),
+    (["trainer.schedule=exponential"], "trainer.schedule='exponential' is invalid: it must be one of rsqrt, linear"),
 ]
 
 
@@ -148,14 +148,20 @@ def test_cli_error_is_one_paragraph_not_a_traceback(tmp_path):
 
 
 def test_submitit_local_sweep_end_to_end(tmp_path):
+    """Two jobs at once on this machine: each runs with half its cores' threads (issue 19: both used
+    to take every core), and the records say so."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    from lra.devices import cpus_available
+
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "lra.train", "-m", "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}",
            "attention=full,linear", *tiny_train_overrides(tmp_path / "cache")]
-    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "LRA_CONCURRENT_JOBS")}
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     df = results.load(sweep)
     assert sorted(df["variant"]) == ["full", "linear"] and (df["status"] == "ok").all()
+    assert (df["host_concurrent_jobs"] == 2).all()
+    assert (df["host_torch_threads"] == max(1, cpus_available() // 2)).all()
     report = (sweep / "report" / "report.md").read_text()
     assert "full" in report and "linear" in report

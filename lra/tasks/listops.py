@@ -17,7 +17,7 @@ splits tokens, so an expression is the token sequence ``[MAX 2 9 ]``. Id 0 is pa
 """
 from __future__ import annotations
 
-import os
+import contextlib
 import random
 import statistics
 import sys
@@ -120,13 +120,27 @@ def encode(tokens: list[str], seq_len: int) -> torch.Tensor:
 
 
 CHUNK = 1000  # expressions per generation chunk; chunk i draws from random.Random((seed, i))
+# A chunk gives up when, after GIVE_UP_AFTER tries, fewer than 1 in MAX_TRIES_PER_EXPRESSION trees
+# had an allowed length: the settings admit (almost) no expression. At the LRA settings about 1 in 12
+# trees is kept, at seq_len 128 about 1 in 60.
+GIVE_UP_AFTER = 20_000
+MAX_TRIES_PER_EXPRESSION = 1000
+
+
+class GenerationError(ValueError):
+    """The generator settings cannot produce the requested number of distinct expressions."""
 
 
 def _generate_chunk(args):
+    """``n`` expressions of chunk ``index`` (fewer if the settings admit almost none; see GIVE_UP_AFTER)."""
     seed, index, n, min_length, max_length, max_depth, max_args = args
     rng = random.Random(f"{seed}-{index}")
     out = []
+    tries = 0
     while len(out) < n:
+        tries += 1
+        if tries >= GIVE_UP_AFTER and tries > MAX_TRIES_PER_EXPRESSION * len(out):
+            break
         try:
             tokens, value = generate_tree(rng, 1, max_depth, max_args, max_tokens=max_length)
         except _TooLong:
@@ -136,43 +150,116 @@ def _generate_chunk(args):
     return out
 
 
+def count_expressions(min_length: int, max_length: int, max_depth: int = 10, max_args: int = 10,
+                      cap: int | None = None) -> int:
+    """How many distinct expressions the generator can draw with ``min_length < tokens <
+    max_length`` (capped at ``cap``). Dynamic programming over (depth, length): a digit is 1
+    token (10 of them); an operator node (4 kinds, below ``max_depth``) with k = 2..max_args
+    children has 2 + the children's tokens. O(max_depth * max_args * max_length^2): call it for
+    short lengths (it is what makes tiny ``seq_len`` values fail fast)."""
+    top = max_length - 1
+    if top < 1:
+        return 0
+    clip = (lambda x: min(x, cap)) if cap else (lambda x: x)
+    below = None  # trees rooted one level deeper: below[L] = count with exactly L tokens
+    for depth in range(max_depth, 0, -1):
+        here = [0] * (top + 1)
+        here[1] = 10
+        if depth < max_depth:
+            seq = below[:]          # sequences of k children, total length L; start with k = 1
+            for k in range(2, max_args + 1):
+                seq = [clip(sum(seq[a] * below[length - a] for a in range(1, length)))
+                       for length in range(top + 1)]
+                for length in range(top - 1):
+                    here[length + 2] = clip(here[length + 2] + 4 * seq[length])
+        below = here
+    return clip(sum(below[min_length + 1:top + 1]))
+
+
 def generate(n: int, seed: int, min_length: int, max_length: int, max_depth: int = 10, max_args: int = 10,
              progress: bool = True, workers: int | None = None):
     """``n`` distinct expressions with min_length < tokens < max_length: (inputs (n, max_length) int8, labels).
 
     Generated in chunks of ``CHUNK`` seeded by (seed, chunk index), in parallel over ``workers``
-    processes (default: the CPU count), so the result depends on ``seed`` only.
+    processes (default: torch's intra-op thread count, i.e. this job's share of the cores), so
+    the result depends on ``seed`` only. The progress bar moves as each chunk finishes (results
+    are consumed as they arrive). Raises :class:`GenerationError` within seconds when the
+    settings admit no, or too few distinct, expressions.
     """
-    workers = workers or min(os.cpu_count() or 1, 32)
+    workers = workers or torch.get_num_threads()
     seen: set[tuple] = set()
     inputs = torch.zeros(n, max_length, dtype=torch.int8)
     labels = torch.zeros(n, dtype=torch.int64)
     index = 0
-    with tqdm(total=n, desc=f"ListOps: generating {n} expressions", disable=not progress, unit="ex") as bar:
+    what = (f"{n} distinct ListOps expressions with {min_length} < tokens < {max_length} (max_depth {max_depth}, "
+            f"max_args {max_args})")
+    with tqdm(total=n, desc=f"ListOps: generating {n} expressions", disable=not progress, unit="ex",
+              dynamic_ncols=True) as bar:
         while len(seen) < n:
             missing = n - len(seen)
             jobs = [(seed, index + i, CHUNK, min_length, max_length, max_depth, max_args)
                     for i in range(-(-missing // CHUNK))]
             index += len(jobs)
-            if workers > 1 and len(jobs) > 1:
-                import multiprocessing as mp
-
-                with mp.get_context("spawn" if sys.platform == "darwin" else "fork").Pool(workers) as pool:
-                    chunks = pool.imap(_generate_chunk, jobs)
-                    chunks = list(chunks)
-            else:
-                chunks = map(_generate_chunk, jobs)
-            for chunk in chunks:
-                for tokens, value in chunk:
+            added = 0
+            with _chunk_results(jobs, workers) as chunks:
+                for chunk in chunks:  # lazily: each chunk as it finishes
+                    if len(chunk) < CHUNK:
+                        raise GenerationError(
+                            f"cannot generate {what}: the generator keeps fewer than 1 in {MAX_TRIES_PER_EXPRESSION} "
+                            "trees. Raise task.seq_len or task.max_depth, or lower task.min_length.")
+                    before = len(seen)
+                    for tokens, value in chunk:
+                        if len(seen) == n:
+                            break
+                        if tokens in seen:
+                            continue
+                        inputs[len(seen)] = encode(list(tokens), max_length)
+                        labels[len(seen)] = value
+                        seen.add(tokens)
+                    added += len(seen) - before
+                    bar.update(len(seen) - before)
                     if len(seen) == n:
                         break
-                    if tokens in seen:
-                        continue
-                    inputs[len(seen)] = encode(list(tokens), max_length)
-                    labels[len(seen)] = value
-                    seen.add(tokens)
-                    bar.update()
+            if added == 0:
+                raise GenerationError(f"cannot generate {what}: only {len(seen)} distinct ones turned up. "
+                                      "Raise task.seq_len or lower task.num_train/num_val/num_test.")
     return inputs, labels
+
+
+@contextlib.contextmanager
+def _chunk_results(jobs: list, workers: int):
+    """An iterator over the chunks of ``jobs`` in order, each as soon as it is done; worker
+    processes (if any) are stopped when the block ends, also on errors."""
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn" if sys.platform == "darwin" else "fork")
+        with ctx.Pool(min(workers, len(jobs))) as pool:
+            yield pool.imap(_generate_chunk, jobs)
+    else:
+        yield map(_generate_chunk, jobs)
+
+
+def generation_limits(cfg) -> tuple[int, int]:
+    """(min_length, max_length) of generated expressions for a task config."""
+    seq_len = int(cfg.seq_len)
+    return min(int(cfg.min_length), seq_len // 4), seq_len
+
+
+def check_config(cfg) -> None:
+    """Fail fast (before generating) when a generated ListOps cannot exist at these settings."""
+    if cfg.get("source", "generate") != "generate":
+        return
+    min_length, max_length = generation_limits(cfg)
+    n = sum(int(cfg[k]) for k in ("num_train", "num_val", "num_test"))
+    if max_length > 64:  # longer expressions number far more than any data set; the generator still checks
+        return
+    available = count_expressions(min_length, max_length, int(cfg.max_depth), int(cfg.max_args), cap=n)
+    if available < n:
+        raise GenerationError(
+            f"task.seq_len={max_length} is too short for ListOps: only {available} distinct expressions have "
+            f"{min_length} < tokens < {max_length}, and num_train + num_val + num_test = {n} are asked for. "
+            "Raise task.seq_len (e.g. task.seq_len=128) or ask for fewer examples.")
 
 
 def read_tsv(path: Path, seq_len: int):
@@ -200,7 +287,7 @@ def prepare(cfg) -> TaskData:
     cache_dir = cfg.get("cache_dir") or default_cache_dir()
     sizes = {"train": cfg.num_train, "val": cfg.num_val, "test": cfg.num_test}
     if cfg.source == "generate":
-        min_length = min(int(cfg.min_length), seq_len // 4)
+        min_length, _ = generation_limits(cfg)
         key = {"task": "listops", "source": "generate", "seed": cfg.data_seed, "sizes": sizes,
                "min_length": min_length, "max_length": seq_len, "max_depth": cfg.max_depth, "max_args": cfg.max_args}
 

@@ -1,0 +1,345 @@
+"""Valid values of every config value a run uses, checked once before any work.
+
+One table per config group (:data:`TASK`, :data:`MODEL`, :data:`TRAINER`, :data:`RUN` for
+``lra-train``; :data:`BENCH` for ``lra-bench``; :data:`KNOBS` for the attention variants'
+knobs), each a list of :class:`Rule` (key, type, range or choices, what the value means).
+:func:`check` applies a table to a dict of *effective* values (after recipes, presets and
+command-line overrides) and raises one :class:`ConfigError` that names every bad value, the
+constraint it breaks and how to fix it, e.g.::
+
+    task.seq_len=0 is invalid: it must be an integer >= 1 (sequence length in tokens);
+    fix: task.seq_len=128
+
+Values the table does not list pass through (the task modules and the variants still check
+what only they can know, such as a file layout); cross-field rules (``d_model`` divisible by
+``heads``) live in the callers, next to the values they combine.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from omegaconf import OmegaConf
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot work; raised before any data is prepared or model built."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One config value: ``kind`` is ``int``, ``float``, ``bool``, ``str`` or ``ints`` (a
+    non-empty list of ints, or one int); ``low``/``high`` bound numbers (``open_low``/
+    ``open_high``: strict); ``choices`` lists the valid strings; ``optional``: ``null`` is
+    allowed (it means "default" or "off"); ``means`` says what the value is; ``example`` is a
+    valid value for the fix."""
+
+    key: str
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    open_high: bool = False
+    choices: tuple[Any, ...] = ()
+    optional: bool = False
+    means: str = ""
+    example: Any = None
+    length: int | None = None  # ``floats``: the list's length
+
+    def constraint(self) -> str:
+        """What a valid value is, e.g. "an integer >= 1 (sequence length in tokens)"."""
+        if self.choices:
+            text = "one of " + ", ".join(map(str, self.choices))
+        elif self.kind == "bool":
+            text = "true or false"
+        else:
+            noun = {"int": "an integer", "float": "a number", "ints": "an integer", "floats": "a number",
+                    "str": "a string"}[self.kind]
+            bounds = []
+            if self.low is not None:
+                bounds.append(f"{'>' if self.open_low else '>='} {_fmt(self.low)}")
+            if self.high is not None:
+                bounds.append(f"{'<' if self.open_high else '<='} {_fmt(self.high)}")
+            text = noun + (" " + " and ".join(bounds) if bounds else "")
+        if self.optional:
+            text = "null or " + text
+        return text + (f" ({self.means})" if self.means else "")
+
+    def problem(self, value: Any) -> str | None:
+        """None if ``value`` is valid, else a sentence saying what is wrong (without the key)."""
+        if value is None:
+            return None if self.optional else f"is not set: it must be {self.constraint()}"
+        if self.kind == "floats":
+            if not isinstance(value, (list, tuple)) or (self.length is not None and len(value) != self.length) \
+                    or not all(self._ok(v, "float") for v in value):
+                count = f"a list of {self.length} numbers" if self.length else "a list of numbers"
+                return f"is invalid: it must be {count}, each {self.constraint()}"
+            return None
+        if self.kind == "ints":
+            if not isinstance(value, (list, tuple)):
+                return None if self._ok(value, "int") else f"is invalid: it must be {self.constraint()}"
+            values = value
+            if not values:
+                return f"is empty: give at least one value, each {self.constraint()}"
+            bad = [v for v in values if not self._ok(v, "int")]
+            if not bad:
+                return None
+            return (f"is invalid ({_fmt_list(bad)} {'is' if len(bad) == 1 else 'are'} not valid): "
+                    f"each value must be {self.constraint()}")
+        return None if self._ok(value, self.kind) else f"is invalid: it must be {self.constraint()}"
+
+    def _ok(self, value: Any, kind: str) -> bool:
+        if kind == "bool":
+            return isinstance(value, bool)
+        if kind == "str":
+            return isinstance(value, str) and (not self.choices or value in self.choices)
+        if self.choices:
+            return value in self.choices and not isinstance(value, bool)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if kind == "int" and not (isinstance(value, int) or float(value).is_integer()):
+            return False
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.open_low else value < self.low):
+            return False
+        if self.high is not None and (value >= self.high if self.open_high else value > self.high):
+            return False
+        return True
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(x)
+
+
+def _fmt_list(values: Iterable[Any]) -> str:
+    return ", ".join(map(repr, values))
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(map(str, value)) + "]"
+    return "null" if value is None else repr(value) if isinstance(value, str) else str(value)
+
+
+def Int(key, low=1, high=None, **kw) -> Rule:  # noqa: N802 - reads as a type in the tables
+    return Rule(key, "int", low=low, high=high, **kw)
+
+
+def Float(key, low=None, high=None, **kw) -> Rule:  # noqa: N802
+    return Rule(key, "float", low=low, high=high, **kw)
+
+
+def Ints(key, low=1, **kw) -> Rule:  # noqa: N802
+    return Rule(key, "ints", low=low, **kw)
+
+
+def Bool(key, **kw) -> Rule:  # noqa: N802
+    return Rule(key, "bool", **kw)
+
+
+def Choice(key, choices, **kw) -> Rule:  # noqa: N802
+    return Rule(key, "str", choices=tuple(choices), **kw)
+
+
+# ----------------------------------------------------------------------------- lra-train
+
+#: ``task.*`` of every task (the task's own file may set more; see TASK_EXTRA)
+TASK = [
+    Int("seq_len", means="sequence length in tokens", example=128),
+    Int("data_seed", low=0, optional=True, means="data generation / split seed", example=0),
+    Int("num_train", optional=True, means="training examples; null = all", example=1000),
+    Int("num_val", optional=True, means="validation examples; null = all", example=200),
+    Int("num_test", optional=True, means="test examples; null = all", example=200),
+    Float("val_fraction", low=0, high=1, open_low=True, open_high=True, optional=True,
+          means="share of the training set held out for validation", example=0.1),
+    Bool("download", optional=True), Bool("progress", optional=True),
+]
+TASK_EXTRA = {
+    "listops": [
+        Choice("source", ("generate", "tsv")),
+        Int("num_train", means="training examples", example=1000),
+        Int("num_val", means="validation examples", example=200),
+        Int("num_test", means="test examples", example=200),
+        Int("min_length", low=0, means="generated expressions are longer than this (capped at seq_len/4)",
+            example=500),
+        Int("max_depth", low=1, means="nesting depth of generated expressions", example=10),
+        Int("max_args", low=2, means="arguments per operator: 2..max_args", example=10),
+    ],
+    "pathfinder": [Int("num_images", means="generated images", example=20000),
+                   Int("gen_batch_size", optional=True, means="images per generator batch", example=2048)],
+    "pathx": [Int("num_images", means="generated images", example=20000),
+              Int("gen_batch_size", optional=True, means="images per generator batch", example=128)],
+}
+
+def task_rules(name: str) -> list[Rule]:
+    """:data:`TASK` with the task's own rules (:data:`TASK_EXTRA`) in place of same-named ones."""
+    extra = {r.key: r for r in TASK_EXTRA.get(name, [])}
+    return [extra.pop(r.key, r) for r in TASK] + list(extra.values())
+
+
+#: the encoder (``model.*`` after task defaults, recipe, ``trainer.model_overrides`` and ``model=``)
+MODEL = [
+    Int("d_model", means="model width", example=64),
+    Int("heads", means="attention heads; must divide d_model", example=4),
+    Int("mlp_dim", means="MLP hidden width", example=128),
+    Int("layers", means="encoder blocks", example=2),
+    Float("dropout", low=0, high=1, open_high=True, means="dropout rate", example=0.1),
+    Choice("pooling", ("cls", "mean"), optional=True),
+    Choice("pos_emb", ("learned", "sinusoidal"), optional=True),
+    Bool("tied_weights", optional=True),
+]
+
+#: ``trainer.*`` (after task defaults, recipe and the trainer preset)
+TRAINER = [
+    Int("batch_size", means="examples per step", example=32),
+    Int("steps", means="optimizer steps", example=500),
+    Float("lr", low=0, open_low=True, means="base learning rate", example=1e-3),
+    Choice("schedule", ("rsqrt", "linear", "cosine")),
+    Int("warmup", low=0, means="warm-up steps", example=50),
+    Float("weight_decay", low=0, optional=True, means="AdamW weight decay", example=0.01),
+    Rule("betas", "floats", low=0, high=1, open_high=True, length=2, means="AdamW betas", example="[0.9,0.98]"),
+    Float("grad_clip", low=0, optional=True, means="gradient-norm clipping; 0 or null = off", example=1.0),
+    Int("eval_every", means="steps between validations", example=500),
+    Int("eval_batches", optional=True, means="cap on validation batches; null = all", example=10),
+    Int("checkpoint_every", means="steps between checkpoints", example=500),
+    Int("log_every", means="steps between progress/NaN checks", example=50),
+    Choice("precision", ("auto", "bf16", "fp32")),
+    Bool("compile"), Bool("progress"),
+]
+
+#: top-level keys of ``lra-train``
+RUN = [Int("seed", low=0, means="training seed", example=0)]
+
+# ----------------------------------------------------------------------------- attention knobs
+
+#: ranges of the in-tree variants' knobs (types of every variant's knobs come from its dataclass)
+KNOBS = {
+    "bigbird": [Int("block_size", example=64), Int("window_blocks", example=3), Int("global_blocks", low=0, example=2),
+                Int("random_blocks", low=0, example=3)],
+    "linear": [Float("eps", low=0, open_low=True, example=1e-6)],
+    "linformer": [Int("k", means="projected length", example=256)],
+    "local": [Int("window", low=0, means="max distance |i-j| attended", example=256)],
+    "nystrom": [Int("landmarks", example=64), Int("pinv_iterations", low=0, example=6),
+                Int("conv_kernel", low=0, means="odd, or 0 = off", example=35)],
+    "performer": [Int("num_features", example=256), Int("redraw_interval", low=0, means="0 = never", example=1000),
+                  Choice("kernel", ("softmax", "relu")), Choice("scaling", ("chi", "sqrt_d")),
+                  Float("kernel_eps", low=0, example=1e-3), Float("eps", low=0, open_low=True, example=1e-6)],
+    "random_feature": [Int("num_features", example=256), Float("sigma_init", low=0, open_low=True, example=1.0),
+                       Float("eps", low=0, open_low=True, example=1e-6), Int("gate_chunk", example=64),
+                       Float("gate_bias_init", example=2.0)],
+    "reformer": [Int("bucket_size", example=64), Int("n_hashes", example=2),
+                 Int("n_buckets", optional=True, means="1 or even; null = from the length", example=8)],
+}
+
+
+def knob_rules(name: str, config_cls: type) -> list[Rule]:
+    """Rules for variant ``name``'s knobs: the table's ranges, else a type check from the
+    config dataclass (``int``, ``float``, ``bool``, ``str``, optional when ``None`` is allowed)."""
+    rules = {r.key: r for r in KNOBS.get(name, [])}
+    hints = typing.get_type_hints(config_cls)
+    for f in dataclasses.fields(config_cls):
+        if f.name in rules or f.name in ("heads", "head_dim", "max_length", "seed"):
+            continue
+        hint = hints.get(f.name)
+        args = typing.get_args(hint) or (hint,)
+        optional = type(None) in args
+        kind = next((k for t, k in ((bool, "bool"), (int, "int"), (float, "float"), (str, "str")) if t in args), None)
+        if kind is not None:
+            rules[f.name] = Rule(f.name, kind, optional=optional)
+    return list(rules.values())
+
+
+# ----------------------------------------------------------------------------- lra-bench
+
+#: top-level op-grid keys of ``lra-bench`` (after device defaults)
+BENCH = [
+    Ints("lengths", means="sequence lengths N", example="[256,512]"),
+    Ints("batch_size", means="batch sizes", example=2),
+    Int("heads", example=4), Int("head_dim", example=64),
+    Int("repeats", means="timed calls per case, at least", example=5),
+    Int("warmup", low=0, means="untimed calls first", example=2),
+    Float("min_time_s", low=0, means="keep timing until this much time is timed (host clock only)", example=0.2),
+    Int("max_repeats", means="cap on timed calls per case", example=1000),
+    Int("seed", low=0, example=0), Bool("count_flops"), Bool("progress"), Bool("summary"),
+]
+_BENCH_MODEL = [Ints("lengths", example="[256]"), Int("layers", example=2), Int("d_model", example=64),
+                Int("heads", example=4), Int("mlp_dim", example=128), Int("batch_size", example=2),
+                Int("vocab_size", low=2, example=257), Int("num_classes", low=2, example=2),
+                Float("dropout", low=0, high=1, open_high=True, example=0.1),
+                Choice("pooling", ("cls", "mean")), Choice("pos_emb", ("learned", "sinusoidal"))]
+BENCH_SECTIONS = {
+    "model_step": _BENCH_MODEL + [Float("lr", low=0, open_low=True, example=1e-4)],
+    "train_overhead": _BENCH_MODEL + [
+        Float("min_fraction", low=0, high=1, open_low=True, means="shortest real length / N", example=0.25),
+        Int("examples", optional=True, example=1000), Int("steps_per_call", example=5),
+        Int("warmup", low=0, example=1), Int("repeats", example=3), Bool("compile")],
+    "exactness": [Ints("lengths", example="[256]"), Int("batch_size", example=1), Int("heads", example=4),
+                  Int("head_dim", example=64), Int("seeds", example=1),
+                  Float("random_scale", low=0, open_low=True, example=1.0),
+                  Float("concentrated_scale", low=0, open_low=True, example=3.0),
+                  Int("concentrated_keys", example=4)],
+    "smoothness": [Ints("lengths", example="[64,128]"), Int("dim", example=64),
+                   Float("radius", low=0, open_low=True, example=1.0),
+                   Float("weight_std", low=0, open_low=True, example=1.0), Int("iters", example=20)],
+}
+
+
+# ----------------------------------------------------------------------------- checking
+
+def problems(values: dict[str, Any], rules: Iterable[Rule], prefix: str = "",
+             source: dict[str, str] | None = None) -> list[str]:
+    """One sentence per bad value of ``values`` under ``rules`` (keys absent from ``values``
+    are skipped: the caller decides what must be present). ``prefix`` names the group on the
+    command line (``"task."``); ``source`` maps a key to where its value was set, when that is
+    not ``prefix + key`` (e.g. ``trainer.task_overrides.seq_len``)."""
+    out = []
+    for rule in rules:
+        if rule.key not in values:
+            continue
+        value = values[rule.key]
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value, resolve=True)
+        problem = rule.problem(value)
+        if problem is None:
+            continue
+        name = f"{prefix}{rule.key}"
+        where = (source or {}).get(rule.key)
+        origin = f" (set by {where})" if where and where != name else ""
+        example = rule.example if rule.example is not None else (rule.choices[0] if rule.choices else None)
+        fix = f"; fix: {where or name}={example if isinstance(example, str) else _show(example)}" \
+            if example is not None else ""
+        shown = name if value is None else f"{name}={_show(value)}"
+        out.append(f"{shown}{origin} {problem}{fix}")
+    return out
+
+
+def check(values: dict[str, Any], rules: Iterable[Rule], prefix: str = "",
+          source: dict[str, str] | None = None) -> None:
+    """Raise :class:`ConfigError` naming every bad value (see :func:`problems`)."""
+    found = problems(values, rules, prefix, source)
+    if found:
+        raise ConfigError("; ".join(found))
+
+
+def threads_problems(value: Any, key: str = "threads") -> list[str]:
+    """``threads`` must be ``auto`` or an integer >= 1 (as :func:`problems`)."""
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return []
+    return [f"{key}={_show(value)} is invalid: it must be auto (the cores available to this job divided among "
+            f"the jobs running at once) or an integer >= 1; fix: {key}=auto"]
+
+
+def exit_2_on_composition_errors(hydra_main, started: list) -> None:
+    """Run a ``@hydra.main`` function; when Hydra itself rejects the command line (an unknown
+    config group option or key, bad override syntax: it prints the error and exits 1 before the
+    app starts, i.e. before ``started`` gets an item) exit 2 instead, the CLIs' config-error code."""
+    try:
+        hydra_main()
+    except SystemExit as stop:
+        if stop.code == 1 and not started:
+            raise SystemExit(2) from None
+        raise
