@@ -1,13 +1,44 @@
 """The common LRA encoder: embeddings, pre-LayerNorm blocks, pooling, classifier.
 
-The attention variant is passed in by name and config; nothing here knows which it holds.
+The attention variant is passed in by name and config; nothing here knows which it holds,
+except the small attention-dropout hook below (:data:`DROPOUT_BACKENDS`).
 Shapes: tokens ``(B, N)`` int64 -> logits ``(B, num_classes)``; for dual-input tasks
 (Retrieval) tokens ``(B, 2, N)``: a shared-weight encoder embeds each document to ``u, v``
-and the classifier sees ``[u, v, u*v, u-v]`` (as the LRA reference does).
+and the classifier sees ``[u, v]`` (``dual_head="concat"``, the LRA reference's) or
+``[u, v, u*v, u-v]`` (``"nli"``, the Nystromformer code's).
 Cost per block: the attention's (O(N^2) for exact softmax) plus O(N d^2) for the projections/MLP.
+
+Every behaviour in which the two reference codes differ is a field of :class:`EncoderConfig`;
+the defaults are this suite's own choices, and ``conf/recipe/<name>.yaml`` sets the fields to a
+reference's (``recipe=lra``: google-research/long-range-arena; ``recipe=small``: the Nystromformer
+PyTorch LRA code). Padding, masking and pooling:
+
+* ``key_padding_mask`` (True = real) reaches every variant through the registry interface; with
+  ``mask_zero_tokens`` every token id 0 counts as padding -- for pixel tasks a black pixel, as both
+  references do (``inputs > 0`` / ``input_ids != 0``).
+* ``masked_queries``: ``"variant"`` keeps whatever the variant computes for a masked query;
+  ``"uniform"`` replaces it, for every variant alike, by the mean of all values -- what the LRA
+  reference computes, since its -1e10 bias on the whole row of a masked query swamps every logit
+  in fp32 and the softmax row becomes uniform over all N keys. Only pooling that reads masked
+  positions (``pool_masked="include"``, or a masked CLS token) can see the difference.
+* ``cls_mask``: ``"real"`` (the CLS token is always real) or ``"first_token"`` (the LRA reference:
+  the CLS token inherits the mask of token 0, so a black first pixel masks it).
+* ``pool_masked`` (mean pooling): ``"exclude"`` averages real positions only; ``"include"``
+  averages every position (LRA: ``jnp.mean(encoded, axis=1)``); ``"zero"`` zeroes masked positions
+  and divides by N (Nystromformer: ``norm(X) * mask`` then ``mean(dim=1)``).
+
+Attention dropout drops attention weights, so it can only exist where a variant has them. Its
+natural home is inside each variant (a ``dropout`` field of the variant config, applied to its
+softmax weights in training: full, flash via SDPA's ``dropout_p``, local, bigbird, linformer,
+nystrom, reformer; kernel variants have no weight matrix and would document a no-op). Until
+attention_variants has that, the model applies it for the exact variants only, by running them
+through SDPA with ``dropout_p`` in training (:data:`DROPOUT_BACKENDS`): the same function as the
+variant's own forward, with the variant's backend choice replaced by torch's (``full`` keeps the
+materialising math kernel). Other variants train without it (:attr:`Encoder.attention_dropout_applies`).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,11 +46,35 @@ from typing import Any
 import torch
 from torch import nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import attention_variants as av
 
 POOLINGS = ("cls", "mean")
 POS_EMBEDDINGS = ("learned", "sinusoidal")
+INITS = ("torch", "reference")
+GELUS = ("erf", "tanh")
+HEAD_ACTIVATIONS = ("gelu", "relu")
+DUAL_HEADS = ("nli", "concat")
+MASKED_QUERIES = ("variant", "uniform")
+CLS_MASKS = ("real", "first_token")
+POOL_MASKED = ("exclude", "include", "zero")
+
+#: Attention dropout (dropout on the attention weights) for the variants that hold a softmax weight
+#: matrix the model can reach: during training these run through SDPA with ``dropout_p`` instead of
+#: their own forward (same function otherwise). ``full`` keeps its materialised O(N^2) form (the
+#: math backend); ``flash`` lets torch pick a fused kernel that supports dropout. Other variants
+#: get no attention dropout (see :attr:`Encoder.attention_dropout_applies`).
+DROPOUT_BACKENDS: dict[str, SDPBackend | None] = {"full": SDPBackend.MATH, "flash": None}
+
+#: std of a standard normal truncated to (-2, 2): jax's lecun_normal divides by it so that the
+#: truncated draws have std exactly sqrt(1 / fan_in)
+TRUNCATED_NORMAL_STD = 0.87962566103423978
+
+
+def _one_of(name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"model.{name}={value!r} is not one of {choices}")
 
 
 @dataclass
@@ -39,16 +94,46 @@ class EncoderConfig:
     tied_weights: bool = False
     attention: str = "flash"
     attention_cfg: dict[str, Any] = field(default_factory=dict)
+    #: total width of q/k/v (head_dim = qkv_dim / heads); None = d_model (LRA: qkv_dim)
+    qkv_dim: int | None = None
+    #: biases on the q/k/v/out projections (LRA: none; Nystromformer: nn.Linear's)
+    qkv_bias: bool = True
+    #: dropout on the attention weights (see DROPOUT_BACKENDS for which variants apply it)
+    attention_dropout: float = 0.0
+    #: "torch" (nn.Linear defaults) | "reference" (LRA: xavier-uniform attention/MLP kernels,
+    #: biases N(0, 1e-6), lecun-normal classifier with zero bias)
+    init: str = "torch"
+    #: std of the N(0, std) token embedding init (LRA and torch: 1.0; Nystromformer: 0.02)
+    token_init_std: float = 1.0
+    #: LayerNorm epsilon (torch: 1e-5; flax: 1e-6)
+    norm_eps: float = 1e-5
+    #: GELU of the MLP blocks: "erf" (exact, torch's default) | "tanh" (jax.nn.gelu's approximation)
+    gelu: str = "erf"
+    #: activation between the classifier's dense layers
+    head_activation: str = "gelu"
+    #: dual encoder head: "nli" ([u, v, u*v, u-v] -> dense, act, dense) | "concat" ([u, v] -> dense,
+    #: act, dense(mlp_dim // 2), act, dense: the LRA reference's)
+    dual_head: str = "nli"
+    #: token id 0 is padding (every task's pad id is 0; for pixel tasks it masks black pixels)
+    mask_zero_tokens: bool = False
+    masked_queries: str = "variant"
+    cls_mask: str = "real"
+    pool_masked: str = "exclude"
 
     def __post_init__(self):
-        if self.d_model % self.heads:
-            raise ValueError(f"model.d_model={self.d_model} is not divisible by model.heads={self.heads}: "
-                             f"each head gets d_model/heads dimensions. Pick heads among "
-                             f"{[h for h in range(1, 17) if self.d_model % h == 0]} or change d_model.")
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"model.pooling={self.pooling!r} is not one of {POOLINGS}")
-        if self.pos_emb not in POS_EMBEDDINGS:
-            raise ValueError(f"model.pos_emb={self.pos_emb!r} is not one of {POS_EMBEDDINGS}")
+        width = self.qkv_dim or self.d_model
+        if width % self.heads:
+            what = f"model.qkv_dim={self.qkv_dim}" if self.qkv_dim else f"model.d_model={self.d_model}"
+            raise ValueError(f"{what} is not divisible by model.heads={self.heads}: "
+                             f"each head gets {'qkv_dim' if self.qkv_dim else 'd_model'}/heads dimensions. "
+                             f"Pick heads among {[h for h in range(1, 17) if width % h == 0]} or change it.")
+        for name, choices in (("pooling", POOLINGS), ("pos_emb", POS_EMBEDDINGS), ("init", INITS),
+                              ("gelu", GELUS), ("head_activation", HEAD_ACTIVATIONS), ("dual_head", DUAL_HEADS),
+                              ("masked_queries", MASKED_QUERIES), ("cls_mask", CLS_MASKS),
+                              ("pool_masked", POOL_MASKED)):
+            _one_of(name, getattr(self, name), choices)
+        if not 0.0 <= self.attention_dropout < 1.0:
+            raise ValueError(f"model.attention_dropout={self.attention_dropout} must be in [0, 1)")
 
 
 def sinusoidal_table(length: int, dim: int) -> torch.Tensor:
@@ -62,24 +147,46 @@ def sinusoidal_table(length: int, dim: int) -> torch.Tensor:
 
 
 class MultiHeadAttention(nn.Module):
-    """Projections around a registry attention: ``(B, N, d) -> (B, N, d)``."""
+    """Projections around a registry attention: ``(B, N, d) -> (B, N, d)``; q/k/v of width ``qkv_dim``."""
 
     def __init__(self, cfg: EncoderConfig, layer: int = 0):
         super().__init__()
         self.heads = cfg.heads
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
-        self.out = nn.Linear(cfg.d_model, cfg.d_model)
-        attn_cfg = {"heads": cfg.heads, "head_dim": cfg.d_model // cfg.heads,
+        self.width = cfg.qkv_dim or cfg.d_model
+        self.qkv = nn.Linear(cfg.d_model, 3 * self.width, bias=cfg.qkv_bias)
+        self.out = nn.Linear(self.width, cfg.d_model, bias=cfg.qkv_bias)
+        attn_cfg = {"heads": cfg.heads, "head_dim": self.width // cfg.heads,
                     "max_length": cfg.max_length + (cfg.pooling == "cls"), **cfg.attention_cfg}
         # each layer draws its own random projections: seed + layer
         attn_cfg["seed"] = int(attn_cfg.get("seed", 0)) * 1009 + layer
         self.attention = av.build(cfg.attention, **attn_cfg)
+        self.attention_dropout = cfg.attention_dropout
+        self.uniform_masked_queries = cfg.masked_queries == "uniform"
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        b, n, d = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        y = self.attention(q, k, v, key_padding_mask=mask)  # (B, H, N, Dh)
-        return self.out(y.transpose(1, 2).reshape(b, n, d))
+    @property
+    def dropout_applies(self) -> bool:
+        return self.attention.name in DROPOUT_BACKENDS
+
+    def _dropout_attention(self, q, k, v, mask):
+        """Softmax attention with dropout on its weights (training only; see DROPOUT_BACKENDS)."""
+        backend = DROPOUT_BACKENDS[self.attention.name]
+        attn_mask = None if mask is None else mask[:, None, None, :]
+        with sdpa_kernel([backend]) if backend is not None else contextlib.nullcontext():
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=self.attention_dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None,
+                query_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask``: ``(B, N)`` key padding (True = real); ``query_mask``: the queries whose output
+        the variant gives (the others get the mean of all values) -- None: every query's."""
+        b, n, _ = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, self.width // self.heads).permute(2, 0, 3, 1, 4)
+        if self.training and self.attention_dropout > 0 and self.dropout_applies:
+            y = self._dropout_attention(q, k, v, mask)
+        else:
+            y = self.attention(q, k, v, key_padding_mask=mask)  # (B, H, N, Dh)
+        if query_mask is not None and self.uniform_masked_queries:
+            y = torch.where(query_mask[:, None, :, None], y, v.mean(dim=2, keepdim=True).to(y.dtype))
+        return self.out(y.transpose(1, 2).reshape(b, n, self.width))
 
 
 class Block(nn.Module):
@@ -87,16 +194,63 @@ class Block(nn.Module):
 
     def __init__(self, cfg: EncoderConfig, layer: int = 0):
         super().__init__()
-        self.norm1 = nn.LayerNorm(cfg.d_model)
+        self.norm1 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
         self.attn = MultiHeadAttention(cfg, layer)
-        self.norm2 = nn.LayerNorm(cfg.d_model)
-        self.mlp = nn.Sequential(nn.Linear(cfg.d_model, cfg.mlp_dim), nn.GELU(), nn.Dropout(cfg.dropout),
+        self.norm2 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.mlp = nn.Sequential(nn.Linear(cfg.d_model, cfg.mlp_dim), _gelu(cfg.gelu), nn.Dropout(cfg.dropout),
                                  nn.Linear(cfg.mlp_dim, cfg.d_model))
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, mask):
-        x = x + self.drop(self.attn(self.norm1(x), mask))
+    def forward(self, x, mask, query_mask=None):
+        x = x + self.drop(self.attn(self.norm1(x), mask, query_mask))
         return x + self.drop(self.mlp(self.norm2(x)))
+
+
+def _gelu(kind: str) -> nn.Module:
+    return nn.GELU(approximate="tanh" if kind == "tanh" else "none")
+
+
+def _head(cfg: EncoderConfig) -> nn.Sequential:
+    """Classifier: dense, act, dense (dual "concat": dense, act, dense(mlp_dim // 2), act, dense)."""
+    act = (lambda: nn.ReLU()) if cfg.head_activation == "relu" else (lambda: _gelu(cfg.gelu))
+    if cfg.dual and cfg.dual_head == "concat":
+        half = max(1, cfg.mlp_dim // 2)
+        return nn.Sequential(nn.Linear(2 * cfg.d_model, cfg.mlp_dim), act(), nn.Linear(cfg.mlp_dim, half), act(),
+                             nn.Linear(half, cfg.num_classes))
+    feat = cfg.d_model * (4 if cfg.dual else 1)
+    return nn.Sequential(nn.Linear(feat, cfg.mlp_dim), act(), nn.Linear(cfg.mlp_dim, cfg.num_classes))
+
+
+@torch.no_grad()
+def lecun_normal_(weight: torch.Tensor) -> torch.Tensor:
+    """jax's lecun_normal on a ``(out, in)`` weight: N(0, 1/fan_in) truncated at 2 std, rescaled so
+    the draws' std is exactly sqrt(1 / fan_in)."""
+    std = math.sqrt(1.0 / weight.shape[1]) / TRUNCATED_NORMAL_STD
+    return nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
+
+
+@torch.no_grad()
+def reference_init_(model: "Encoder") -> None:
+    """The LRA reference's initialisation (flax, paper-era lra_benchmarks/models/transformer):
+    q, k, v, out and both MLP layers xavier-uniform over their own (fan_in, fan_out) -- q, k and v
+    each on its own (d_model, qkv_dim) kernel -- with biases N(0, 1e-6); classifier layers
+    lecun-normal with zero biases. Embeddings, position embeddings and CLS are left as built."""
+    def bias_(linear: nn.Linear):
+        if linear.bias is not None:
+            nn.init.normal_(linear.bias, std=1e-6)
+
+    for block in {id(b): b for b in model.blocks}.values():  # a tied block once
+        attn = block.attn
+        for part in attn.qkv.weight.split(attn.width, dim=0):  # views of the q, k and v rows
+            nn.init.xavier_uniform_(part)
+        for linear in (attn.out, block.mlp[0], block.mlp[3]):
+            nn.init.xavier_uniform_(linear.weight)
+        for linear in (attn.qkv, attn.out, block.mlp[0], block.mlp[3]):
+            bias_(linear)
+    for layer in model.head:
+        if isinstance(layer, nn.Linear):
+            lecun_normal_(layer.weight)
+            nn.init.zeros_(layer.bias)
 
 
 class Encoder(nn.Module):
@@ -111,6 +265,7 @@ class Encoder(nn.Module):
         self.cfg = cfg
         extra = 1 if cfg.pooling == "cls" else 0
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        nn.init.normal_(self.embed.weight, std=cfg.token_init_std)
         if cfg.pos_emb == "learned":
             self.pos = nn.Parameter(torch.randn(cfg.max_length + extra, cfg.d_model) * 0.02)
         else:
@@ -122,32 +277,49 @@ class Encoder(nn.Module):
             self.blocks = nn.ModuleList([Block(cfg, 0)] * cfg.layers)
         else:
             self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.layers))
-        self.norm = nn.LayerNorm(cfg.d_model)
+        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
         #: whether any layer's attention is causal (the CLS token then goes last)
         self.causal = any(getattr(block.attn.attention, "causal", False) for block in self.blocks)
-        feat = cfg.d_model * (4 if cfg.dual else 1)
-        self.head = nn.Sequential(nn.Linear(feat, cfg.mlp_dim), nn.GELU(), nn.Linear(cfg.mlp_dim, cfg.num_classes))
+        self.head = _head(cfg)
+        if cfg.init == "reference":
+            reference_init_(self)
+
+    @property
+    def attention_dropout_applies(self) -> bool:
+        """False when ``attention_dropout`` > 0 but this variant has no hook for it (it then trains
+        without attention dropout: kernel variants have no weight matrix; local, bigbird, linformer,
+        nystrom and reformer hold theirs inside the variant)."""
+        return self.cfg.attention_dropout == 0 or self.blocks[0].attn.dropout_applies
 
     def encode(self, tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """``(B, N)`` tokens -> ``(B, d_model)`` pooled features."""
+        cfg = self.cfg
         b, n = tokens.shape
-        if n > self.cfg.max_length:
-            raise ValueError(f"input length {n} exceeds the model's max_length {self.cfg.max_length}")
+        if n > cfg.max_length:
+            raise ValueError(f"input length {n} exceeds the model's max_length {cfg.max_length}")
+        if cfg.mask_zero_tokens:
+            real = tokens != 0
+            mask = real if mask is None else mask & real
         x = self.embed(tokens)
-        if self.cfg.pooling == "cls":  # first; last for causal attention, where it then sees every token
+        if cfg.pooling == "cls":  # first; last for causal attention, where it then sees every token
             last = self.causal
             x = torch.cat([x, self.cls.expand(b, 1, -1)] if last else [self.cls.expand(b, 1, -1), x], dim=1)
             if mask is not None:
-                mask = F.pad(mask, (0, 1) if last else (1, 0), value=True)
+                cls = mask[:, :1] if cfg.cls_mask == "first_token" else torch.ones_like(mask[:, :1])
+                mask = torch.cat([mask, cls] if last else [cls, mask], dim=1)
         x = self.drop(x + self.pos[: x.shape[1]])
+        # a sequence with no real token at all attends everywhere (its queries are all masked anyway)
+        keys = None if mask is None else mask | ~mask.any(dim=-1, keepdim=True)
         for block in self.blocks:
-            x = block(x, mask)
+            x = block(x, keys, mask)
         x = self.norm(x)
-        if self.cfg.pooling == "cls":
+        if cfg.pooling == "cls":
             return x[:, -1] if self.causal else x[:, 0]
-        if mask is None:
+        if mask is None or cfg.pool_masked == "include":
             return x.mean(dim=1)
         m = mask.unsqueeze(-1).to(x.dtype)
+        if cfg.pool_masked == "zero":
+            return (x * m).sum(1) / x.shape[1]
         return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -157,7 +329,7 @@ class Encoder(nn.Module):
             b = tokens.shape[0]
             both = self.encode(tokens.flatten(0, 1), None if mask is None else mask.flatten(0, 1))
             u, v = both.view(b, 2, -1).unbind(1)
-            feats = torch.cat([u, v, u * v, u - v], dim=-1)
+            feats = torch.cat([u, v] if self.cfg.dual_head == "concat" else [u, v, u * v, u - v], dim=-1)
         else:
             feats = self.encode(tokens, mask)
         return self.head(feats)

@@ -24,6 +24,8 @@ from typing import Any, Iterable
 
 from omegaconf import OmegaConf
 
+from . import model as _model
+
 
 class ConfigError(ValueError):
     """A configuration that cannot work; raised before any data is prepared or model built."""
@@ -157,6 +159,7 @@ TASK = [
     Float("val_fraction", low=0, high=1, open_low=True, open_high=True, optional=True,
           means="share of the training set held out for validation", example=0.1),
     Bool("download", optional=True), Bool("progress", optional=True),
+    Bool("mask_zero_tokens", optional=True),
 ]
 TASK_EXTRA = {
     "listops": [
@@ -191,6 +194,20 @@ MODEL = [
     Choice("pooling", ("cls", "mean"), optional=True),
     Choice("pos_emb", ("learned", "sinusoidal"), optional=True),
     Bool("tied_weights", optional=True),
+    Int("qkv_dim", optional=True, means="total q/k/v width; must divide by heads; null = d_model", example=64),
+    Bool("qkv_bias", optional=True),
+    Float("attention_dropout", low=0, high=1, open_high=True, optional=True, means="dropout on attention weights",
+          example=0.1),
+    Choice("init", _model.INITS, optional=True),
+    Float("token_init_std", low=0, open_low=True, optional=True, means="std of the token embedding init",
+          example=0.02),
+    Float("norm_eps", low=0, open_low=True, optional=True, means="LayerNorm epsilon", example=1e-6),
+    Choice("gelu", _model.GELUS, optional=True),
+    Choice("head_activation", _model.HEAD_ACTIVATIONS, optional=True),
+    Choice("dual_head", _model.DUAL_HEADS, optional=True),
+    Choice("masked_queries", _model.MASKED_QUERIES, optional=True),
+    Choice("cls_mask", _model.CLS_MASKS, optional=True),
+    Choice("pool_masked", _model.POOL_MASKED, optional=True),
 ]
 
 #: ``trainer.*`` (after task defaults, recipe and the trainer preset)
@@ -198,10 +215,12 @@ TRAINER = [
     Int("batch_size", means="examples per step", example=32),
     Int("steps", means="optimizer steps", example=500),
     Float("lr", low=0, open_low=True, means="base learning rate", example=1e-3),
-    Choice("schedule", ("rsqrt", "linear", "cosine")),
+    Choice("schedule", ("rsqrt", "linear", "cosine", "onecycle")),
     Int("warmup", low=0, means="warm-up steps", example=50),
     Float("weight_decay", low=0, optional=True, means="AdamW weight decay", example=0.01),
     Rule("betas", "floats", low=0, high=1, open_high=True, length=2, means="AdamW betas", example="[0.9,0.98]"),
+    Float("eps", low=0, open_low=True, optional=True, means="Adam epsilon", example=1e-9),
+    Choice("weight_decay_params", ("all", "matrices"), optional=True),
     Float("grad_clip", low=0, optional=True, means="gradient-norm clipping; 0 or null = off", example=1.0),
     Int("eval_every", means="steps between validations", example=500),
     Int("eval_batches", optional=True, means="cap on validation batches; null = all", example=10),
@@ -220,16 +239,16 @@ RUN = [Int("seed", low=0, means="training seed", example=0)]
 KNOBS = {
     "bigbird": [Int("block_size", example=64), Int("window_blocks", example=3), Int("global_blocks", low=0, example=2),
                 Int("random_blocks", low=0, example=3)],
-    "linear": [Float("eps", low=0, open_low=True, example=1e-6)],
     "linformer": [Int("k", means="projected length", example=256)],
     "local": [Int("window", low=0, means="max distance |i-j| attended", example=256)],
     "nystrom": [Int("landmarks", example=64), Int("pinv_iterations", low=0, example=6),
                 Int("conv_kernel", low=0, means="odd, or 0 = off", example=35)],
     "performer": [Int("num_features", example=256), Int("redraw_interval", low=0, means="0 = never", example=1000),
                   Choice("kernel", ("softmax", "relu")), Choice("scaling", ("chi", "sqrt_d")),
-                  Float("kernel_eps", low=0, example=1e-3), Float("eps", low=0, open_low=True, example=1e-6)],
+                  Float("kernel_eps", low=0, example=1e-3)],
     "random_feature": [Int("num_features", example=256), Float("sigma_init", low=0, open_low=True, example=1.0),
-                       Float("eps", low=0, open_low=True, example=1e-6), Int("gate_chunk", example=64),
+                       Float("normalizer_floor", low=0, high=1, open_high=True, means="relative floor of the normaliser",
+                             example=1e-3), Int("gate_chunk", example=64),
                        Float("gate_bias_init", example=2.0)],
     "reformer": [Int("bucket_size", example=64), Int("n_hashes", example=2),
                  Int("n_buckets", optional=True, means="1 or even; null = from the length", example=8)],

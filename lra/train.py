@@ -60,14 +60,15 @@ def _merge(*layers) -> dict[str, Any]:
 
 
 def recipe_of(cfg: DictConfig) -> DictConfig | dict:
-    """The task's model/trainer settings for ``recipe`` (``lra``: the task's own blocks, nothing to add).
+    """The task's ``model``/``trainer`` blocks for ``recipe`` (conf/recipe/<name>.yaml).
 
-    Other recipes live in the task config under ``recipes.<name>`` with ``model`` and ``trainer``
-    blocks that override the LRA ones (see conf/task/listops.yaml).
+    ``lra``: the task config's own ``model:`` and ``trainer:`` blocks. Other recipes live in the
+    task config under ``recipes.<name>`` with their own complete ``model`` and ``trainer`` blocks
+    (nothing is inherited from the LRA blocks; see conf/task/listops.yaml).
     """
     name = cfg.get("recipe") or "lra"
     if name == "lra":
-        return {}
+        return {"model": cfg.task.get("model"), "trainer": cfg.task.get("trainer")}
     recipes = cfg.task.get("recipes") or {}
     if name not in recipes:
         raise ConfigError(f"recipe={name!r} is not defined for task {cfg.task.name!r}; "
@@ -76,15 +77,34 @@ def recipe_of(cfg: DictConfig) -> DictConfig | dict:
 
 
 def resolve(cfg: DictConfig) -> tuple[DictConfig, dict, dict, dict]:
-    """Effective (task cfg, model kwargs, trainer settings, attention knobs) of a run."""
+    """Effective (task cfg, model kwargs, trainer settings, attention knobs) of a run.
+
+    Model and trainer settings, later layers winning (``null`` = not set): the recipe's settings
+    shared by every task (``recipe_defaults``, from conf/recipe/<name>.yaml), the task's blocks for
+    the recipe (:func:`recipe_of`), ``trainer.model_overrides`` (model only), then the ``model``
+    and ``trainer`` groups (the command line). ``task.mask_zero_tokens`` becomes the model's.
+    """
     task_cfg = OmegaConf.merge(cfg.task, {k: v for k, v in (cfg.trainer.get("task_overrides") or {}).items()})
     recipe = recipe_of(cfg)
-    model = _merge(cfg.task.get("model"), recipe.get("model"), cfg.trainer.get("model_overrides"), cfg.model)
-    trainer = _merge(cfg.task.get("trainer"), recipe.get("trainer"),
+    shared = cfg.get("recipe_defaults") or {}
+    model = _merge(shared.get("model"), recipe.get("model"), cfg.trainer.get("model_overrides"), cfg.model)
+    model["mask_zero_tokens"] = bool(task_cfg.get("mask_zero_tokens") or False)
+    trainer = _merge(shared.get("trainer"), recipe.get("trainer"),
                      {k: v for k, v in cfg.trainer.items() if k not in ("task_overrides", "model_overrides")})
+    _check_trainer(trainer)
     knobs = _merge(cfg.attention)
     knobs.pop("name", None)
     return task_cfg, model, trainer, knobs
+
+
+def _check_trainer(trainer: dict) -> None:
+    """Optimizer knobs that only make_optimizer reads: fail before any data is prepared."""
+    scope = trainer.get("weight_decay_params", "matrices")
+    if scope not in DECAY_SCOPES:
+        raise ConfigError(f"trainer.weight_decay_params={scope!r} is not one of {DECAY_SCOPES}")
+    if trainer.get("schedule") == "onecycle" and int(trainer.get("warmup") or 0) < 2:
+        raise ConfigError(f"trainer.schedule=onecycle needs trainer.warmup >= 2 (torch's OneCycleLR), "
+                          f"got {trainer.get('warmup')}")
 
 
 def device_of(setting: str, acquire: bool = False) -> torch.device:
@@ -176,21 +196,36 @@ def check_task_data(task_cfg: DictConfig) -> None:
             raise ConfigError(str(err)) from None
 
 
+SCHEDULES = ("rsqrt", "linear", "cosine", "onecycle")
+#: which parameters weight decay applies to: every one (both references) | matrices other than
+#: position embeddings (this suite's earlier choice)
+DECAY_SCOPES = ("all", "matrices")
+
+
 def lr_factor(schedule: str, warmup: int, steps: int):
-    """Multiplier of the base lr at step s (0-based optimizer steps)."""
+    """Multiplier of the base lr for optimizer step s (0-based: update s uses factor(s)).
+
+    ``rsqrt`` and ``cosine`` are the LRA reference's ``create_learning_rate_scheduler`` factors
+    (lra_benchmarks/utils/train_utils.py), evaluated at its step counter, which starts at 0 (so the
+    first update has lr 0): ``constant * linear_warmup * rsqrt_decay`` = min(1, s/w) / sqrt(max(s, w));
+    ``constant * linear_warmup * cosine_decay`` = min(1, s/w) * 0.5 (1 + cos(pi ((s - w)+ / steps mod 1)))
+    with steps_per_cycle = the run's steps, as every LRA image config sets it. ``linear``: warm-up
+    to the base lr, then linear decay to 0 (the quick trainer's). ``onecycle`` is torch's
+    OneCycleLR, built in :func:`make_optimizer`.
+    """
+    w = max(warmup, 1)
+
     def rsqrt(s):  # LRA: constant * linear_warmup * rsqrt_decay
-        s = s + 1
-        return min(1.0, s / max(warmup, 1)) / math.sqrt(max(s, warmup, 1))
+        return min(1.0, s / w) / math.sqrt(max(s, w))
 
     def linear(s):
         if s < warmup:
             return (s + 1) / warmup
         return max(0.0, (steps - s) / max(1, steps - warmup))
 
-    def cosine(s):
-        if s < warmup:
-            return (s + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, (s - warmup) / max(1, steps - warmup))))
+    def cosine(s):  # LRA: constant * linear_warmup * cosine_decay
+        progress = max(0.0, (s - warmup) / max(1, steps))
+        return min(1.0, s / w) * max(0.0, 0.5 * (1 + math.cos(math.pi * (progress % 1.0))))
 
     return {"rsqrt": rsqrt, "linear": linear, "cosine": cosine}[schedule]
 
@@ -198,19 +233,36 @@ def lr_factor(schedule: str, warmup: int, steps: int):
 # ----------------------------------------------------------------------------- training
 
 def build_model(data: tasks.TaskData, model: dict, attention: str, knobs: dict) -> Encoder:
-    return Encoder(EncoderConfig(vocab_size=data.vocab_size, num_classes=data.num_classes, max_length=data.seq_len,
-                                 dual=data.dual, attention=attention, attention_cfg=knobs, **model))
+    encoder = Encoder(EncoderConfig(vocab_size=data.vocab_size, num_classes=data.num_classes, max_length=data.seq_len,
+                                    dual=data.dual, attention=attention, attention_cfg=knobs, **model))
+    if not encoder.attention_dropout_applies:
+        print(f"[lra] note: model.attention_dropout={model.get('attention_dropout')} is not applied by "
+              f"attention={attention} (no attention-weight hook for this variant; see lra.model.DROPOUT_BACKENDS)")
+    return encoder
 
 
 def make_optimizer(model: torch.nn.Module, tr: dict):
-    """AdamW (weight decay on matrices except position embeddings) and its LambdaLR schedule."""
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "pos" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "pos" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tr.get("weight_decay", 0.0)},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=tr["lr"], betas=tuple(tr.get("betas", (0.9, 0.98))), eps=1e-8,
+    """AdamW and its schedule: ``betas``, ``eps`` (default 1e-8), ``weight_decay`` on
+    ``weight_decay_params`` (``all`` | ``matrices``: every >= 2-D tensor but position embeddings),
+    ``schedule`` (a LambdaLR of :func:`lr_factor`, or torch's OneCycleLR for ``onecycle``:
+    linear anneal from lr/25 up to lr over ``warmup`` steps and down to lr/25e4 at ``steps``,
+    beta1 cycled 0.95 -> 0.85 -> 0.95, as the Nystromformer LRA code runs it)."""
+    decay = tr.get("weight_decay", 0.0)
+    if tr.get("weight_decay_params", "matrices") == "all":
+        groups = [{"params": list(model.parameters()), "weight_decay": decay}]
+    else:
+        matrix = {id(p) for n, p in model.named_parameters() if p.dim() >= 2 and "pos" not in n}
+        groups = [{"params": [p for p in model.parameters() if id(p) in matrix], "weight_decay": decay},
+                  {"params": [p for p in model.parameters() if id(p) not in matrix], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=tr["lr"], betas=tuple(tr.get("betas") or (0.9, 0.98)),
+                            eps=float(tr.get("eps") or 1e-8),
                             fused=next(model.parameters()).is_cuda or None)  # one fused kernel on CUDA
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(tr["schedule"], int(tr["warmup"]), int(tr["steps"])))
+    steps, warmup = int(tr["steps"]), int(tr["warmup"])
+    if tr["schedule"] == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tr["lr"], total_steps=steps,
+                                                    pct_start=min(1.0, warmup / steps), anneal_strategy="linear")
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(tr["schedule"], warmup, steps))
     return opt, sched
 
 

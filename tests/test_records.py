@@ -73,8 +73,8 @@ BAD_TRAIN = [  # (overrides, message) -- each must fail in validate(), before da
     (["seed=-1"], r"seed=-1 is invalid"),
     (["threads=0"], r"threads=0 is invalid: it must be auto .* or an integer >= 1"),
     (["attention=performer", "attention.num_features=0"], r"attention\.num_features=0 is invalid"),
-    (["attention=performer", "attention.eps=-1e-6"], r"attention\.eps=-1e-06 is invalid: it must be a number > 0"),
-    (["attention=linear", "attention.eps=0"], r"attention\.eps=0 is invalid"),
+    (["attention=performer", "attention.kernel_eps=-1e-6"], r"attention\.kernel_eps=-1e-06 is invalid: it must be a number >= 0"),
+    (["attention=random_feature", "attention.normalizer_floor=1"], r"attention\.normalizer_floor=1 is invalid"),
     (["attention=nystrom", "attention.landmarks=0"], r"attention\.landmarks=0 is invalid"),
     (["attention=local", "attention.window=-1"], r"attention\.window=-1 is invalid"),
     (["attention=reformer", "attention.n_hashes=0"], r"attention\.n_hashes=0 is invalid"),
@@ -201,7 +201,7 @@ def test_record_of_a_quick_run_holds_the_effective_configuration(tmp_path):
     assert "model" not in c["task"] and "recipes" not in c["task"]
     assert "task_overrides" not in c["trainer"] and "model_overrides" not in c["trainer"]
     assert c["attention"] == {"name": "linear", **rec["variant_config"]}
-    assert rec["variant_config"] == {"heads": 4, "head_dim": 16, "max_length": 129, "seed": 0, "eps": 1e-6}
+    assert rec["variant_config"] == {"heads": 4, "head_dim": 16, "max_length": 129, "seed": 0, "backend": "auto"}
 
 
 def test_variant_config_lists_every_knob_with_its_default(tmp_path):

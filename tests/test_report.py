@@ -22,6 +22,7 @@ def _write(root, device, kind, **kw):
     rec = make_record(kind, **kw)
     rec["device"] = dict(device)  # make_record queries the local device; records carry the measured one
     rec["versions"] = VERSIONS
+    rec["host"] = {**rec["host"], "load_avg_1m": 0.5, "loaded": False}  # not this machine's load of the moment
     rec["started_at"] = "2025-01-02T03:04:05+00:00"
     folder = root / device["name"].split()[1]
     folder.mkdir(parents=True, exist_ok=True)

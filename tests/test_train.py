@@ -24,8 +24,10 @@ def test_run_writes_a_record(tmp_path):
     assert row["seq_len"] == 32 and row["steps"] == 8
 
 
-def test_resume_reaches_the_same_state(tmp_path, monkeypatch):
-    overrides = tiny_train_overrides(tmp_path / "cache", "attention=performer", "attention.num_features=8")
+@pytest.mark.parametrize("recipe", ["lra", "small"])   # small: OneCycleLR (lr and beta1) must resume too
+def test_resume_reaches_the_same_state(tmp_path, monkeypatch, recipe):
+    overrides = tiny_train_overrides(tmp_path / "cache", "attention=performer", "attention.num_features=8",
+                                     f"recipe={recipe}")
     full_run = run(compose_train(*overrides), tmp_path / "a")
     # interrupted run: dies at step 6, after the checkpoint of step 4
     real_batch = DeviceBatches.batch
@@ -83,21 +85,6 @@ def test_config_errors_raise_before_training(tmp_path):
     rec = run(unknown, tmp_path / "j3", raise_config_errors=False)
     assert rec["status"] == "error" and "nope" in rec["message"]
     assert not (tmp_path / "c").exists()  # no data was prepared
-
-
-def test_recipe_small_replaces_the_task_settings_and_unknown_recipes_are_named():
-    from lra.train import resolve
-
-    _, model, trainer, _ = resolve(compose_train("task=listops"))
-    assert (model["d_model"], model["layers"], model["tied_weights"], trainer["schedule"]) == (512, 6, True, "rsqrt")
-    _, model, trainer, _ = resolve(compose_train("task=listops", "recipe=small"))
-    assert (model["d_model"], model["layers"], model["pooling"]) == (64, 2, "mean")
-    assert (trainer["lr"], trainer["schedule"], trainer["steps"]) == (1e-4, "linear", 5000)
-    assert model["tied_weights"] is False and model["dropout"] == 0.1
-    _, model, _, _ = resolve(compose_train("task=listops", "recipe=small", "model.d_model=32"))
-    assert model["d_model"] == 32  # the command line still wins
-    with pytest.raises(ConfigError, match=r"recipe='bogus'.*choices: \['lra', 'small'\]"):
-        resolve(compose_train("task=listops", "recipe=bogus"))
 
 
 def test_tied_weights_share_one_block():
