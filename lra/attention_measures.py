@@ -33,7 +33,7 @@ from typing import Callable
 
 import torch
 
-from .distill import distillation_loss, has_feature_map, sample_queries, softmax_weights, variant_weights
+from .distill import distillation_loss, has_feature_map, row_kl, sample_queries, softmax_weights, variant_weights
 
 
 def probe_weights(attn: torch.nn.Module, q: torch.Tensor, k: torch.Tensor,
@@ -135,11 +135,9 @@ def weight_measures(attn: torch.nn.Module, q: torch.Tensor, k: torch.Tensor, mas
         x = x[rows]
         return float(x[torch.isfinite(x)].mean()) if x.numel() else float("nan")
 
-    tiny = torch.finfo(torch.float64).tiny
-    kl = (torch.xlogy(teacher, teacher) - teacher * w.clamp_min(tiny).log()).sum(dim=-1)
     return WeightMeasures(entropy=mean(attention_entropy(w, mask)),
                           softmax_entropy=mean(attention_entropy(teacher, mask)),
-                          monotonicity=mean(monotonicity(w, scores, mask)), weight_kl=mean(kl))
+                          monotonicity=mean(monotonicity(w, scores, mask)), weight_kl=mean(row_kl(teacher, w)))
 
 
 def trainable_parameters(attn: torch.nn.Module) -> list[torch.nn.Parameter]:

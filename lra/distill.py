@@ -8,7 +8,13 @@ random subset S of ``s`` query positions:
 
     teacher  T_ij = softmax_j(q_i . k_j / sqrt(d))                     (no gradient: q, k detached)
     student  A_ij = phi(q_i) . phi(k_j) / sum_j' phi(q_i) . phi(k_j')  (the variant's own weights)
-    loss_h   = mean over the real queries i in S of  -sum_j T_ij log A_ij    (per head h)
+    loss_h   = mean over the real queries i in S of  sum_j T_ij (log T_ij - log A_ij)   (per head h)
+
+that is the paper's soft-label cross-entropy ``-sum_j T_ij log A_ij`` minus the teacher's entropy
+``-sum_j T_ij log T_ij``: KL(T || A) >= 0, exactly 0 when the weights match. The teacher sends no
+gradient, so the entropy is a constant of the optimisation and the gradient is the cross-entropy's;
+the value, unlike the cross-entropy's, does not drift with how spiky the teacher is while q and k
+train, which makes the logged per-layer loss comparable across a run.
 
 over the real keys j (``mask``). Cost O(s N (d + F) + N F d_in): linear in N for a fixed ``s``;
 the ``(N, N)`` matrix is never formed. The student's gradient reaches the feature map's
@@ -95,16 +101,21 @@ def variant_weights(attn: torch.nn.Module, q: torch.Tensor, k: torch.Tensor, mas
     return kernel_weights(phi_q, phi_k, mask, rel_floor=rel_floor)
 
 
-def soft_cross_entropy(teacher: torch.Tensor, student: torch.Tensor, query_weight: torch.Tensor | None = None
-                       ) -> torch.Tensor:
-    """Per-head mean over queries of ``-sum_j T_ij log max(A_ij, tiny)``: ``(B, H, S, M)`` twice
-    (and an optional ``(B, S)`` weight per query, e.g. 1 = real, 0 = padded) -> ``(H,)``."""
+def row_kl(teacher: torch.Tensor, student: torch.Tensor) -> torch.Tensor:
+    """``sum_j T_ij (log T_ij - log max(A_ij, tiny))`` per row: ``(B, H, S, M)`` twice -> ``(B, H, S)``
+    (``0 log 0 = 0``; ``tiny`` = the smallest normal float of the student's dtype)."""
     tiny = torch.finfo(student.dtype).tiny
-    ce = -(teacher * student.clamp_min(tiny).log()).sum(dim=-1)            # (B, H, S)
+    return (torch.xlogy(teacher, teacher) - teacher * student.clamp_min(tiny).log()).sum(dim=-1)
+
+
+def soft_kl(teacher: torch.Tensor, student: torch.Tensor, query_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-head mean over queries of :func:`row_kl`: ``(B, H, S, M)`` twice (and an optional
+    ``(B, S)`` weight per query, e.g. 1 = real, 0 = padded) -> ``(H,)``."""
+    kl = row_kl(teacher, student)                                            # (B, H, S)
     if query_weight is None:
-        return ce.mean(dim=(0, 2))
-    w = query_weight.to(ce.dtype)[:, None, :]                                # (B, 1, S)
-    return (ce * w).sum(dim=(0, 2)) / w.sum(dim=(0, 2)).clamp_min(1.0)
+        return kl.mean(dim=(0, 2))
+    w = query_weight.to(kl.dtype)[:, None, :]                                # (B, 1, S)
+    return (kl * w).sum(dim=(0, 2)) / w.sum(dim=(0, 2)).clamp_min(1.0)
 
 
 def distillation_loss(attn: torch.nn.Module, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None,
@@ -120,7 +131,7 @@ def distillation_loss(attn: torch.nn.Module, q: torch.Tensor, k: torch.Tensor, m
         teacher = softmax_weights(q[:, :, idx].detach(), k.detach(), mask)
     student = variant_weights(attn, q, k, mask, idx)
     query_weight = None if mask is None else mask[:, idx]
-    return soft_cross_entropy(teacher, student, query_weight)
+    return soft_kl(teacher, student, query_weight)
 
 
 class LayerDistiller:

@@ -11,8 +11,7 @@ from attention_variants.taylor import taylor_features
 from lra.attention_measures import (attention_entropy, average_ranks, fit_to_softmax, monotonicity,
                                     probe_weights, weight_measures)
 from lra.bench import exactness_inputs
-from lra.distill import (distillation_loss, kernel_weights, sample_queries, soft_cross_entropy,
-                         softmax_weights, variant_weights)
+from lra.distill import distillation_loss, sample_queries, soft_kl, softmax_weights, variant_weights
 
 
 def inputs(score_std=1.0, b=2, h=2, n=48, d=16, seed=0, dtype=torch.float32):
@@ -133,7 +132,8 @@ def test_hedgehog_exp_padding_and_bf16_long_input():
 # ----------------------------------------------------------------------------- distillation
 
 def test_distillation_loss_equals_quadratic_definition():
-    """With every query sampled, the loss is the mean over real queries of -sum_j T log A."""
+    """With every query sampled, the loss is the mean over real queries of sum_j T (log T - log A):
+    the soft-label cross-entropy minus the teacher's entropy."""
     attn = av.build("hedgehog", heads=2, head_dim=16)
     q, k, _, mask = inputs(2.0, dtype=torch.float64)
     loss = distillation_loss(attn, q, k, mask, num_queries=10_000)
@@ -141,7 +141,9 @@ def test_distillation_loss_equals_quadratic_definition():
     phi_q, phi_k = attn.feature_map(q, True), attn.feature_map(k, False, mask)
     a = (phi_q @ phi_k.transpose(-1, -2)).masked_fill(~mask[:, None, None, :], 0.0)
     a = a / a.sum(-1, keepdim=True)
-    ce = -(t * a.log().masked_fill(~mask[:, None, None, :], 0.0)).sum(-1)         # (B, H, N)
+    real = mask[:, None, None, :]
+    ce = -(t * a.log().masked_fill(~real, 0.0)).sum(-1)                           # (B, H, N)
+    ce = ce + (t * t.log().masked_fill(~real, 0.0)).sum(-1)                      # minus H(T)
     w = mask[:, None, :].double()
     torch.testing.assert_close(loss, (ce * w).sum((0, 2)) / w.sum((0, 2)))
 
@@ -155,7 +157,7 @@ def test_distillation_teacher_sends_no_gradient_into_q_k():
     idx = sample_queries(q.shape[-2], 16, gen())
     q2, k2 = q.detach().clone().requires_grad_(), k.detach().clone().requires_grad_()
     teacher = softmax_weights(q[:, :, idx].detach(), k.detach(), mask)          # a constant
-    soft_cross_entropy(teacher, variant_weights(attn, q2, k2, mask, idx), mask[:, idx]).sum().backward()
+    soft_kl(teacher, variant_weights(attn, q2, k2, mask, idx), mask[:, idx]).sum().backward()
     torch.testing.assert_close(q.grad, q2.grad)
     torch.testing.assert_close(k.grad, k2.grad)
 
@@ -314,3 +316,35 @@ def test_layer_distiller_rejects_non_kernel_variants():
         LayerDistiller(tiny_encoder("full"), weight=1.0)
     with pytest.raises(ValueError, match="weight"):
         LayerDistiller(tiny_encoder("hedgehog"), weight=0.0)
+
+
+def test_train_with_distillation_records_it_and_lowers_the_loss(tmp_path):
+    """lra-train attention=hedgehog attention.distill=W: the record says it was on with its weight,
+    the history has one loss per layer, and the per-layer loss falls during the run; off by default."""
+    from conftest import compose_train, tiny_train_overrides
+    from lra.train import run
+
+    over = tiny_train_overrides(tmp_path / "cache", "attention=hedgehog", "trainer.steps=24", "trainer.eval_every=6",
+                                "trainer.checkpoint_every=24", "trainer.lr=1e-2")
+    rec = run(compose_train(*over, "attention.distill=5.0", "attention.distill_queries=16"), tmp_path / "on")
+    assert rec["status"] == "ok", rec["message"]
+    assert rec["distill"] == {"on": True, "weight": 5.0, "queries": 16}
+    assert "distill" not in rec["variant_config"] and "distill" not in rec["config"]["attention"]
+    losses = [h["distill_loss"] for h in rec["case"]["history"]]
+    assert len(losses) == 3 and all(len(layer) == 2 for layer in losses)
+    assert all(last < first for first, last in zip(losses[0], rec["case"]["distill_loss_layers"]))
+    assert rec["metrics"]["distill_loss"] > 0
+    off = run(compose_train(*over), tmp_path / "off")
+    assert off["distill"] == {"on": False, "weight": 0.0, "queries": 64}
+    assert "distill_loss" not in off["case"]["history"][0] and "distill_loss" not in off["metrics"]
+
+
+def test_train_distillation_config_errors(tmp_path):
+    from conftest import compose_train, tiny_train_overrides
+    from lra.train import ConfigError, run
+
+    with pytest.raises(ConfigError, match="kernel variant"):
+        run(compose_train(*tiny_train_overrides(tmp_path / "c", "attention=full", "attention.distill=1")), tmp_path / "a")
+    with pytest.raises(ConfigError, match="attention.distill=-1"):
+        run(compose_train(*tiny_train_overrides(tmp_path / "c", "attention=linear", "attention.distill=-1")),
+            tmp_path / "b")
