@@ -151,7 +151,7 @@ def test_weights_table_shows_entropy_and_monotonicity_columns():
     assert n == 512
     assert list(table.index) == ["full", "linear", "hedgehog", "softmax"]
     assert table.loc["hedgehog", "entropy (nats)"] == "6.10" and table.loc["hedgehog", "monotonicity"] == "0.700"
-    assert table.loc["hedgehog", "error at init"] == "0.750" and table.loc["hedgehog", "error (fitted)"] == "0.700"
+    assert table.loc["hedgehog", "error at init"] == "0.75" and table.loc["hedgehog", "error (fitted)"] == "0.7"
     assert table.loc["softmax", "entropy (nats)"] == "5.00"
     assert weights_table(frame(rec("full", 256, mode="exactness", metrics={"approx_error": 0.0})))[1] is None
 

@@ -192,8 +192,9 @@ def case_table(rows: pd.DataFrame, value: str, fmt: Callable[[float], str] = sig
 #: the attention-weight columns of exactness records (Hedgehog's spikiness and monotonicity, and mimicry)
 WEIGHT_COLUMNS = (("entropy", "entropy (nats)", lambda x: f"{x:.2f}"),
                   ("monotonicity", "monotonicity", lambda x: f"{x:.3f}"),
-                  ("weight_kl", "KL(softmax ‖ variant)", lambda x: f"{x:.3g}"),
-                  ("approx_error_init", "error at init", sig), ("approx_error", "error (fitted)", sig))
+                  ("weight_kl", "KL(softmax ‖ variant)", lambda x: f"{x:.3g}" if abs(x) >= 1e-6 else "0"),
+                  ("approx_error_init", "error at init", lambda x: f"{x:.3g}"),
+                  ("approx_error", "error (fitted)", lambda x: f"{x:.3g}"))
 
 
 def weights_table(rows: pd.DataFrame) -> tuple[pd.DataFrame, int | None]:
@@ -209,7 +210,7 @@ def weights_table(rows: pd.DataFrame) -> tuple[pd.DataFrame, int | None]:
     out = pd.DataFrame(index=pd.Index(variant_order(at["variant"].unique()), name="variant"),
                        columns=[title for _, title, _ in WEIGHT_COLUMNS], dtype=object)
     for col, title, fmt in WEIGHT_COLUMNS:
-        for r in median_by(at, ["variant"], col).itertuples():
+        for r in median_by(at, ["variant"], col).assign(loaded=False).itertuples():  # not timings: no load mark
             out.loc[r.variant, title] = cell(r, fmt)
     ref = float(has[has["seq_len"] == n]["softmax_entropy"].median())
     out.loc["softmax"] = [f"{ref:.2f}" if np.isfinite(ref) else "—", "1", "0", "0", "0"]
