@@ -77,7 +77,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path

@@ -25,6 +25,7 @@ def _rows(variant, pattern, alpha, *, radius=2.0, sweep=False, causal=False, c=3
 
 def _frame():
     rows = (_rows("full", "adversarial", 0.5, bound=100.0) + _rows("full", "random", 0.0, bound=50.0)
+            + _rows("bigbird", "adversarial", 0.5)
             + _rows("full", "data", 0.25, radius=math.nan) + _rows("linear", "adversarial", 0.0)
             + _rows("random_feature", "adversarial", 0.1, causal=True)
             + _rows("full", "adversarial", 0.3, radius=0.5, sweep=True)
@@ -64,6 +65,7 @@ def test_pattern_figure_shows_exponents_and_the_softmax_bound():
     assert "full (\N{GREEK SMALL LETTER ALPHA}=0.50)" in labels and "linear (\N{GREEK SMALL LETTER ALPHA}=0.00)" in labels
     assert "random_feature (causal) (\N{GREEK SMALL LETTER ALPHA}=0.10)" in labels
     assert any(lab.startswith("softmax bound") for lab in labels)
+    assert "bigbird (\N{GREEK SMALL LETTER ALPHA}=0.50, on top of full)" in labels
     bound = [ln for ln in fig.axes[0].get_lines() if ln.get_label().startswith("softmax bound")][0]
     np.testing.assert_allclose(bound.get_ydata(), [100.0 * n ** 0.5 for n in NS])
     assert fig.axes[0].get_xscale() == "log" and fig.axes[0].get_yscale() == "log"

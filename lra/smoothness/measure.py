@@ -9,7 +9,8 @@ Patterns (the ``pattern`` axis):
 ``random``        tokens uniform on the sphere of radius ``radius``; ``samples`` draws, averaged.
 ``adversarial``   the paper's construction for the map's own projections (:func:`..inputs.adversarial_rows`).
 ``search``        projected gradient ascent over the ball of radius ``radius``, from the adversarial
-                  point and from the first random draw (:func:`..inputs.search_rows`); the best value.
+                  point and from the best of the random draws (:func:`..inputs.search_rows`); the best
+                  value found, so at least the adversarial value and every random draw's.
 ``data``          hidden states of real sequences at an untrained encoder's attention input
                   (:mod:`..hidden`); ``samples`` sequences, averaged.
 ``data_trained``  the same through a trained ``lra-train`` checkpoint (``data.checkpoint``).
@@ -189,12 +190,18 @@ def _synthetic(variant, knobs, pattern, n, sm, radius, seed, dtype, device) -> O
             metrics["rel_change"] = rel
         else:
             se = dict(sm.get("search") or {})
-            makers = {"adversarial": lambda: x_adv, "random": lambda: random_draw(0)}
             names = list(se.get("starts") or ("adversarial", "random"))
-            res = search_rows(fn, {s: makers[s]() for s in names}, radius=radius, steps=int(se.get("steps", 12)),
+            starts, values = {}, {}
+            if "adversarial" in names:
+                starts["adversarial"], values["adversarial"] = x_adv, sigma
+            if "random" in names:   # the best of the random pattern's draws
+                draws = [random_draw(i) for i in range(max(1, int(sm.get("samples", 1))))]
+                sigmas = [_estimate(fn, x, iters, seed)[0] for x in draws]
+                best = max(range(len(draws)), key=lambda i: sigmas[i])
+                starts["random"], values["random"] = draws[best], sigmas[best]
+            res = search_rows(fn, starts, radius=radius, steps=int(se.get("steps", 12)),
                               step_size=float(se.get("step_size", 0.1)), iters=iters,
-                              iters_per_step=int(se.get("iters_per_step", 3)), seed=seed,
-                              start_values={"adversarial": sigma})
+                              iters_per_step=int(se.get("iters_per_step", 3)), seed=seed, start_values=values)
             metrics = _summary([res.sigma], [softmax_bound(res.x, proj)])
             metrics.update({f"search_start_{k}": v for k, v in res.start_sigma.items()})
             metrics.update({f"search_best_{k}": v for k, v in res.best_sigma.items()})

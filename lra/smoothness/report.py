@@ -125,6 +125,23 @@ def _palette(labels: Sequence[str], palette: Mapping[str, Any] | None):
             for lab in labels}
 
 
+def _coinciding(curves: pd.DataFrame, rtol: float = 0.01, atol: float = 0.0, first: str = "full") -> dict[str, str]:
+    """``{label: earlier label}`` for columns of ``curves`` (index: x) equal to an earlier column
+    within ``rtol``/``atol`` at every x both have (their lines lie on top of each other);
+    ``first`` is compared first (the line the others are said to lie on)."""
+    same: dict[str, str] = {}
+    cols = sorted(curves.columns, key=lambda c: c != first)
+    for i, a in enumerate(cols):
+        for b in cols[:i]:
+            if b in same:
+                continue
+            both = curves[[a, b]].dropna()
+            if len(both) and np.allclose(both[a], both[b], rtol=rtol, atol=atol):
+                same[a] = b
+                break
+    return same
+
+
 def _fmt_alpha(alpha: float) -> str:
     return "alpha n/a" if not np.isfinite(alpha) else f"\N{GREEK SMALL LETTER ALPHA}={alpha:.2f}"
 
@@ -142,6 +159,9 @@ def pattern_figure(df: pd.DataFrame, pattern: str, *, device: str | None = None,
     med = rows.groupby(["label", "seq_len"], as_index=False)[["lipschitz"]].mean()
     labels = sorted(med["label"].unique(), key=lambda s: (s.split(" (")[0], s))
     legend = {lab: f"{lab} ({_fmt_alpha(_fit(rows[rows['label'] == lab]))})" for lab in labels}
+    curves = med.pivot(index="seq_len", columns="label", values="lipschitz")
+    for lab, other in _coinciding(curves, first=bound_variant).items():
+        legend[lab] = legend[lab][:-1] + f", on top of {other})"
     med["legend"] = med["label"].map(legend)
     colors = _palette(labels, palette)
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
@@ -190,18 +210,21 @@ def radius_figure(df: pd.DataFrame, *, device: str | None = None, palette: Mappi
     patterns = _pattern_order(table["pattern"].unique())
     labels = sorted(table["variant"].unique(), key=lambda s: (s.split(" (")[0], s))
     colors = _palette(labels, palette)
-    fig, axes = plt.subplots(1, len(patterns), figsize=(4.2 * len(patterns) + 2.2, 4.2), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(patterns), figsize=(5.0 * len(patterns), 6.0), sharey=True, squeeze=False)
     for ax, pattern in zip(axes[0], patterns):
-        g = table[table["pattern"] == pattern]
-        sns.lineplot(data=g, x="radius", y="alpha", hue="variant", hue_order=labels, palette=colors, marker="o",
-                     ax=ax, errorbar=None, legend=ax is axes[0][-1])
+        g = table[table["pattern"] == pattern].copy()
+        same = _coinciding(g.pivot(index="radius", columns="variant", values="alpha"), rtol=0.0, atol=0.01)
+        g["variant"] = [f"{v} (= {same[v]})" if v in same else v for v in g["variant"]]
+        order = [f"{v} (= {same[v]})" if v in same else v for v in labels if v in set(table["variant"])]
+        shown = [v for v in order if v in set(g["variant"])]
+        sns.lineplot(data=g, x="radius", y="alpha", hue="variant", hue_order=shown,
+                     palette={v: colors[v.split(" (= ")[0]] for v in shown}, marker="o", ax=ax, errorbar=None)
+        ax.legend(loc="upper left", bbox_to_anchor=(0.0, -0.18), fontsize="x-small", ncol=2, title=None)
         for k, style in ((SQRT_N, ":"), (QUARTER, "-."), (0.0, "-")):
             ax.axhline(k, color="0.45", ls=style, lw=1)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("radius R")
         ax.set_title(f"pattern {pattern} (n={int(g['n_min'].min())}..{int(g['n_max'].max())})", fontsize="medium")
     axes[0][0].set_ylabel("fitted exponent alpha (L ~ n^alpha)")
-    if axes[0][-1].get_legend() is not None:
-        axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small", title="variant")
     fig.tight_layout()
     return fig
