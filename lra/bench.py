@@ -44,9 +44,14 @@ Modes (``case.mode`` in the record):
     a few keys, q and k scaled up: peaked attention). Averaged over ``exactness.seeds`` draws
     of inputs and variant seeds (``approx_error_max``: the worst).
 ``smoothness``
-    ``lipschitz``: spectral norm of the Jacobian of ``X -> Attention(X Wq, X Wk, X Wv)`` (one
-    head, fixed random projections, unit-scale rows) by power iteration
-    (:func:`lra.smoothness.lipschitz_estimate`); the summary fits ``L ~ N^alpha``.
+    ``lipschitz``: the local Lipschitz constant (Jacobian spectral norm, by power iteration) of
+    ``X -> Attention(X Wq, X Wk, X Wv)`` at inputs of ``case.pattern`` (Castin, Ablin & Peyre
+    2024): ``random``, ``adversarial`` and ``search`` tokens in the ball of radius
+    ``case.radius`` (one head, fixed random projections), ``data`` / ``data_trained`` hidden
+    states of real task sequences at an (un)trained encoder layer's attention input; also
+    ``softmax_bound`` (the closed-form softmax bound at that input) and ``bound_ratio``. Extra
+    radii (``smoothness.radius_sweep``) and causal settings (``case.causal``) are cases of their
+    own. Details: :mod:`lra.smoothness.measure`. The summary fits ``L ~ N^alpha``.
 
 Measurement rules (``lra.timing``): warm-up calls first (they also compile
 ``torch.compile`` paths); ``torch.cuda.synchronize()``; CUDA events around each timed call
@@ -91,7 +96,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,7 +112,8 @@ from . import conf_dir, schema
 from .devices import set_job_threads
 from .results import flatten, git_commit, host_info, loaded_warning, make_record, now, variant_config, write_record
 from .schema import ConfigError
-from .smoothness import attention_map, growth_exponent, lipschitz_estimate, unit_rows
+from .smoothness import growth_exponent
+from .smoothness import measure as smoothness
 from .timing import (FLOPS_COUNTED, PeakMemory, attention_flops, count_flops, exact_kernel, flops_convention,
                      free_memory, is_oom, peak_bf16_tflops, tflops, time_fn, time_interleaved)
 
@@ -207,6 +212,10 @@ def resolve_settings(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     for d in s["dtype"] + [s["exactness"]["dtype"], s["smoothness"]["dtype"]]:
         if d not in DTYPES:
             raise ConfigError(f"unknown dtype {d!r}; choose one of {sorted(DTYPES)}")
+    try:
+        smoothness.check_settings(s["smoothness"])
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     patterns = _as_list(s["exactness"].get("patterns") or list(PATTERNS))
     bad = [p for p in patterns if p not in PATTERNS]
     if bad:
@@ -279,20 +288,25 @@ class Case:
     batch_size: int | None = None
     dtype: str | None = None
     pattern: str | None = None
+    radius: float | None = None     # smoothness: the ball's radius of a synthetic pattern
+    causal: bool = False            # smoothness: the variant built with its causal knobs
 
     def _parts(self, eq: str) -> list[str]:
-        """mode, variant, N, B, dtype, pattern (those set); ``eq`` joins a letter to its value."""
+        """mode, variant, N, B, dtype, pattern, R, causal (those set); ``eq`` joins a letter to its value."""
         parts = [self.mode, self.variant, f"N{eq}{self.seq_len}"]
         if self.batch_size is not None:
             parts.append(f"B{eq}{self.batch_size}")
-        return parts + [p for p in (self.dtype, self.pattern) if p]
+        parts += [p for p in (self.dtype, self.pattern) if p]
+        if self.radius is not None:
+            parts.append(f"R{eq}{self.radius:g}")
+        return parts + (["causal"] if self.causal else [])
 
     def label(self) -> str:
         return " ".join(self._parts("="))
 
     def group(self) -> tuple:
         """Cases that differ only in N: an OOM at one N skips the larger ones."""
-        return (self.mode, self.variant, self.batch_size, self.dtype, self.pattern)
+        return (self.mode, self.variant, self.batch_size, self.dtype, self.pattern, self.radius, self.causal)
 
     def filename(self) -> str:
         return "-".join(self._parts("")) + ".json"
@@ -322,7 +336,9 @@ def plan(s: dict[str, Any]) -> list[Case]:
                               for n in sorted(ex["lengths"])]
             elif mode == "smoothness":
                 sm = s["smoothness"]
-                cases += [Case(mode, variant, n, 1, sm["dtype"]) for n in sorted(sm["lengths"])]
+                for pattern, radius, causal in smoothness.plan_axes(variant, sm):
+                    cases += [Case(mode, variant, n, 1, sm["dtype"], pattern, radius, causal)
+                              for n in sorted(sm["lengths"])]
     return cases
 
 
@@ -690,30 +706,26 @@ def _backend_attempts(name: str, knobs: dict) -> list[dict]:
 
 
 def measure_smoothness(case: Case, s: dict, device: torch.device) -> Measurement:
-    """``smoothness``: Jacobian spectral norm of ``X -> Attention(X Wq, X Wk, X Wv)``.
+    """``smoothness``: the local Lipschitz constant at ``case.pattern`` inputs
+    (:func:`lra.smoothness.measure.measure`).
 
     A fused backend without the needed derivatives (e.g. SDPA flash, compiled flex_attention)
     is replaced by the variant's ``reference``/``math`` backend (same function); the record
     says so in ``case.backend_fallback``."""
     sm = s["smoothness"]
-    dtype = DTYPES[case.dtype]
-    d, n = int(sm["dim"]), case.seq_len
-    seed = int(s.get("seed") or 0)
-    fn_x = None
+    knobs = dict(s["knobs"][case.variant])
+    if case.causal:
+        knobs.update(smoothness.causal_knobs(case.variant, sm))
     first_error: BaseException | None = None
     fallback = None
-    for knobs in _backend_attempts(case.variant, s["knobs"][case.variant]):
+    out = None
+    for attempt in _backend_attempts(case.variant, knobs):
         try:
-            attn = av.build(case.variant, **{"heads": 1, "head_dim": d, "max_length": n, "seed": seed, **knobs})
-        except ValueError:
+            out = smoothness.measure(case.variant, attempt, case.pattern or "random", case.seq_len, sm,
+                                     radius=case.radius, causal=case.causal, seed=int(s.get("seed") or 0),
+                                     dtype=DTYPES[case.dtype], device=device)
+        except smoothness.AttentionBuildError:
             continue  # this variant has no such backend
-        attn = attn.to(device).eval()
-        fn = attention_map(attn, d, seed=seed, weight_std=float(sm.get("weight_std", 1.0)), dtype=dtype,
-                           device=device)
-        x = unit_rows(n, d, seed=seed, radius=float(sm.get("radius", 1.0)), dtype=dtype, device=device)
-        t0 = time.perf_counter()
-        try:
-            lip = lipschitz_estimate(fn, x, iters=int(sm.get("iters", 20)), seed=seed)
         except Exception as err:  # noqa: BLE001 - e.g. no forward-mode / double-backward derivative
             if is_oom(err):
                 raise
@@ -721,18 +733,18 @@ def measure_smoothness(case: Case, s: dict, device: torch.device) -> Measurement
                 first_error = err
             fallback = _first_line(err)
             continue
-        fn_x = (lip, time.perf_counter() - t0, attn, knobs)
         break
-    if fn_x is None:
+    if out is None:
         raise first_error or RuntimeError("no backend of this variant could be differentiated")
-    lip, wall, attn, knobs = fn_x
-    metrics = {"lipschitz": lip, "lipschitz_per_sqrt_n": lip / math.sqrt(n), "wall_s": round(wall, 4)}
-    facts = {"heads": 1, "head_dim": d, "radius": sm.get("radius", 1.0), "weight_std": sm.get("weight_std", 1.0),
-             "iters": sm.get("iters", 20), "backend": getattr(attn, "last_backend", None) or knobs.get("backend"),
-             "backend_fallback": fallback}
-    m = Measurement(metrics, facts, variant_config(case.variant, heads=1, head_dim=d, max_length=n,
-                                                   **{"seed": seed, **knobs}))
-    if not math.isfinite(lip):
+    cfg = {"heads": out.facts.get("heads", 1), "max_length": case.seq_len, **out.variant_config}
+    if "head_dim" in out.facts:
+        cfg.setdefault("head_dim", out.facts["head_dim"])
+    try:
+        full_cfg = variant_config(case.variant, **cfg)   # every knob with its default
+    except (KeyError, TypeError, ValueError):
+        full_cfg = out.variant_config
+    m = Measurement(out.metrics, {**out.facts, "backend_fallback": fallback if first_error else None}, full_cfg)
+    if not math.isfinite(out.metrics["lipschitz"]):
         m.status, m.message = "nan", "non-finite Lipschitz estimate"
     return m
 
@@ -937,16 +949,20 @@ def summary(records: list[dict[str, Any]]) -> str:
         if metric not in sub:
             sub[metric] = None
         sub["cell"] = [_cell(r, metric) for _, r in sub.iterrows()]
+        if mode == "smoothness" and "radius" in sub:   # data patterns have none; keep their rows
+            sub["radius"] = [f"{r:g}" if isinstance(r, (int, float)) and math.isfinite(r) else "-"
+                             for r in sub["radius"]]
         index = ["variant"]
-        for col in ("pattern", "dtype", "batch_size"):
+        for col in ("pattern", "radius", "causal", "dtype", "batch_size"):
             if col in sub and sub[col].nunique(dropna=True) > 1:
                 index.append(col)
         table = sub.pivot_table(index=index, columns="seq_len", values="cell", aggfunc="first")
         if mode == "smoothness":
             ok = sub[sub["status"] == "ok"]
             alphas = []
-            for v in table.index.get_level_values(0):
-                g = ok[ok["variant"] == v]
+            for key in table.index:
+                key = key if isinstance(key, tuple) else (key,)
+                g = ok[(ok[index] == pd.Series(key, index=index)).all(axis=1)]
                 alphas.append(_fmt_alpha(growth_exponent(list(g["seq_len"]), list(g[metric]))))
             table["alpha (L~N^a)"] = alphas
         out.append(f"\n== {mode}: {title} ==\n{table.to_string()}")
