@@ -348,3 +348,27 @@ def test_train_distillation_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="attention.distill=-1"):
         run(compose_train(*tiny_train_overrides(tmp_path / "c", "attention=linear", "attention.distill=-1")),
             tmp_path / "b")
+
+
+def test_bench_exactness_reports_fitted_error_and_weight_measures(tmp_path, monkeypatch):
+    """lra-bench exactness: a learned map is fitted (error at init and after, fit losses), every
+    variant gets entropy / monotonicity / KL; exact attention is monotone with softmax's entropy."""
+    from hydra import compose, initialize_config_dir
+
+    from lra import bench, conf_dir
+
+    monkeypatch.setenv("LRA_GIT_COMMIT", "0123abc")
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose("bench", overrides=[
+            "variants=[hedgehog,linear,full]", "device=cpu", "modes=[exactness]", "exactness.lengths=[64]",
+            "exactness.heads=2", "exactness.head_dim=16", "exactness.patterns=[random]", "exactness.fit_steps=5",
+            "exactness.weight_queries=16", "progress=false", "summary=false"])
+    records = {r["variant"]: r for r in bench.run(cfg, tmp_path / "job")}
+    hh = records["hedgehog"]["metrics"]
+    assert hh["fit_steps"] == 5 and hh["approx_error_init"] > 0 and hh["fit_loss_first"] > 0
+    assert records["hedgehog"]["case"]["fit"] == {"steps": 5, "lr": 3e-3, "batch_size": 2, "queries": 16}
+    lin = records["linear"]["metrics"]
+    assert lin["fit_steps"] == 0 and lin["approx_error_init"] == lin["approx_error"] and "fit_loss_first" not in lin
+    full = records["full"]["metrics"]
+    assert full["monotonicity"] > 0.999 and abs(full["entropy"] - full["softmax_entropy"]) < 1e-6
+    assert 0 < lin["monotonicity"] < 0.999 and lin["entropy"] > full["entropy"] and lin["weight_kl"] > 0
