@@ -132,3 +132,19 @@ def test_overhead_row_of_a_loaded_host_is_marked():
     row = rec(mode="train_overhead", host=dict(HOST, loaded=True),
               metrics={"ms_model_fwd_bwd": 20.0, "ms_train_step": 22.0, "overhead_pct": 10.0})
     assert overhead_table(frame(row, rec(mode="train_overhead")))["status"].tolist() == ["ok†", "ok"]
+
+
+def test_compare_keeps_smoothness_radii_apart():
+    """Two smoothness cases that differ only in their radius are two cases, not one averaged."""
+    from lra.report.compare import compare_frames
+
+    def frame(lips):
+        return pd.DataFrame([{"kind": "bench", "task": None, "variant": "full", "device_name": "CPU x",
+                              "mode": "smoothness", "seq_len": 64, "batch_size": 1, "dtype": "float32",
+                              "pattern": "adversarial", "radius": r, "causal": False, "status": "ok",
+                              "lipschitz": lip} for r, lip in lips])
+
+    cmp = compare_frames(frame([(1.0, 10.0), (4.0, 100.0)]), frame([(1.0, 10.0), (4.0, 100.0)]))
+    rows = cmp[cmp["metric"] == "lipschitz"]
+    assert sorted(rows["current"].astype(float)) == [10.0, 100.0]
+    assert not rows["regression"].any()
