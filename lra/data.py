@@ -137,9 +137,7 @@ class DeviceBatches:
             raise ValueError("length bucketing needs a padding id: this split has no padding")
         self.seq_len = inputs.shape[-1]
         self.positions_per_example = self.seq_len * (inputs.shape[1] if inputs.dim() == 3 else 1)
-        self.lengths = self.real = None
-        if pad_id is not None:  # on the CPU copy, before moving: (n,) lengths and real-token counts
-            self.lengths, self.real = bucketing.example_lengths(inputs, pad_id)
+        self._lengths = None
         self.inputs = inputs.to(device, non_blocking=True)
         self.labels = labels.to(device, non_blocking=True)
         self.batch_size = min(batch_size, len(labels))
@@ -155,6 +153,23 @@ class DeviceBatches:
     @property
     def bucketed(self) -> bool:
         return self.bucket_multiple is not None
+
+    def _example_lengths(self) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
+        """(lengths, real-token counts) per example (:func:`lra.bucketing.example_lengths`), on the CPU;
+        computed on first use (one pass over the split on its device); None without padding."""
+        if self.pad_id is None:
+            return None, None
+        if self._lengths is None:
+            self._lengths = bucketing.example_lengths(self.inputs, self.pad_id)
+        return self._lengths
+
+    @property
+    def lengths(self) -> torch.Tensor | None:
+        return self._example_lengths()[0]
+
+    @property
+    def real(self) -> torch.Tensor | None:
+        return self._example_lengths()[1]
 
     def plan(self, epoch: int) -> bucketing.Plan:
         """The training batches of ``epoch`` (:func:`lra.bucketing.train_plan`), on the CPU."""

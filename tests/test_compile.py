@@ -27,9 +27,10 @@ def _fields(record):
             "config": set(record["config"]["trainer"])}
 
 
-def _pair(tmp_path, *extra, backend="aot_eager"):
-    overrides = tiny_train_overrides(tmp_path / "cache", "attention=full", "trainer.steps=12", "trainer.eval_every=2",
-                                     "trainer.log_every=2", *extra)
+def _pair(tmp_path, *extra, backend="aot_eager", dropout=0.1):
+    overrides = [o for o in tiny_train_overrides(tmp_path / "cache", "attention=full", "trainer.steps=12",
+                                                 "trainer.eval_every=2", "trainer.log_every=2", *extra)
+                 if not o.startswith("trainer.model_overrides.dropout")] + [f"trainer.model_overrides.dropout={dropout}"]
     eager = run(compose_train(*overrides), tmp_path / "eager")
     compiled = run(compose_train(*overrides, "trainer.compile=true", f"trainer.compile_backend={backend}"),
                    tmp_path / "compiled")
@@ -83,7 +84,9 @@ def test_bad_compile_settings_fail_before_any_data(tmp_path):
 
 @slow
 def test_inductor_compiled_run_matches_eager_within_noise(tmp_path):
-    eager, compiled = _pair(tmp_path, backend="inductor")
+    """Without dropout (inductor draws its own dropout masks, so with dropout the curves differ by
+    that noise), the inductor-compiled run's loss curve is eager's to float rounding."""
+    eager, compiled = _pair(tmp_path, backend="inductor", dropout=0.0)
     assert compiled["case"]["compile"]["status"] == "compiled" and _fields(eager) == _fields(compiled)
     assert _losses(compiled) == pytest.approx(_losses(eager), rel=1e-3, abs=1e-4)
 

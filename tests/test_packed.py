@@ -17,20 +17,23 @@ from conftest import tiny_train_overrides
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _hold_slot(lock_dir, jobs_per_gpu, hold_s, out):
+def _hold_slot(lock_dir, jobs_per_gpu, hold_s, out, acquired=None):
     from lra.devices import acquire_gpu_slot
 
     device = acquire_gpu_slot(jobs_per_gpu, lock_dir=lock_dir, poll_s=0.02, count=1)
     start = time.time()
+    if acquired is not None:
+        acquired.set()
     time.sleep(hold_s)
     out.put((device.index, start, time.time()))
 
 
-def _hold_exclusive(lock_dir, hold_s, out):
+def _hold_exclusive(lock_dir, hold_s, out, acquired):
     from lra.devices import acquire_free_gpu
 
     acquire_free_gpu(lock_dir=lock_dir, poll_s=0.02, count=1)
     start = time.time()
+    acquired.set()
     time.sleep(hold_s)
     out.put(("exclusive", start, time.time()))
 
@@ -42,7 +45,7 @@ def _most_at_once(spans):
 def test_at_most_k_packed_jobs_share_a_gpu(tmp_path):
     ctx = mp.get_context("fork")   # the children only lock files and sleep
     out = ctx.Queue()
-    procs = [ctx.Process(target=_hold_slot, args=(tmp_path, 2, 0.8, out)) for _ in range(5)]
+    procs = [ctx.Process(target=_hold_slot, args=(tmp_path, 2, 1.2, out)) for _ in range(5)]
     for p in procs:
         p.start()
     for p in procs:
@@ -55,15 +58,13 @@ def test_at_most_k_packed_jobs_share_a_gpu(tmp_path):
 def test_an_exclusive_job_never_shares_its_gpu_with_packed_jobs(tmp_path):
     ctx = mp.get_context("fork")
     out = ctx.Queue()
-    packed = ctx.Process(target=_hold_slot, args=(tmp_path, 4, 1.0, out))
+    first, second = ctx.Event(), ctx.Event()
+    packed = ctx.Process(target=_hold_slot, args=(tmp_path, 4, 1.0, out, first))
     packed.start()
-    while not list(tmp_path.glob("lra-gpu-0-slot-*.lock")):
-        time.sleep(0.02)
-    time.sleep(0.3)                                        # the packed job holds its slot now
-    exclusive = ctx.Process(target=_hold_exclusive, args=(tmp_path, 1.0, out))
+    assert first.wait(30)                                  # the packed job holds its slot
+    exclusive = ctx.Process(target=_hold_exclusive, args=(tmp_path, 0.8, out, second))
     exclusive.start()
-    packed.join(60)
-    time.sleep(0.3)                                        # the exclusive job holds the GPU now
+    assert second.wait(30)                                 # ... and the exclusive job gets the GPU after it
     late = ctx.Process(target=_hold_slot, args=(tmp_path, 4, 0.2, out))
     late.start()
     for p in (packed, exclusive, late):

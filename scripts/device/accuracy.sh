@@ -64,6 +64,9 @@ PACKED=()
 if [ "$JOBS" -gt 1 ]; then
     PACKED=("trainer.device=${PACK_DEVICE:-packed}" "trainer.jobs_per_gpu=$JOBS")
     export LRA_CONCURRENT_JOBS=$JOBS
+    # trainer.compile: the jobs compile at once; each gets its share of the cores for inductor's workers
+    _cores=$(nproc 2>/dev/null || echo 1)
+    export TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-$(( _cores / JOBS > 0 ? _cores / JOBS : 1 ))}
 fi
 
 pack() {   # everything so far -> $OUT/$NAME.tgz (atomically) and $OUT/$NAME.txt
