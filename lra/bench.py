@@ -115,6 +115,7 @@ import attention_variants as av
 
 from . import conf_dir, schema
 from .attention_measures import fitted_exactness
+from .compiled import CompiledModel, raise_compile_limits
 from .devices import set_job_threads
 from .results import flatten, git_commit, host_info, loaded_warning, make_record, now, variant_config, write_record
 from .schema import ConfigError
@@ -559,8 +560,13 @@ def measure_train_overhead(case: Case, s: dict, device: torch.device) -> Measure
         model = Encoder(enc_cfg).to(device).train()
         opt, sched = make_optimizer(model, tr)
         batches = DeviceBatches(inputs, labels, b, device, pad_id=0, shuffle=True, seed=seed)
-        step_fn = torch.compile(model) if to.get("compile") else model
+        step_fn = CompiledModel(model, device=device) if to.get("compile") else model   # as trainer.compile
         train_step = TrainStep(model, step_fn, opt, sched, batches, amp, tr.get("grad_clip"))
+        bucketed = None
+        if to.get("bucketing"):  # the same step on length-bucketed batches of the same data (lra.bucketing)
+            bucketed = DeviceBatches(inputs, labels, b, device, pad_id=0, shuffle=True, seed=seed,
+                                     bucket_multiple=int(to.get("bucket_multiple") or 128))
+            bucketed_step = TrainStep(model, step_fn, opt, sched, bucketed, amp, tr.get("grad_clip"))
         x, mask, y = batches.batch(0)   # the fixed batch of the model-only timings
         mem.mark()
         clip = tr.get("grad_clip")
@@ -579,20 +585,26 @@ def measure_train_overhead(case: Case, s: dict, device: torch.device) -> Measure
                         opt.step()
             return fn
 
-        step = [0]
         first_bad = [-1]
+        steps_run = {}
 
-        def train_steps():
-            for _ in range(per_call):
-                train_step(step[0])
-                step[0] += 1
-            bad, _ = train_step.boundary()      # the loop's host sync, once per log_every steps
-            if bad >= 0 and first_bad[0] < 0:
-                first_bad[0] = bad
+        def train_steps(ts, name):
+            steps_run[name] = 0
 
-        timings = time_interleaved({"model_fwd_bwd": model_steps(False), "model_fwd_bwd_opt": model_steps(True),
-                                    "train_step": train_steps}, device=device,
-                                   **{**_timing_kw(s), "warmup": warmup, "repeats": repeats})
+            def fn():
+                for _ in range(per_call):
+                    ts(steps_run[name])
+                    steps_run[name] += 1
+                bad, _ = ts.boundary()      # the loop's host sync, once per log_every steps
+                if bad >= 0 and first_bad[0] < 0:
+                    first_bad[0] = bad
+            return fn
+
+        fns = {"model_fwd_bwd": model_steps(False), "model_fwd_bwd_opt": model_steps(True),
+               "train_step": train_steps(train_step, "train_step")}
+        if bucketed is not None:
+            fns["train_step_bucketed"] = train_steps(bucketed_step, "train_step_bucketed")
+        timings = time_interleaved(fns, device=device, **{**_timing_kw(s), "warmup": warmup, "repeats": repeats})
     ms = {name: t.median_ms / per_call for name, t in timings.items()}
     fb, fbo, full = ms["model_fwd_bwd"], ms["model_fwd_bwd_opt"], ms["train_step"]
     metrics: dict[str, Any] = _time_metrics(timings["train_step"], per_call)
@@ -605,11 +617,25 @@ def measure_train_overhead(case: Case, s: dict, device: torch.device) -> Measure
                     "loop_pct": round(100 * (full - fbo) / fb, 3),
                     "steps_per_s": round(1e3 / full, 4), "tokens_per_s": round(1e3 / full * b * n, 1),
                     "peak_mem_mb": mem.peak_mb, "params": sum(p.numel() for p in model.parameters())})
+    if bucketed is not None:  # real (non-padding) tokens per second: mean over the steps run / mean timed step
+        rates = {}
+        for name, db in (("train_step", batches), ("train_step_bucketed", bucketed)):
+            positions, real, _ = db.token_counts(steps_run[name])
+            mean_ms = sum(timings[name].times_ms) / len(timings[name].times_ms) / per_call
+            rates[name] = real / steps_run[name] / mean_ms * 1e3
+            metrics["padded_fraction" + name[len("train_step"):]] = round(1 - real / positions, 4)
+        metrics["real_tokens_per_s"] = round(rates["train_step"], 1)
+        metrics["real_tokens_per_s_bucketed"] = round(rates["train_step_bucketed"], 1)
+        metrics["bucketing_speedup"] = round(rates["train_step_bucketed"] / rates["train_step"], 4)
     facts = {"heads": enc_cfg.heads, "head_dim": enc_cfg.d_model // enc_cfg.heads, "layers": enc_cfg.layers,
              "d_model": enc_cfg.d_model, "mlp_dim": enc_cfg.mlp_dim, **_timing_facts(timings["train_step"]),
              "steps_per_call": per_call, "examples": examples, "input_seed": seed,
              "trainer_task": to.get("task"), "grad_clip": clip, "schedule": tr.get("schedule"),
-             "compile": bool(to.get("compile")), "autocast": amp is not None, "optimizer": "AdamW",
+             "compile": step_fn.facts() if isinstance(step_fn, CompiledModel) else False,
+             "autocast": amp is not None, "optimizer": "AdamW",
+             "bucketing": bool(to.get("bucketing")),
+             **({"bucket_lengths": sorted(set(bucketed.token_counts(steps_run["train_step_bucketed"])[2]))}
+                if bucketed is not None else {}),
              "backend": getattr(model.blocks[0].attn.attention, "last_backend", None)}
     m = Measurement(metrics, facts, variant_config(case.variant, heads=enc_cfg.heads,
                                                    head_dim=enc_cfg.d_model // enc_cfg.heads,
@@ -861,21 +887,6 @@ def _measured_something(case: Case, m: Measurement) -> tuple[str, str | None]:
     return m.status, m.message
 
 
-def _raise_compile_limits() -> None:
-    """Many shapes of one compiled kernel (flex_attention at every N) would hit dynamo's
-    default recompile limit (8) and silently fall back to eager; allow more."""
-    try:
-        import torch._dynamo.config as dcfg  # noqa: PLC0415
-    except Exception:  # noqa: BLE001
-        return
-    for name in ("recompile_limit", "cache_size_limit"):
-        if hasattr(dcfg, name) and getattr(dcfg, name) < 256:
-            setattr(dcfg, name, 256)
-    for name in ("accumulated_recompile_limit", "accumulated_cache_size_limit"):
-        if hasattr(dcfg, name) and getattr(dcfg, name) < 2048:
-            setattr(dcfg, name, 2048)
-
-
 def run(cfg: DictConfig, job_dir: Path, *, raise_config_errors: bool = True,
         measure: Callable[[Case, dict, torch.device], Measurement] = measure_case) -> list[dict[str, Any]]:
     """Run the grid of ``cfg``; records go to ``job_dir/records/`` (and ``cfg.results_dir``)."""
@@ -907,7 +918,7 @@ def run(cfg: DictConfig, job_dir: Path, *, raise_config_errors: bool = True,
                 write_record(record, results_dir)
             print(f"[lra-bench] config error: {err}", file=sys.stderr)
             return [record]
-        _raise_compile_limits()
+        raise_compile_limits()
         threads = set_job_threads(s.get("threads", "auto"))
         cases = plan(s)
         print(f"[lra-bench] {len(cases)} cases on {device} ({_device_name(device) or 'cpu'}, {threads} CPU "

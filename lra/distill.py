@@ -140,7 +140,8 @@ class LayerDistiller:
 
     ``LayerDistiller(model, weight, num_queries)`` registers a forward hook on every attention
     module of ``model`` (each ``nn.Module`` attribute named ``attention``; a module applied several
-    times, e.g. tied layers, counts once per application). Captures happen only in training mode
+    times, e.g. tied layers, counts once per application; each forward of ``model`` starts afresh).
+    Captures happen only in training mode
     with gradients enabled (evaluation keeps nothing). After a training forward,
     ``distiller.loss()`` returns ``weight`` times the mean over layers and heads of
     :func:`distillation_loss` (queries drawn from the global CPU generator, which checkpoints
@@ -164,6 +165,8 @@ class LayerDistiller:
                                 f"{getattr(m, 'name', type(m).__name__)!r} has none")
         self._captured: list[tuple[torch.nn.Module, torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
         self._handles = [m.register_forward_hook(self._capture, with_kwargs=True) for m in modules.values()]
+        # a new forward of the model starts a new capture (nothing stale from a forward that failed)
+        self._handles.append(model.register_forward_pre_hook(lambda _module, _args: self._captured.clear()))
         self._sums: torch.Tensor | None = None
         self._count = 0
 

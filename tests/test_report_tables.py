@@ -165,3 +165,19 @@ def test_distilled_train_records_report_as_their_own_variant():
     df = frame(*rows)
     assert list(df["variant"]) == ["hedgehog+distill", "hedgehog", "hedgehog"]
     assert variant_order(["taylor", "hedgehog+distill", "full", "hedgehog"]) == ["full", "hedgehog", "hedgehog+distill", "taylor"]
+
+
+def test_compare_keeps_smoothness_radii_apart():
+    """Two smoothness cases that differ only in their radius are two cases, not one averaged."""
+    from lra.report.compare import compare_frames
+
+    def frame(lips):
+        return pd.DataFrame([{"kind": "bench", "task": None, "variant": "full", "device_name": "CPU x",
+                              "mode": "smoothness", "seq_len": 64, "batch_size": 1, "dtype": "float32",
+                              "pattern": "adversarial", "radius": r, "causal": False, "status": "ok",
+                              "lipschitz": lip} for r, lip in lips])
+
+    cmp = compare_frames(frame([(1.0, 10.0), (4.0, 100.0)]), frame([(1.0, 10.0), (4.0, 100.0)]))
+    rows = cmp[cmp["metric"] == "lipschitz"]
+    assert sorted(rows["current"].astype(float)) == [10.0, 100.0]
+    assert not rows["regression"].any()

@@ -6,7 +6,7 @@ import torch
 
 from lra import bench, conf_dir
 from lra.results import load
-from lra.smoothness.report import exponent_table
+from lra.report.smoothness import exponent_table
 
 
 @pytest.fixture(autouse=True)
@@ -72,4 +72,4 @@ def test_tiny_smoothness_run_writes_a_record_per_case(tmp_path, monkeypatch):
     assert len(causal) == 8 and set(causal["variant"]) == {"random_feature"}
     table = exponent_table(df)
     assert set(table.index) == {"full", "random_feature", "random_feature (causal)"}
-    assert list(table.columns) == ["random", "adversarial", "search", "data"]
+    assert list(table.columns) == ["adversarial", "search", "random", "data"]

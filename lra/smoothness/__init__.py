@@ -15,7 +15,8 @@ Modules, one job each:
 * :mod:`.inputs` -- random, adversarial and searched inputs in the ball of radius R.
 * :mod:`.hidden` -- hidden states of real task sequences at an encoder layer's attention input.
 * :mod:`.measure` -- one (variant, pattern, length) measurement for ``lra-bench``.
-* :mod:`.report` -- the exponent table and figures from the records.
+
+The exponent table, findings and figures from the records are :mod:`lra.report.smoothness`.
 """
 from .estimate import exact_lipschitz, growth_exponent, lipschitz_estimate, power_iteration
 from .inputs import adversarial_rows, search_rows, sphere_rows, unit_rows
