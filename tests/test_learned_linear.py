@@ -372,3 +372,15 @@ def test_bench_exactness_reports_fitted_error_and_weight_measures(tmp_path, monk
     full = records["full"]["metrics"]
     assert full["monotonicity"] > 0.999 and abs(full["entropy"] - full["softmax_entropy"]) < 1e-6
     assert 0 < lin["monotonicity"] < 0.999 and lin["entropy"] > full["entropy"] and lin["weight_kl"] > 0
+
+
+def test_train_distillation_under_compile_trains_eagerly_and_says_why(tmp_path):
+    from conftest import compose_train, tiny_train_overrides
+    from lra.train import run
+
+    over = tiny_train_overrides(tmp_path / "cache", "attention=hedgehog", "attention.distill=1.0", "trainer.compile=true",
+                                "trainer.steps=4", "trainer.checkpoint_every=4")
+    rec = run(compose_train(*over), tmp_path / "job")
+    assert rec["status"] == "ok", rec["message"]
+    assert rec["case"]["compile"]["status"] == "fallback" and "attention.distill" in rec["case"]["compile"]["reason"]
+    assert rec["metrics"]["distill_loss"] > 0
