@@ -42,7 +42,12 @@ Modes (``case.mode`` in the record):
     :func:`reference_attention` (float64 end to end) on the same inputs, for
     input patterns ``random`` (q, k, v ~ N(0, 1)) and ``concentrated`` (each query built from
     a few keys, q and k scaled up: peaked attention). Averaged over ``exactness.seeds`` draws
-    of inputs and variant seeds (``approx_error_max``: the worst).
+    of inputs and variant seeds (``approx_error_max``: the worst). A learned feature map
+    (hedgehog, taylor, random_feature's sigma) is first fitted to softmax weights for
+    ``exactness.fit_steps`` steps on fresh draws of the pattern (``approx_error_init``: before).
+    Beside it, Hedgehog's measures of the attention weights, for every variant
+    (:mod:`lra.attention_measures`): ``entropy`` (spikiness), ``softmax_entropy``,
+    ``monotonicity`` (Spearman of the weights with q.k) and ``weight_kl`` (KL from softmax).
 ``smoothness``
     ``lipschitz``: the local Lipschitz constant (Jacobian spectral norm, by power iteration) of
     ``X -> Attention(X Wq, X Wk, X Wv)`` at inputs of ``case.pattern`` (Castin, Ablin & Peyre
@@ -109,6 +114,7 @@ from tqdm.auto import tqdm
 import attention_variants as av
 
 from . import conf_dir, schema
+from .attention_measures import fitted_exactness
 from .compiled import CompiledModel, raise_compile_limits
 from .devices import set_job_threads
 from .results import flatten, git_commit, host_info, loaded_warning, make_record, now, variant_config, write_record
@@ -682,33 +688,54 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> to
 REFERENCE = "float64 end to end (lra.bench.reference_attention)"
 
 
+#: seeds of the fitting draws start here (the measured inputs use seed + 1000 i)
+FIT_SEED = 10**7
+#: exactness metrics averaged over the input draws besides approx_error (lra.attention_measures.fitted_exactness)
+WEIGHT_METRICS = ("approx_error_init", "fit_steps", "fit_loss_first", "fit_loss_last", "entropy", "softmax_entropy",
+                  "monotonicity", "weight_kl")
+
+
 def measure_exactness(case: Case, s: dict, device: torch.device) -> Measurement:
-    """``exactness``: relative Frobenius error against float64 softmax attention."""
+    """``exactness``: relative Frobenius error against float64 softmax attention; for a learned
+    feature map after fitting it to softmax (``approx_error_init``: before), and the attention
+    weights' entropy, monotonicity and KL from softmax (:func:`lra.attention_measures.fitted_exactness`)."""
     ex = s["exactness"]
     dtype = DTYPES[case.dtype]
     b, h, n, d = case.batch_size, int(ex["heads"]), case.seq_len, int(ex["head_dim"])
     # exactness-only knob overrides (e.g. nystrom without its conv on V: the approximation itself)
     knobs = {**s["knobs"][case.variant], **((ex.get("knobs") or {}).get(case.variant) or {})}
-    errors, input_seeds, variant_seeds = [], [], []
+    input_seeds, variant_seeds, per_seed = [], [], []
     base_seed = int(s.get("seed") or 0)
+    pattern_kw = dict(scale=float(ex.get("concentrated_scale", 3.0)), keys_per_query=int(ex.get("concentrated_keys", 4)),
+                      random_scale=float(ex.get("random_scale", 1.0)), device=device)
+    fit = {"steps": int(ex.get("fit_steps", 0)), "lr": float(ex.get("fit_lr", 3e-3)),
+           "batch_size": int(ex.get("fit_batch_size", 2)), "queries": int(ex.get("weight_queries", 128))}
     for i in range(max(1, int(ex.get("seeds", 1)))):
         input_seeds.append(base_seed + 1000 * i)
         variant_seeds.append(base_seed + i)
-        q, k, v = exactness_inputs(case.pattern, b, h, n, d, seed=input_seeds[-1],
-                                   scale=float(ex.get("concentrated_scale", 3.0)),
-                                   keys_per_query=int(ex.get("concentrated_keys", 4)),
-                                   random_scale=float(ex.get("random_scale", 1.0)), device=device)
+        q, k, v = exactness_inputs(case.pattern, b, h, n, d, seed=input_seeds[-1], **pattern_kw)
         ref = reference_attention(q, k, v)
         attn = av.build(case.variant, **{"heads": h, "head_dim": d, "max_length": n, "seed": variant_seeds[-1],
                                          **knobs}).to(device).eval()
-        with torch.no_grad(), _autocast(device, dtype):
-            out = attn(q.to(dtype), k.to(dtype), v.to(dtype))
-        errors.append(float((out.double() - ref).norm() / ref.norm()))
-        del q, k, v, ref, out, attn
+
+        def error() -> float:
+            with torch.no_grad(), _autocast(device, dtype):
+                out = attn(q.to(dtype), k.to(dtype), v.to(dtype))
+            return float((out.double() - ref).norm() / ref.norm())
+
+        def draw(t: int, seed: int = FIT_SEED + 10_000 * input_seeds[-1]):  # fresh draws, never the measured one
+            fq, fk, _ = exactness_inputs(case.pattern, fit["batch_size"], h, n, d, seed=seed + t, **pattern_kw)
+            return fq.float(), fk.float(), None
+
+        per_seed.append(fitted_exactness(attn, q.float(), k.float(), error, draw, fit_steps=fit["steps"],
+                                         lr=fit["lr"], num_queries=fit["queries"], seed=variant_seeds[-1]))
+        del q, k, v, ref, attn
+    errors = [m["approx_error"] for m in per_seed]
     err = sum(errors) / len(errors)
-    metrics = {"approx_error": err, "approx_error_max": max(errors), "approx_seeds": len(errors)}
+    metrics = {"approx_error": err, "approx_error_max": max(errors), "approx_seeds": len(errors),
+               **{key: sum(m[key] for m in per_seed) / len(per_seed) for key in WEIGHT_METRICS if key in per_seed[0]}}
     facts = {"heads": h, "head_dim": d, "pattern": case.pattern, "reference": REFERENCE,
-             "input_seeds": input_seeds, "variant_seeds": variant_seeds,
+             "input_seeds": input_seeds, "variant_seeds": variant_seeds, "fit": fit,
              "pattern_scale": float(ex.get("concentrated_scale", 3.0) if case.pattern == "concentrated"
                                     else ex.get("random_scale", 1.0))}
     m = Measurement(metrics, facts, variant_config(case.variant, heads=h, head_dim=d, max_length=n,

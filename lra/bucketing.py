@@ -39,7 +39,8 @@ import torch
 #: ``reformer`` (its number of hash buckets and chunks follows the padded length), ``bigbird`` (its
 #: last global block and the folding of its random blocks follow the padded length). A third-party
 #: variant joins by a class attribute ``padding_invariant = True``.
-PADDING_INVARIANT = frozenset({"full", "flash", "local", "linear", "performer", "random_feature", "linformer"})
+PADDING_INVARIANT = frozenset({"full", "flash", "local", "linear", "performer", "random_feature", "linformer",
+                               "hedgehog", "taylor"})
 
 #: why a variant's output depends on the padded length (for :func:`choose`'s reason)
 LENGTH_DEPENDENT = {

@@ -33,7 +33,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +46,7 @@ from . import bucketing, conf_dir, schema, tasks
 from .compiled import CompiledModel
 from .data import DeviceBatches
 from .devices import set_job_threads, share_gpu
+from .distill import LayerDistiller, has_feature_map
 from .model import Encoder, EncoderConfig
 from .results import RECORD_FILENAME, host_info, make_record, now, read_record, variant_config, write_record
 from .schema import ConfigError
@@ -100,8 +101,24 @@ def resolve(cfg: DictConfig) -> tuple[DictConfig, dict, dict, dict]:
                      {k: v for k, v in cfg.trainer.items() if k not in ("task_overrides", "model_overrides")})
     _check_trainer(trainer)
     knobs = _merge(cfg.attention)
-    knobs.pop("name", None)
+    for key in ("name", *DISTILL_KEYS):  # training options, not the variant's knobs
+        knobs.pop(key, None)
     return task_cfg, model, trainer, knobs
+
+
+#: the attention-distillation training options under ``attention.`` (conf/train.yaml)
+DISTILL_KEYS = ("distill", "distill_queries")
+
+
+def distill_settings(cfg: DictConfig) -> dict[str, Any]:
+    """``attention.distill`` (weight; 0 = off) and ``attention.distill_queries`` as the record
+    states them: ``{"on", "weight", "queries"}`` (:class:`lra.distill.LayerDistiller`)."""
+    weight, queries = cfg.attention.get("distill") or 0.0, cfg.attention.get("distill_queries") or 64
+    if not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+        raise ConfigError(f"attention.distill={weight!r}: the distillation weight must be a number >= 0 (0 = off)")
+    if not isinstance(queries, int) or queries < 1:
+        raise ConfigError(f"attention.distill_queries={queries!r}: must be an integer >= 1")
+    return {"on": weight > 0, "weight": float(weight), "queries": int(queries)}
 
 
 def _check_trainer(trainer: dict) -> None:
@@ -180,6 +197,9 @@ def validate(cfg: DictConfig) -> None:
     autocast_dtype(trainer.get("precision", "auto"), device)
     attn = av.build(name, heads=model["heads"], head_dim=model["d_model"] // model["heads"],
                     max_length=int(task_cfg.seq_len) + 1, **knobs)
+    if distill_settings(cfg)["on"] and not has_feature_map(attn):
+        raise ConfigError(f"attention.distill needs a non-causal kernel variant exposing feature_map "
+                          f"(hedgehog, taylor, performer, linear, random_feature without gate); got attention={name}")
     check = getattr(attn, "check_length", None)
     if check is not None:
         try:
@@ -291,7 +311,8 @@ class TrainStep:
     ``ts(step)`` runs one optimizer step: the batch of ``step`` from ``batches``
     (:meth:`lra.data.DeviceBatches.batch`), the forward pass of ``step_fn`` under autocast
     (``amp``: dtype or None), cross-entropy in fp32, backward, gradient-norm clipping
-    (``grad_clip``; 0/None = off), optimizer and scheduler steps, and the on-device bookkeeping
+    (``grad_clip``; 0/None = off; ``aux_loss()``, if given, is added to the loss before it),
+    optimizer and scheduler steps, and the on-device bookkeeping
     (first step with a non-finite loss, running loss and accuracy sums) -- no host sync.
     :meth:`boundary` is the loop's only host sync, once per ``log_every`` steps.
 
@@ -301,9 +322,10 @@ class TrainStep:
     """
 
     def __init__(self, model: torch.nn.Module, step_fn, opt, sched, batches: DeviceBatches,
-                 amp: torch.dtype | None, grad_clip: float | None):
+                 amp: torch.dtype | None, grad_clip: float | None, aux_loss: Callable[[], torch.Tensor] | None = None):
         self.model, self.step_fn, self.opt, self.sched, self.batches = model, step_fn, opt, sched, batches
         self.amp, self.grad_clip = amp, grad_clip
+        self.aux_loss = aux_loss  # added to the task loss after the forward (attention distillation)
         self.device = batches.labels.device
         self.bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         self.loss_sum = torch.zeros((), device=self.device)
@@ -314,9 +336,10 @@ class TrainStep:
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
             logits = self.step_fn(x, mask)
         loss = F.cross_entropy(logits.float(), y)
+        total = loss if self.aux_loss is None else loss + self.aux_loss()
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        return logits, loss
+        total.backward()
+        return logits, loss, total
 
     def __call__(self, step: int) -> None:
         device = self.device
@@ -324,20 +347,20 @@ class TrainStep:
         if isinstance(self.step_fn, CompiledModel) and self.step_fn.active:
             rng = _rng_state(device)
             try:
-                logits, loss = self._forward_backward(x, mask, y)
+                logits, loss, total = self._forward_backward(x, mask, y)
             except Exception as err:  # noqa: BLE001 - any failure of the compiled code: redo eagerly
                 if _is_oom(err):
                     raise
                 self.step_fn.fall_back(err)
                 _set_rng_state(rng, device)
-                logits, loss = self._forward_backward(x, mask, y)
+                logits, loss, total = self._forward_backward(x, mask, y)
         else:
-            logits, loss = self._forward_backward(x, mask, y)
+            logits, loss, total = self._forward_backward(x, mask, y)
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.opt.step()
         self.sched.step()
-        self.bad_step = torch.where((self.bad_step < 0) & ~torch.isfinite(loss.detach()),
+        self.bad_step = torch.where((self.bad_step < 0) & ~torch.isfinite(total.detach()),
                                     torch.tensor(step, device=device), self.bad_step)
         self.loss_sum += loss.detach()
         self.correct_sum += (logits.detach().argmax(-1) == y).sum()
@@ -448,9 +471,14 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
     config = effective_config(cfg, model.cfg, batch_size=train_b.batch_size)
     config["trainer"]["bucketing"] = bucket_on  # what ran (the setting may say auto)
     knobs_ran = {k: v for k, v in config["attention"].items() if k != "name"}
+    distill = distill_settings(cfg)
+    distiller = LayerDistiller(model, distill["weight"], distill["queries"]) if distill["on"] else None
+    if distiller is not None and isinstance(step_fn, CompiledModel):  # its hooks must see every layer's q, k
+        step_fn.fall_back(RuntimeError("attention.distill reads each layer's q, k through forward hooks, "
+                                       "which a compiled (CUDA-graph) forward would not run as eager code"))
     base = dict(task=data.name, variant=cfg.attention.name, variant_config=knobs_ran, seq_len=data.seq_len,
                 batch_size=train_b.batch_size, dtype=str(amp or torch.float32).replace("torch.", ""),
-                seed=int(cfg.seed), config=config, started_at=started, device=device, host=host)
+                seed=int(cfg.seed), config=config, started_at=started, device=device, host=host, distill=distill)
     ckpt_path = job_dir / CHECKPOINT
     step, train_time, history, best_val = 0, 0.0, [], 0.0
     if ckpt_path.is_file():
@@ -477,7 +505,8 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
                     if _main_thread()}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    train_step = TrainStep(model, step_fn, opt, sched, train_b, amp, tr.get("grad_clip"))
+    train_step = TrainStep(model, step_fn, opt, sched, train_b, amp, tr.get("grad_clip"),
+                           aux_loss=distiller.loss if distiller else None)
     last_window = None
     log_every = max(1, int(tr.get("log_every", 50)))
     status, message = "ok", None
@@ -511,7 +540,9 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
                     history.append({"step": step, "val_accuracy": val_acc, "val_loss": val_loss,
                                     # training loss / accuracy over the last log_every steps
                                     **({"train_loss": last_window[0], "train_accuracy": last_window[1]}
-                                       if last_window else {})})
+                                       if last_window else {}),
+                                    # per layer, mean over heads and the steps since the last evaluation
+                                    **({"distill_loss": distiller.window()} if distiller else {})})
                     train_part = f" train_loss {last_window[0]:.4f}" if last_window else ""
                     bar.write(f"[lra] step {step}:{train_part} val_accuracy {val_acc:.4f} val_loss {val_loss:.4f}")
                 if ckpt_now:
@@ -541,6 +572,9 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
             signal.signal(s, h)
 
     metrics: dict[str, Any] = {"steps": step, "train_time_s": round(train_time, 3)}
+    distill_layers = distiller.window() if distiller else None  # since the last evaluation
+    if distill_layers:
+        metrics["distill_loss"] = round(sum(distill_layers) / len(distill_layers), 6)
     if status == "ok":
         checkpoint()
         metrics["val_accuracy"], metrics["val_loss"] = evaluate(model, val_b, amp)
@@ -556,7 +590,8 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
         metrics["peak_mem_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     metrics["params"] = sum(p.numel() for p in model.parameters())
     backend = getattr(model.blocks[0].attn.attention, "last_backend", None)
-    case = {"history": history, **({"backend": backend} if backend else {}), **case}
+    case = {"history": history, **({"backend": backend} if backend else {}),
+            **({"distill_loss_layers": distill_layers} if distill_layers else {}), **case}
     return make_record("train", status=status, message=message, metrics=metrics, case=case, **base)
 
 

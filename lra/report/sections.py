@@ -23,7 +23,7 @@ from .smoothness import (RATIO_NOTE as SMOOTHNESS_RATIO_NOTE, exponent_display, 
                          smoothness_rows)
 from .summary_figure import summary_figure
 from .tables import (accuracy_table, case_table, gap_table, overhead_table, speed_source, speed_table,
-                     with_conventions)
+                     weights_table, with_conventions)
 
 SECTIONS = (("answer", "Which attention?"), ("accuracy", "1. Accuracy"), ("speed", "2. Speed and memory"),
             ("ops", "3. Op-level benchmarks"), ("derived", "4. Derived numbers"), ("figures", "5. Figures"),
@@ -197,6 +197,13 @@ def ops(doc: Document, df: pd.DataFrame) -> None:
         for pat, g in ex.groupby(ex["pattern"].astype(object).fillna("—")):
             doc.p(f"approximation error vs exact softmax attention (‖out − exact‖_F / ‖exact‖_F), inputs `{pat}`:")
             doc.table(case_table(g, "approx_error", lambda x: f"{x:.3g}"))
+            weights, n = weights_table(g)
+            if n is not None:
+                doc.p(f"attention weights at N = {n}, inputs `{pat}` (Hedgehog's measures): entropy of each query's "
+                      f"weights (lower = spikier), monotonicity (Spearman rank correlation of the weights with q·k; "
+                      f"1 = monotone), KL from softmax's weights, and the output error before and after fitting a "
+                      f"learned feature map to softmax (the same value where there is nothing to fit):")
+                doc.table(weights)
         smoothness(doc, d, dev)
     if not written:
         doc.p("No records (no op-level, exactness or smoothness bench records).")
