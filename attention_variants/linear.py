@@ -79,6 +79,10 @@ class LinearAttention(Attention):
         check_backend("linear", config.backend)
         self.last_backend: str | None = None
 
+    def feature_map(self, x: torch.Tensor, is_query: bool, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``elu(x) + 1`` for queries and keys alike (the interface of kernel variants; ``mask`` unused)."""
+        return elu_feature_map(x)
+
     def forward(self, q, k, v, key_padding_mask=None):
         mask = normalize_key_padding_mask(key_padding_mask, q.shape[0], k.shape[-2], q.device)
         self.last_backend = resolve_backend(self.config.backend, q)

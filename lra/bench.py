@@ -42,11 +42,21 @@ Modes (``case.mode`` in the record):
     :func:`reference_attention` (float64 end to end) on the same inputs, for
     input patterns ``random`` (q, k, v ~ N(0, 1)) and ``concentrated`` (each query built from
     a few keys, q and k scaled up: peaked attention). Averaged over ``exactness.seeds`` draws
-    of inputs and variant seeds (``approx_error_max``: the worst).
+    of inputs and variant seeds (``approx_error_max``: the worst). A learned feature map
+    (hedgehog, taylor, random_feature's sigma) is first fitted to softmax weights for
+    ``exactness.fit_steps`` steps on fresh draws of the pattern (``approx_error_init``: before).
+    Beside it, Hedgehog's measures of the attention weights, for every variant
+    (:mod:`lra.attention_measures`): ``entropy`` (spikiness), ``softmax_entropy``,
+    ``monotonicity`` (Spearman of the weights with q.k) and ``weight_kl`` (KL from softmax).
 ``smoothness``
-    ``lipschitz``: spectral norm of the Jacobian of ``X -> Attention(X Wq, X Wk, X Wv)`` (one
-    head, fixed random projections, unit-scale rows) by power iteration
-    (:func:`lra.smoothness.lipschitz_estimate`); the summary fits ``L ~ N^alpha``.
+    ``lipschitz``: the local Lipschitz constant (Jacobian spectral norm, by power iteration) of
+    ``X -> Attention(X Wq, X Wk, X Wv)`` at inputs of ``case.pattern`` (Castin, Ablin & Peyre
+    2024): ``random``, ``adversarial`` and ``search`` tokens in the ball of radius
+    ``case.radius`` (one head, fixed random projections), ``data`` / ``data_trained`` hidden
+    states of real task sequences at an (un)trained encoder layer's attention input; also
+    ``softmax_bound`` (the closed-form softmax bound at that input) and ``bound_ratio``. Extra
+    radii (``smoothness.radius_sweep``) and causal settings (``case.causal``) are cases of their
+    own. Details: :mod:`lra.smoothness.measure`. The summary fits ``L ~ N^alpha``.
 
 Measurement rules (``lra.timing``): warm-up calls first (they also compile
 ``torch.compile`` paths); ``torch.cuda.synchronize()``; CUDA events around each timed call
@@ -91,7 +101,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,10 +114,13 @@ from tqdm.auto import tqdm
 import attention_variants as av
 
 from . import conf_dir, schema
+from .attention_measures import fitted_exactness
+from .compiled import CompiledModel, raise_compile_limits
 from .devices import set_job_threads
 from .results import flatten, git_commit, host_info, loaded_warning, make_record, now, variant_config, write_record
 from .schema import ConfigError
-from .smoothness import attention_map, growth_exponent, lipschitz_estimate, unit_rows
+from .smoothness import growth_exponent
+from .smoothness import measure as smoothness
 from .timing import (FLOPS_COUNTED, PeakMemory, attention_flops, count_flops, exact_kernel, flops_convention,
                      free_memory, is_oom, peak_bf16_tflops, tflops, time_fn, time_interleaved)
 
@@ -207,6 +219,10 @@ def resolve_settings(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     for d in s["dtype"] + [s["exactness"]["dtype"], s["smoothness"]["dtype"]]:
         if d not in DTYPES:
             raise ConfigError(f"unknown dtype {d!r}; choose one of {sorted(DTYPES)}")
+    try:
+        smoothness.check_settings(s["smoothness"])
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     patterns = _as_list(s["exactness"].get("patterns") or list(PATTERNS))
     bad = [p for p in patterns if p not in PATTERNS]
     if bad:
@@ -279,20 +295,25 @@ class Case:
     batch_size: int | None = None
     dtype: str | None = None
     pattern: str | None = None
+    radius: float | None = None     # smoothness: the ball's radius of a synthetic pattern
+    causal: bool = False            # smoothness: the variant built with its causal knobs
 
     def _parts(self, eq: str) -> list[str]:
-        """mode, variant, N, B, dtype, pattern (those set); ``eq`` joins a letter to its value."""
+        """mode, variant, N, B, dtype, pattern, R, causal (those set); ``eq`` joins a letter to its value."""
         parts = [self.mode, self.variant, f"N{eq}{self.seq_len}"]
         if self.batch_size is not None:
             parts.append(f"B{eq}{self.batch_size}")
-        return parts + [p for p in (self.dtype, self.pattern) if p]
+        parts += [p for p in (self.dtype, self.pattern) if p]
+        if self.radius is not None:
+            parts.append(f"R{eq}{self.radius:g}")
+        return parts + (["causal"] if self.causal else [])
 
     def label(self) -> str:
         return " ".join(self._parts("="))
 
     def group(self) -> tuple:
         """Cases that differ only in N: an OOM at one N skips the larger ones."""
-        return (self.mode, self.variant, self.batch_size, self.dtype, self.pattern)
+        return (self.mode, self.variant, self.batch_size, self.dtype, self.pattern, self.radius, self.causal)
 
     def filename(self) -> str:
         return "-".join(self._parts("")) + ".json"
@@ -322,7 +343,9 @@ def plan(s: dict[str, Any]) -> list[Case]:
                               for n in sorted(ex["lengths"])]
             elif mode == "smoothness":
                 sm = s["smoothness"]
-                cases += [Case(mode, variant, n, 1, sm["dtype"]) for n in sorted(sm["lengths"])]
+                for pattern, radius, causal in smoothness.plan_axes(variant, sm):
+                    cases += [Case(mode, variant, n, 1, sm["dtype"], pattern, radius, causal)
+                              for n in sorted(sm["lengths"])]
     return cases
 
 
@@ -537,8 +560,13 @@ def measure_train_overhead(case: Case, s: dict, device: torch.device) -> Measure
         model = Encoder(enc_cfg).to(device).train()
         opt, sched = make_optimizer(model, tr)
         batches = DeviceBatches(inputs, labels, b, device, pad_id=0, shuffle=True, seed=seed)
-        step_fn = torch.compile(model) if to.get("compile") else model
+        step_fn = CompiledModel(model, device=device) if to.get("compile") else model   # as trainer.compile
         train_step = TrainStep(model, step_fn, opt, sched, batches, amp, tr.get("grad_clip"))
+        bucketed = None
+        if to.get("bucketing"):  # the same step on length-bucketed batches of the same data (lra.bucketing)
+            bucketed = DeviceBatches(inputs, labels, b, device, pad_id=0, shuffle=True, seed=seed,
+                                     bucket_multiple=int(to.get("bucket_multiple") or 128))
+            bucketed_step = TrainStep(model, step_fn, opt, sched, bucketed, amp, tr.get("grad_clip"))
         x, mask, y = batches.batch(0)   # the fixed batch of the model-only timings
         mem.mark()
         clip = tr.get("grad_clip")
@@ -557,20 +585,26 @@ def measure_train_overhead(case: Case, s: dict, device: torch.device) -> Measure
                         opt.step()
             return fn
 
-        step = [0]
         first_bad = [-1]
+        steps_run = {}
 
-        def train_steps():
-            for _ in range(per_call):
-                train_step(step[0])
-                step[0] += 1
-            bad, _ = train_step.boundary()      # the loop's host sync, once per log_every steps
-            if bad >= 0 and first_bad[0] < 0:
-                first_bad[0] = bad
+        def train_steps(ts, name):
+            steps_run[name] = 0
 
-        timings = time_interleaved({"model_fwd_bwd": model_steps(False), "model_fwd_bwd_opt": model_steps(True),
-                                    "train_step": train_steps}, device=device,
-                                   **{**_timing_kw(s), "warmup": warmup, "repeats": repeats})
+            def fn():
+                for _ in range(per_call):
+                    ts(steps_run[name])
+                    steps_run[name] += 1
+                bad, _ = ts.boundary()      # the loop's host sync, once per log_every steps
+                if bad >= 0 and first_bad[0] < 0:
+                    first_bad[0] = bad
+            return fn
+
+        fns = {"model_fwd_bwd": model_steps(False), "model_fwd_bwd_opt": model_steps(True),
+               "train_step": train_steps(train_step, "train_step")}
+        if bucketed is not None:
+            fns["train_step_bucketed"] = train_steps(bucketed_step, "train_step_bucketed")
+        timings = time_interleaved(fns, device=device, **{**_timing_kw(s), "warmup": warmup, "repeats": repeats})
     ms = {name: t.median_ms / per_call for name, t in timings.items()}
     fb, fbo, full = ms["model_fwd_bwd"], ms["model_fwd_bwd_opt"], ms["train_step"]
     metrics: dict[str, Any] = _time_metrics(timings["train_step"], per_call)
@@ -583,11 +617,25 @@ def measure_train_overhead(case: Case, s: dict, device: torch.device) -> Measure
                     "loop_pct": round(100 * (full - fbo) / fb, 3),
                     "steps_per_s": round(1e3 / full, 4), "tokens_per_s": round(1e3 / full * b * n, 1),
                     "peak_mem_mb": mem.peak_mb, "params": sum(p.numel() for p in model.parameters())})
+    if bucketed is not None:  # real (non-padding) tokens per second: mean over the steps run / mean timed step
+        rates = {}
+        for name, db in (("train_step", batches), ("train_step_bucketed", bucketed)):
+            positions, real, _ = db.token_counts(steps_run[name])
+            mean_ms = sum(timings[name].times_ms) / len(timings[name].times_ms) / per_call
+            rates[name] = real / steps_run[name] / mean_ms * 1e3
+            metrics["padded_fraction" + name[len("train_step"):]] = round(1 - real / positions, 4)
+        metrics["real_tokens_per_s"] = round(rates["train_step"], 1)
+        metrics["real_tokens_per_s_bucketed"] = round(rates["train_step_bucketed"], 1)
+        metrics["bucketing_speedup"] = round(rates["train_step_bucketed"] / rates["train_step"], 4)
     facts = {"heads": enc_cfg.heads, "head_dim": enc_cfg.d_model // enc_cfg.heads, "layers": enc_cfg.layers,
              "d_model": enc_cfg.d_model, "mlp_dim": enc_cfg.mlp_dim, **_timing_facts(timings["train_step"]),
              "steps_per_call": per_call, "examples": examples, "input_seed": seed,
              "trainer_task": to.get("task"), "grad_clip": clip, "schedule": tr.get("schedule"),
-             "compile": bool(to.get("compile")), "autocast": amp is not None, "optimizer": "AdamW",
+             "compile": step_fn.facts() if isinstance(step_fn, CompiledModel) else False,
+             "autocast": amp is not None, "optimizer": "AdamW",
+             "bucketing": bool(to.get("bucketing")),
+             **({"bucket_lengths": sorted(set(bucketed.token_counts(steps_run["train_step_bucketed"])[2]))}
+                if bucketed is not None else {}),
              "backend": getattr(model.blocks[0].attn.attention, "last_backend", None)}
     m = Measurement(metrics, facts, variant_config(case.variant, heads=enc_cfg.heads,
                                                    head_dim=enc_cfg.d_model // enc_cfg.heads,
@@ -640,33 +688,54 @@ def reference_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> to
 REFERENCE = "float64 end to end (lra.bench.reference_attention)"
 
 
+#: seeds of the fitting draws start here (the measured inputs use seed + 1000 i)
+FIT_SEED = 10**7
+#: exactness metrics averaged over the input draws besides approx_error (lra.attention_measures.fitted_exactness)
+WEIGHT_METRICS = ("approx_error_init", "fit_steps", "fit_loss_first", "fit_loss_last", "entropy", "softmax_entropy",
+                  "monotonicity", "weight_kl")
+
+
 def measure_exactness(case: Case, s: dict, device: torch.device) -> Measurement:
-    """``exactness``: relative Frobenius error against float64 softmax attention."""
+    """``exactness``: relative Frobenius error against float64 softmax attention; for a learned
+    feature map after fitting it to softmax (``approx_error_init``: before), and the attention
+    weights' entropy, monotonicity and KL from softmax (:func:`lra.attention_measures.fitted_exactness`)."""
     ex = s["exactness"]
     dtype = DTYPES[case.dtype]
     b, h, n, d = case.batch_size, int(ex["heads"]), case.seq_len, int(ex["head_dim"])
     # exactness-only knob overrides (e.g. nystrom without its conv on V: the approximation itself)
     knobs = {**s["knobs"][case.variant], **((ex.get("knobs") or {}).get(case.variant) or {})}
-    errors, input_seeds, variant_seeds = [], [], []
+    input_seeds, variant_seeds, per_seed = [], [], []
     base_seed = int(s.get("seed") or 0)
+    pattern_kw = dict(scale=float(ex.get("concentrated_scale", 3.0)), keys_per_query=int(ex.get("concentrated_keys", 4)),
+                      random_scale=float(ex.get("random_scale", 1.0)), device=device)
+    fit = {"steps": int(ex.get("fit_steps", 0)), "lr": float(ex.get("fit_lr", 3e-3)),
+           "batch_size": int(ex.get("fit_batch_size", 2)), "queries": int(ex.get("weight_queries", 128))}
     for i in range(max(1, int(ex.get("seeds", 1)))):
         input_seeds.append(base_seed + 1000 * i)
         variant_seeds.append(base_seed + i)
-        q, k, v = exactness_inputs(case.pattern, b, h, n, d, seed=input_seeds[-1],
-                                   scale=float(ex.get("concentrated_scale", 3.0)),
-                                   keys_per_query=int(ex.get("concentrated_keys", 4)),
-                                   random_scale=float(ex.get("random_scale", 1.0)), device=device)
+        q, k, v = exactness_inputs(case.pattern, b, h, n, d, seed=input_seeds[-1], **pattern_kw)
         ref = reference_attention(q, k, v)
         attn = av.build(case.variant, **{"heads": h, "head_dim": d, "max_length": n, "seed": variant_seeds[-1],
                                          **knobs}).to(device).eval()
-        with torch.no_grad(), _autocast(device, dtype):
-            out = attn(q.to(dtype), k.to(dtype), v.to(dtype))
-        errors.append(float((out.double() - ref).norm() / ref.norm()))
-        del q, k, v, ref, out, attn
+
+        def error() -> float:
+            with torch.no_grad(), _autocast(device, dtype):
+                out = attn(q.to(dtype), k.to(dtype), v.to(dtype))
+            return float((out.double() - ref).norm() / ref.norm())
+
+        def draw(t: int, seed: int = FIT_SEED + 10_000 * input_seeds[-1]):  # fresh draws, never the measured one
+            fq, fk, _ = exactness_inputs(case.pattern, fit["batch_size"], h, n, d, seed=seed + t, **pattern_kw)
+            return fq.float(), fk.float(), None
+
+        per_seed.append(fitted_exactness(attn, q.float(), k.float(), error, draw, fit_steps=fit["steps"],
+                                         lr=fit["lr"], num_queries=fit["queries"], seed=variant_seeds[-1]))
+        del q, k, v, ref, attn
+    errors = [m["approx_error"] for m in per_seed]
     err = sum(errors) / len(errors)
-    metrics = {"approx_error": err, "approx_error_max": max(errors), "approx_seeds": len(errors)}
+    metrics = {"approx_error": err, "approx_error_max": max(errors), "approx_seeds": len(errors),
+               **{key: sum(m[key] for m in per_seed) / len(per_seed) for key in WEIGHT_METRICS if key in per_seed[0]}}
     facts = {"heads": h, "head_dim": d, "pattern": case.pattern, "reference": REFERENCE,
-             "input_seeds": input_seeds, "variant_seeds": variant_seeds,
+             "input_seeds": input_seeds, "variant_seeds": variant_seeds, "fit": fit,
              "pattern_scale": float(ex.get("concentrated_scale", 3.0) if case.pattern == "concentrated"
                                     else ex.get("random_scale", 1.0))}
     m = Measurement(metrics, facts, variant_config(case.variant, heads=h, head_dim=d, max_length=n,
@@ -690,30 +759,26 @@ def _backend_attempts(name: str, knobs: dict) -> list[dict]:
 
 
 def measure_smoothness(case: Case, s: dict, device: torch.device) -> Measurement:
-    """``smoothness``: Jacobian spectral norm of ``X -> Attention(X Wq, X Wk, X Wv)``.
+    """``smoothness``: the local Lipschitz constant at ``case.pattern`` inputs
+    (:func:`lra.smoothness.measure.measure`).
 
     A fused backend without the needed derivatives (e.g. SDPA flash, compiled flex_attention)
     is replaced by the variant's ``reference``/``math`` backend (same function); the record
     says so in ``case.backend_fallback``."""
     sm = s["smoothness"]
-    dtype = DTYPES[case.dtype]
-    d, n = int(sm["dim"]), case.seq_len
-    seed = int(s.get("seed") or 0)
-    fn_x = None
+    knobs = dict(s["knobs"][case.variant])
+    if case.causal:
+        knobs.update(smoothness.causal_knobs(case.variant, sm))
     first_error: BaseException | None = None
     fallback = None
-    for knobs in _backend_attempts(case.variant, s["knobs"][case.variant]):
+    out = None
+    for attempt in _backend_attempts(case.variant, knobs):
         try:
-            attn = av.build(case.variant, **{"heads": 1, "head_dim": d, "max_length": n, "seed": seed, **knobs})
-        except ValueError:
+            out = smoothness.measure(case.variant, attempt, case.pattern or "random", case.seq_len, sm,
+                                     radius=case.radius, causal=case.causal, seed=int(s.get("seed") or 0),
+                                     dtype=DTYPES[case.dtype], device=device)
+        except smoothness.AttentionBuildError:
             continue  # this variant has no such backend
-        attn = attn.to(device).eval()
-        fn = attention_map(attn, d, seed=seed, weight_std=float(sm.get("weight_std", 1.0)), dtype=dtype,
-                           device=device)
-        x = unit_rows(n, d, seed=seed, radius=float(sm.get("radius", 1.0)), dtype=dtype, device=device)
-        t0 = time.perf_counter()
-        try:
-            lip = lipschitz_estimate(fn, x, iters=int(sm.get("iters", 20)), seed=seed)
         except Exception as err:  # noqa: BLE001 - e.g. no forward-mode / double-backward derivative
             if is_oom(err):
                 raise
@@ -721,18 +786,18 @@ def measure_smoothness(case: Case, s: dict, device: torch.device) -> Measurement
                 first_error = err
             fallback = _first_line(err)
             continue
-        fn_x = (lip, time.perf_counter() - t0, attn, knobs)
         break
-    if fn_x is None:
+    if out is None:
         raise first_error or RuntimeError("no backend of this variant could be differentiated")
-    lip, wall, attn, knobs = fn_x
-    metrics = {"lipschitz": lip, "lipschitz_per_sqrt_n": lip / math.sqrt(n), "wall_s": round(wall, 4)}
-    facts = {"heads": 1, "head_dim": d, "radius": sm.get("radius", 1.0), "weight_std": sm.get("weight_std", 1.0),
-             "iters": sm.get("iters", 20), "backend": getattr(attn, "last_backend", None) or knobs.get("backend"),
-             "backend_fallback": fallback}
-    m = Measurement(metrics, facts, variant_config(case.variant, heads=1, head_dim=d, max_length=n,
-                                                   **{"seed": seed, **knobs}))
-    if not math.isfinite(lip):
+    cfg = {"heads": out.facts.get("heads", 1), "max_length": case.seq_len, **out.variant_config}
+    if "head_dim" in out.facts:
+        cfg.setdefault("head_dim", out.facts["head_dim"])
+    try:
+        full_cfg = variant_config(case.variant, **cfg)   # every knob with its default
+    except (KeyError, TypeError, ValueError):
+        full_cfg = out.variant_config
+    m = Measurement(out.metrics, {**out.facts, "backend_fallback": fallback if first_error else None}, full_cfg)
+    if not math.isfinite(out.metrics["lipschitz"]):
         m.status, m.message = "nan", "non-finite Lipschitz estimate"
     return m
 
@@ -822,21 +887,6 @@ def _measured_something(case: Case, m: Measurement) -> tuple[str, str | None]:
     return m.status, m.message
 
 
-def _raise_compile_limits() -> None:
-    """Many shapes of one compiled kernel (flex_attention at every N) would hit dynamo's
-    default recompile limit (8) and silently fall back to eager; allow more."""
-    try:
-        import torch._dynamo.config as dcfg  # noqa: PLC0415
-    except Exception:  # noqa: BLE001
-        return
-    for name in ("recompile_limit", "cache_size_limit"):
-        if hasattr(dcfg, name) and getattr(dcfg, name) < 256:
-            setattr(dcfg, name, 256)
-    for name in ("accumulated_recompile_limit", "accumulated_cache_size_limit"):
-        if hasattr(dcfg, name) and getattr(dcfg, name) < 2048:
-            setattr(dcfg, name, 2048)
-
-
 def run(cfg: DictConfig, job_dir: Path, *, raise_config_errors: bool = True,
         measure: Callable[[Case, dict, torch.device], Measurement] = measure_case) -> list[dict[str, Any]]:
     """Run the grid of ``cfg``; records go to ``job_dir/records/`` (and ``cfg.results_dir``)."""
@@ -868,7 +918,7 @@ def run(cfg: DictConfig, job_dir: Path, *, raise_config_errors: bool = True,
                 write_record(record, results_dir)
             print(f"[lra-bench] config error: {err}", file=sys.stderr)
             return [record]
-        _raise_compile_limits()
+        raise_compile_limits()
         threads = set_job_threads(s.get("threads", "auto"))
         cases = plan(s)
         print(f"[lra-bench] {len(cases)} cases on {device} ({_device_name(device) or 'cpu'}, {threads} CPU "
@@ -937,16 +987,20 @@ def summary(records: list[dict[str, Any]]) -> str:
         if metric not in sub:
             sub[metric] = None
         sub["cell"] = [_cell(r, metric) for _, r in sub.iterrows()]
+        if mode == "smoothness" and "radius" in sub:   # data patterns have none; keep their rows
+            sub["radius"] = [f"{r:g}" if isinstance(r, (int, float)) and math.isfinite(r) else "-"
+                             for r in sub["radius"]]
         index = ["variant"]
-        for col in ("pattern", "dtype", "batch_size"):
+        for col in ("pattern", "radius", "causal", "dtype", "batch_size"):
             if col in sub and sub[col].nunique(dropna=True) > 1:
                 index.append(col)
         table = sub.pivot_table(index=index, columns="seq_len", values="cell", aggfunc="first")
         if mode == "smoothness":
             ok = sub[sub["status"] == "ok"]
             alphas = []
-            for v in table.index.get_level_values(0):
-                g = ok[ok["variant"] == v]
+            for key in table.index:
+                key = key if isinstance(key, tuple) else (key,)
+                g = ok[(ok[index] == pd.Series(key, index=index)).all(axis=1)]
                 alphas.append(_fmt_alpha(growth_exponent(list(g["seq_len"]), list(g[metric]))))
             table["alpha (L~N^a)"] = alphas
         out.append(f"\n== {mode}: {title} ==\n{table.to_string()}")

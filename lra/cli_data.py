@@ -3,6 +3,7 @@
     lra-data prepare task=<name> [key=value ...]      generate or read, then cache; prints where
     lra-data info task=<name> [key=value ...]         sizes, class balance, length statistics
     lra-data show task=pathfinder [n=16] [out=pathfinder.png] [split=train]   a PNG grid with labels
+                                                     (pathfinder, pathx: also prints the difficulty checks)
 
 ``key=value`` sets ``task.<key>`` (e.g. ``data_dir=~/data/imdb``, ``source=release``,
 ``seq_len=1000``); ``trainer=quick`` and dotted keys (``trainer.task_overrides.seq_len=64``,
@@ -99,6 +100,26 @@ def show_grid(data: tasks.TaskData, split: str, n: int, out: Path) -> Path:
     return out
 
 
+def difficulty_report(data: tasks.TaskData, split: str) -> str:
+    """The difficulty checks of :mod:`lra.pathfinder_difficulty` on the first images of a Pathfinder split.
+
+    1,000 images at 32x32 (a few seconds), 100 above; markers are found in the pixels.
+    """
+    from . import pathfinder_difficulty, pathfinder_gen
+
+    x, y = data.splits[split]
+    side = int(data.meta.get("image_side") or round(x.shape[1] ** 0.5))
+    n = min(len(y), 1000 if side <= 64 else 100)
+    if n < 20:
+        return f"[lra] {data.name} {split}: {n} images, too few for the difficulty checks"
+    images = x[:n].numpy().reshape(n, side, side)
+    radius = pathfinder_gen.params_for(side).marker_radius
+    summary = pathfinder_difficulty.summary(images, y[:n].numpy(), marker_radius=radius)
+    version = data.meta.get("generator_version")
+    source = f"generator version {version}" if version else str(data.meta.get("source"))
+    return f"[lra] {data.name} {split} ({source}): " + pathfinder_difficulty.format_summary(summary)
+
+
 def run(argv: list[str]) -> int:
     from .train import ConfigError, check_task_data, task_problems
 
@@ -127,6 +148,8 @@ def run(argv: list[str]) -> int:
             raise ValueError(f"split={split!r} is not one of {', '.join(data.splits)}")
         path = show_grid(data, split, int(show.get("n", 16)), out)
         print(f"[lra] wrote {path}")
+        if data.name in ("pathfinder", "pathx"):
+            print(difficulty_report(data, split))
     return 0
 
 

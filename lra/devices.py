@@ -1,5 +1,12 @@
-"""Device choice for a job: an exclusive GPU lock for one-job-per-GPU sweeps, and the CPU
-threads a job may use.
+"""Device choice for a job: an exclusive GPU lock for one-job-per-GPU sweeps, a slot among
+``k`` jobs that share a GPU (packed accuracy sweeps), and the CPU threads a job may use.
+
+GPU locks (``flock`` files in ``$LRA_GPU_LOCK_DIR``, default the temp dir), held for the life of
+the process: :func:`acquire_free_gpu` (``trainer.device=exclusive``) takes GPU ``i``'s lock file
+``lra-gpu-<i>.lock`` exclusively; :func:`acquire_gpu_slot` (``trainer.device=packed``) takes one
+of ``k`` slot files ``lra-gpu-<i>-slot-<j>.lock`` exclusively *and* the GPU's lock file shared.
+So at most ``k`` packed jobs share a GPU, and a timing job never shares one: it waits until no
+packed job holds the GPU, and packed jobs wait while it does.
 
 CPU threads (:func:`set_job_threads`): a job gets the cores available to it
 (:func:`cpus_available`: its CPU affinity, which SLURM's allocation sets, or
@@ -67,26 +74,88 @@ def set_job_threads(setting: int | str = "auto") -> int:
     return n
 
 
-def acquire_free_gpu(lock_dir: str | os.PathLike | None = None, poll_s: float = 2.0) -> torch.device:
+def _lock_dir(lock_dir) -> Path:
+    return Path(lock_dir or os.environ.get("LRA_GPU_LOCK_DIR", tempfile.gettempdir()))
+
+
+def _try_lock(path: Path, mode: int):
+    """The open file with ``flock(mode | LOCK_NB)`` held, or None if another process holds it."""
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, mode | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        return None
+    return f
+
+
+def _hold(*files) -> None:
+    for f in files:
+        _held.append(f)
+        atexit.register(f.close)
+
+
+def _gpu_count(count: int | None, what: str) -> int:
+    count = torch.cuda.device_count() if count is None else count
+    if count == 0:
+        raise RuntimeError(f"trainer.device={what} needs a CUDA GPU, and none is visible")
+    return count
+
+
+def acquire_free_gpu(lock_dir: str | os.PathLike | None = None, poll_s: float = 2.0,
+                     count: int | None = None) -> torch.device:
     """Lock the first GPU no other job of this machine holds (blocks until one is free).
 
     Jobs of a sweep launched in parallel (joblib) call this with ``trainer.device=exclusive``;
-    the lock (an ``flock`` on ``<lock_dir>/lra-gpu-<index>.lock``) lasts until the process exits,
-    so two jobs never share a GPU, which would distort each other's timings.
+    the lock (an exclusive ``flock`` on ``<lock_dir>/lra-gpu-<index>.lock``) lasts until the
+    process exits, so two jobs never share a GPU, which would distort each other's timings; nor
+    does a packed job (:func:`acquire_gpu_slot`) run beside it. ``count``: GPUs to consider
+    (default: the visible ones).
     """
-    count = torch.cuda.device_count()
-    if count == 0:
-        raise RuntimeError("trainer.device=exclusive needs a CUDA GPU, and none is visible")
-    lock_dir = Path(lock_dir or os.environ.get("LRA_GPU_LOCK_DIR", tempfile.gettempdir()))
+    count = _gpu_count(count, "exclusive")
+    lock_dir = _lock_dir(lock_dir)
     while True:
         for index in range(count):
-            f = open(lock_dir / f"lra-gpu-{index}.lock", "a+")
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                f.close()
-                continue
-            _held.append(f)
-            atexit.register(f.close)
-            return torch.device("cuda", index)
+            f = _try_lock(lock_dir / f"lra-gpu-{index}.lock", fcntl.LOCK_EX)
+            if f is not None:
+                _hold(f)
+                return torch.device("cuda", index)
         time.sleep(poll_s)
+
+
+def acquire_gpu_slot(jobs_per_gpu: int, lock_dir: str | os.PathLike | None = None, poll_s: float = 2.0,
+                     count: int | None = None) -> torch.device:
+    """Take one of ``jobs_per_gpu`` slots on a GPU (blocks until one is free); ``trainer.device=packed``.
+
+    Slots are tried slot-major (slot 0 of every GPU, then slot 1, ...), which spreads jobs over
+    the GPUs. A slot counts only with the GPU's lock file held shared, so no packed job starts on
+    a GPU an exclusive (timing) job holds, and an exclusive job waits for every packed one to end.
+    Held until the process exits.
+    """
+    if jobs_per_gpu < 1:
+        raise ValueError(f"trainer.jobs_per_gpu={jobs_per_gpu} must be >= 1")
+    count = _gpu_count(count, "packed")
+    lock_dir = _lock_dir(lock_dir)
+    while True:
+        for slot in range(jobs_per_gpu):
+            for index in range(count):
+                s = _try_lock(lock_dir / f"lra-gpu-{index}-slot-{slot}.lock", fcntl.LOCK_EX)
+                if s is None:
+                    continue
+                g = _try_lock(lock_dir / f"lra-gpu-{index}.lock", fcntl.LOCK_SH)
+                if g is None:  # an exclusive job holds this GPU
+                    s.close()
+                    continue
+                _hold(s, g)
+                return torch.device("cuda", index)
+        time.sleep(poll_s)
+
+
+def share_gpu(jobs_per_gpu: int, gpus: int) -> int:
+    """A packed job's count of jobs running at once on this machine: at most ``jobs_per_gpu`` per
+    GPU, however many the launcher started (the others wait for a slot). Sets
+    ``LRA_CONCURRENT_JOBS`` for this process (thread share and the record's ``host``)."""
+    jobs = min(concurrent_jobs(), jobs_per_gpu * gpus) if CONCURRENT_JOBS_ENV in os.environ \
+        else jobs_per_gpu * gpus
+    os.environ[CONCURRENT_JOBS_ENV] = str(max(1, jobs))
+    return jobs

@@ -50,7 +50,8 @@ PyTorch LRA code). Padding, masking and pooling:
   the CLS token inherits the mask of token 0, so a black first pixel masks it).
 * ``pool_masked`` (mean pooling): ``"exclude"`` averages real positions only; ``"include"``
   averages every position (LRA: ``jnp.mean(encoded, axis=1)``); ``"zero"`` zeroes masked positions
-  and divides by N (Nystromformer: ``norm(X) * mask`` then ``mean(dim=1)``).
+  and divides by ``max_length``, the length every input is padded to (Nystromformer: ``norm(X) * mask``
+  then ``mean(dim=1)``), also when length bucketing (:mod:`lra.bucketing`) cut the batch shorter.
 
 Attention dropout drops attention weights, so it can only exist where a variant has them. Its
 natural home is inside each variant (a ``dropout`` field of the variant config, applied to its
@@ -407,8 +408,8 @@ class Encoder(nn.Module):
         if mask is None or cfg.pool_masked == "include":
             return x.mean(dim=1)
         m = mask.unsqueeze(-1).to(x.dtype)
-        if cfg.pool_masked == "zero":
-            return (x * m).sum(1) / x.shape[1]
+        if cfg.pool_masked == "zero":  # over the length the reference pads every input to (also when
+            return (x * m).sum(1) / cfg.max_length  # length bucketing cut this batch shorter)
         return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,397 +1,893 @@
 """A seeded, vectorized (NumPy) Pathfinder generator (Linsley et al. 2018; as used by LRA).
 
 An image shows two circular markers and several curved paths made of short dashes
-("paddles") separated by gaps. Two *target* paths start from seeds ``seed_distance`` apart;
-one marker sits on the start (origin) of one target path, the other marker on the far end
-(terminal) of the same path (label 1) or of the other target path (label 0). Shorter
-*distractor* paths fill the rest of the image. This follows drewlinsley/pathfinder's
-``snakes2.py`` (the generator of the LRA release), simplified but faithful:
+("paddles") separated by gaps. Two *target* paths start ``seed_distance`` apart; one marker
+sits on the start (origin) of one target path, the other on the far end (terminal) of the
+same path (label 1) or of the other target path (label 0). Shorter *distractor* paths fill
+the rest of the image. This reimplements the geometry and rendering of drewlinsley/pathfinder
+(``snakes.py``, ``snakes2.py``: the generator of the LRA release) on integer pixel
+coordinates, as the reference does:
 
-* A path of ``n`` paddles is a walk: paddle ``i`` runs from ``A_i`` to
-  ``B_i = A_i + paddle_length * u(theta_i)``; the next one starts a gap ``margin`` further,
-  ``A_{i+1} = B_i + margin * u(theta_{i+1})``. The turn ``theta_{i+1} - theta_i`` has density
-  proportional to ``cos^2(continuity * turn)`` on ``|turn| <= pi / (2 continuity)`` (the
-  reference weights candidate end points by ``cos(min(continuity * turn, pi/2))^2``), so
-  ``continuity`` 1.0 allows turns up to 90 degrees and 1.8 up to 50 degrees.
-* Paddles avoid each other: a candidate paddle is rejected when it touches a pixel already
-  used by another paddle (dilated by the margin) other than the path's previous paddle (the
-  reference's mask, updated one paddle late); the turn is then drawn again (rejection
-  sampling keeps the turn density restricted to free directions). A target path that
-  cannot be completed makes the whole image be drawn again (as in the reference); a
-  distractor that cannot be completed is left out (``allow_incomplete``).
-* The first target seed lies at least ``2 * seed_distance`` from the border (the
-  reference's ``lined_mask``), the second ``seed_distance`` away in a random direction.
-* Rendering: paddles and markers are drawn on an ``antialias_scale`` times finer grid and
-  averaged down (anti-aliasing); paddles have intensity ``contrast`` (clipped at 1), the
-  markers (discs of ``marker_radius``) full intensity; uint8 output, black background.
+* **Paddles** are ``paddle_length`` px long. Each one is drawn from an integer pixel (its
+  *start*) in an orientation; a path keeps a *pivot* one margin ``m`` behind its paddles.
+  The next pivot lies ``paddle_length + 2 m`` past the current one (rounded up), and the next
+  paddle's far end is an integer pixel on the circle of radius ``paddle_length + m`` around
+  it (one candidate per pixel of arc). So consecutive paddles are ``~2 m`` apart and repeat
+  every ``~paddle_length + 2 m`` px: at 32x32 a 2-px dash, a 2-px gap.
+* **Turns**: a candidate at turn ``d`` from the path's direction has weight
+  ``cos(min(continuity * d, pi / 2))^2 * (1 - occupancy)``, where ``occupancy`` is the
+  overlap mask dilated by ``m`` at that pixel; ``continuity`` 1.0 allows turns below 90
+  degrees, 1.8 below 50. A drawn candidate is kept if its footprint (the paddle dilated by
+  ``m``, antialiased) plus the mask stays below 1.8 everywhere; ``paddle_tries`` draws, then
+  the path fails. The mask holds every paddle drawn so far except the path's previous one
+  (and, as in the reference, except the first target path's last paddle:
+  ``mask_first_target_end``).
+* **Seeds**: the first target path starts in the centre (at least ``2 * seed_distance``
+  from the border, where its first paddle fits), the second ``seed_distance`` away in a
+  random direction; a distractor starts on a pixel where its first paddle's footprint meets
+  no mask. First-paddle angles are whole degrees. The reference finds free seed pixels with
+  an OpenCV dilation whose default border turns the result negative when a corner pixel has
+  no kernel tap inside the image, and then reports no free pixel: at 32x32 only angles from
+  -150 to -121 degrees survive, so the first target path always starts up-left and a
+  distractor attempt usually fails (~1.2 of 5 distractors drawn). ``seed_border_quirk``
+  (default True) reproduces this; False draws every angle (~4.6 distractors; the images are
+  then denser). A target path that cannot be completed makes the image be drawn again; a
+  distractor gets ``distractor_tries`` attempts and is then left out.
+* **Rendering**: each paddle is drawn ``antialias_scale`` times finer (a line of width
+  ``paddle_thickness * antialias_scale``) in a small patch and resampled to the image grid
+  with a Lanczos (or box) filter on 8-bit values, as PIL does (``resample``); targets at
+  intensity ``target_contrast``, distractors at ``distractor_contrast``; overlaps take the
+  maximum. The markers (discs of ``marker_radius``) are resampled from the fine grid the same
+  way at intensity 1. With ``stretch`` (the reference's image save) each image is then
+  stretched to 0..255 (at 32x32 the brighter distractors reach 255 and the markers ~220).
 
 Everything is done for a batch of images at once: each growth step is one set of array
-operations over the batch, so the standard 200,000-image set takes well under a minute.
-Deterministic for a given ``(n, seed, size, params, batch_size)``.
+operations over the batch (~2,500 images per CPU-second at 32x32, ~140 at 128x128; batches
+can run in parallel processes). Deterministic for a given ``(n, seed, size, params,
+batch_size)``. ``GENERATOR_VERSION`` changes whenever the images of a given seed change.
 """
 from __future__ import annotations
 
 import math
+import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
+from functools import lru_cache
 
 import numpy as np
 
-DISTRACTOR_RETRIES = 4
+GENERATOR_VERSION = 2  # 1 (retired): continuous geometry, one-margin gaps, box filter, one contrast: easier
 DIFFICULTIES = {"curv_baseline": 6, "curv_contour_length_9": 9, "curv_contour_length_14": 14}
+RESAMPLE_FILTERS = ("lanczos", "box")
+OVERLAP_LIMIT = 1.8       # reference: a paddle is refused where mask + footprint reaches 1.8
+FREE_LIMIT = 0.3          # reference: a seed pixel is free where the dilated mask is <= 0.3
 
 
 @dataclass(frozen=True)
 class PathfinderParams:
-    """Generator parameters (names as in drewlinsley/pathfinder's ``snakes2`` arguments)."""
+    """Generator parameters (names as in drewlinsley/pathfinder's ``snakes2`` arguments where one exists).
+
+    Lengths are in pixels of the output image. ``paddle_thickness * antialias_scale`` must be
+    an integer (the width of the line drawn on the fine grid).
+    """
 
     contour_length: int = 14          # paddles per target path
-    paddle_length: float = 2.0        # pixels
-    paddle_margin: tuple = (1,)       # gap between paddles (one drawn per image)
-    paddle_thickness: float = 0.5     # pixels
-    marker_radius: float = 1.5        # pixels
-    seed_distance: float = 7.0        # distance of the two target seeds
-    continuity: float = 1.0           # turn density cos^2(continuity * turn)
     distractor_length: int = 4        # paddles per distractor path (contour_length // 3)
     num_distractors: int = 5          # distractor paths (20 // distractor_length at 32x32)
-    padding: int = 1                  # border kept empty
-    contrast: float = 1.5             # paddle intensity factor (snake 2 x paddle 0.75), clipped at 1
-    antialias_scale: int = 2
-    max_tries: int = 16               # turn candidates per paddle
+    paddle_length: int = 2
+    paddle_thickness: float = 0.5
+    paddle_margin: tuple = (1,)       # margin m: gap ~2 m between paddles; one drawn per image
+    marker_radius: float = 1.5
+    seed_distance: int = 7            # distance of the two target seeds
+    continuity: float = 1.0           # turn weight cos(min(continuity * turn, pi/2))^2
+    padding: int = 1                  # border (px) no paddle enters
+    target_contrast: float = 1.5      # target paddle intensity: snake_contrast 2 x paddle_contrast 0.75
+    distractor_contrast: float = 2.0  # distractor paddle intensity: snake_contrast 2
+    antialias_scale: int = 2          # paddles and markers are drawn this many times finer, then resampled
+    resample: str = "lanczos"         # fine grid -> image filter: lanczos (the reference's) | box (area average)
+    stretch: bool = True              # stretch each image to 0..255 (the reference's save); else clip at 1
+    paddle_tries: int = 3             # draws per paddle (max_paddle_retrial 2, plus the first)
+    seed_tries: int = 3               # seed placements per path (out-of-image paddles are redrawn)
+    distractor_tries: int = 5         # attempts per distractor (max_distractor_contour_retrial 4, plus the first)
+    mask_first_target_end: bool = False  # the reference leaves the first target's last paddle out of the mask
+    seed_border_quirk: bool = True    # a first paddle whose seed kernel leaves a corner pixel with nothing to read fails
+    stop_with_availability: float = 0.01  # no further distractor once less than this fraction of pixels is free
 
     def __post_init__(self):
         object.__setattr__(self, "paddle_margin", tuple(int(m) for m in np.atleast_1d(self.paddle_margin)))
-        if self.contour_length < 1 or self.distractor_length < 1:
-            raise ValueError("contour_length and distractor_length must be >= 1")
+        for name in ("contour_length", "distractor_length", "paddle_length", "antialias_scale", "padding",
+                     "paddle_tries", "seed_tries", "distractor_tries"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"PathfinderParams.{name}={getattr(self, name)!r} must be >= 1")
+        if self.num_distractors < 0:
+            raise ValueError(f"PathfinderParams.num_distractors={self.num_distractors!r} must be >= 0")
+        if not self.paddle_margin or min(self.paddle_margin) < 1:
+            raise ValueError(f"PathfinderParams.paddle_margin={self.paddle_margin!r} must hold margins >= 1")
         if self.continuity < 0.5:
-            raise ValueError("continuity must be >= 0.5 (turns beyond 180 degrees are not meaningful)")
+            raise ValueError(f"PathfinderParams.continuity={self.continuity!r} must be >= 0.5 "
+                             "(turns beyond 180 degrees are not meaningful)")
+        w = self.paddle_thickness * self.antialias_scale
+        if w < 1 or abs(w - round(w)) > 1e-9:
+            raise ValueError(f"paddle_thickness * antialias_scale = {w!r} must be a whole number >= 1 (the line "
+                             f"width on the fine grid); paddle_thickness={self.paddle_thickness!r}, "
+                             f"antialias_scale={self.antialias_scale!r}")
+        if self.resample not in RESAMPLE_FILTERS:
+            raise ValueError(f"PathfinderParams.resample={self.resample!r}; choose one of {', '.join(RESAMPLE_FILTERS)}")
 
 
 def params_for(size: int, difficulty: str = "curv_contour_length_14", **overrides) -> PathfinderParams:
     """The LRA release's parameters for a resolution and difficulty (lra_benchmarks/data/pathfinder.py).
 
     32x32: paddle 2, margin 1, thickness 0.5, marker 1.5, seed distance 7, continuity 1.0,
-    20 // distractor_length distractors. 128x128 (Path-X): paddle 5 (snakes2 default),
-    margins {2, 3}, thickness 1.5, marker 3, seed distance 20, continuity 1.8,
-    35 // distractor_length distractors. 64 and 256 follow the same docstring. Other sizes
-    scale the 32x32 parameters.
+    20 // distractor_length distractors, targets at 2 x 0.75, distractors at 2.
+    64: paddle 5, margin 1, thickness 1, marker 2.5, seed distance 12, continuity 1.8,
+    22 // distractor_length distractors, contrast 0.8. 128 (Path-X): paddle 5, margins {2, 3},
+    thickness 1.5, marker 3, seed distance 20, continuity 1.8, 35 // distractor_length
+    distractors, contrast 0.9. 256: paddle 5, margin 3, thickness 2, marker 5, and the
+    wrapper's defaults (seed distance 27, padding 22), 30 // distractor_length distractors.
+    Every size draws at 2x. Other sizes scale the 32x32 parameters. ``overrides`` set single
+    fields (``None`` values are ignored); an unknown name is an error.
     """
     if difficulty not in DIFFICULTIES:
         raise ValueError(f"unknown Pathfinder difficulty {difficulty!r}; choose one of {', '.join(DIFFICULTIES)}")
+    known = {f.name for f in fields(PathfinderParams)}
+    bad = sorted(set(overrides) - known)
+    if bad:
+        raise ValueError(f"unknown Pathfinder generator parameter(s) {', '.join(bad)}; "
+                         f"parameters: {', '.join(sorted(known))}")
     cl = DIFFICULTIES[difficulty]
     dl = max(1, cl // 3)
     table = {
         32: dict(paddle_length=2, paddle_margin=(1,), paddle_thickness=0.5, marker_radius=1.5, seed_distance=7,
-                 continuity=1.0, num_distractors=20 // dl, contrast=1.5, antialias_scale=2),
+                 continuity=1.0, num_distractors=20 // dl, target_contrast=1.5, distractor_contrast=2.0),
         64: dict(paddle_length=5, paddle_margin=(1,), paddle_thickness=1.0, marker_radius=2.5, seed_distance=12,
-                 continuity=1.8, num_distractors=22 // dl, contrast=0.8, antialias_scale=2),
+                 continuity=1.8, num_distractors=22 // dl, target_contrast=0.8, distractor_contrast=0.8),
         128: dict(paddle_length=5, paddle_margin=(2, 3), paddle_thickness=1.5, marker_radius=3, seed_distance=20,
-                  continuity=1.8, num_distractors=35 // dl, contrast=0.9, antialias_scale=2),
-        256: dict(paddle_length=5, paddle_margin=(3,), paddle_thickness=2, marker_radius=5, seed_distance=27,
-                  continuity=1.8, num_distractors=30 // dl, contrast=1.0, antialias_scale=2),
+                  continuity=1.8, num_distractors=35 // dl, target_contrast=0.9, distractor_contrast=0.9),
+        256: dict(paddle_length=5, paddle_margin=(3,), paddle_thickness=2.0, marker_radius=5, seed_distance=27,
+                  continuity=1.8, num_distractors=30 // dl, target_contrast=1.0, distractor_contrast=1.0, padding=22),
     }
     if size in table:
         base = table[size]
     else:
         s = size / 32
-        base = dict(paddle_length=2 * s, paddle_margin=(max(1, round(s)),), paddle_thickness=0.5 * s,
-                    marker_radius=1.5 * s, seed_distance=7 * s, continuity=1.0, num_distractors=20 // dl,
-                    contrast=1.5, antialias_scale=4 if size <= 48 else 2)
-    base.update(contour_length=cl, distractor_length=dl)
+        base = dict(paddle_length=max(1, round(2 * s)), paddle_margin=(max(1, round(s)),),
+                    paddle_thickness=max(1, round(s)) / 2, marker_radius=1.5 * s, seed_distance=max(1, round(7 * s)),
+                    continuity=1.0, num_distractors=20 // dl, target_contrast=1.5, distractor_contrast=2.0)
+    base = dict(base, contour_length=cl, distractor_length=dl, antialias_scale=2)
     base.update({k: v for k, v in overrides.items() if v is not None})
     return PathfinderParams(**base)
 
 
-# ----------------------------------------------------------------------------- geometry
+# ----------------------------------------------------------------------------- drawing on the fine grid
 
-def _turn_table(continuity: float, n: int = 4096) -> np.ndarray:
-    """Inverse CDF of the turn density cos^2(c * t) on |t| <= pi / (2c), tabulated at (i + 0.5) / n."""
-    x = np.linspace(-np.pi / 2, np.pi / 2, 8193)
-    cdf = (x + np.pi / 2 + np.sin(2 * x) / 2) / np.pi
-    return np.interp((np.arange(n) + 0.5) / n, cdf, x / continuity)
-
-
-class _Batch:
-    """Growth state of a batch of images: occupancy grid and the list of committed paddles."""
-
-    def __init__(self, b: int, size: int, p: PathfinderParams, margins: np.ndarray, rng: np.random.Generator):
-        self.b, self.size, self.p, self.rng = b, size, p, rng
-        self.margin = margins.astype(np.float64)  # (b,)
-        n_pts = max(2, int(math.ceil(p.paddle_length)) + 1)
-        self.frac = np.linspace(0.0, 1.0, n_pts)  # sample points along a paddle, <= 1 px apart
-        self.turns = _turn_table(p.continuity)
-        # dilation of a stamped paddle: disc of radius ~ margin (at least one pixel)
-        r = int(max(1, round(max(p.paddle_margin) * 0.5 + p.paddle_thickness * 0.5)))
-        oy, ox = np.mgrid[-r:r + 1, -r:r + 1]
-        keep = oy ** 2 + ox ** 2 <= r * r + r  # a rounded square
-        # occupancy grid with a frame G wide, marked used: candidates (within one paddle plus
-        # a gap of a placed tip) and stamps never leave the array, so no bounds checks
-        self.G = G = int(math.ceil(p.paddle_length + max(p.paddle_margin))) + r + 2
-        self.W = W = size + 2 * G
-        self.dil = (oy[keep] * W + ox[keep]).astype(np.int64)
-        grid = np.ones((b, W, W), dtype=bool)
-        grid[:, G + p.padding:G + size - p.padding, G + p.padding:G + size - p.padding] = False
-        self._empty = grid[0].copy()
-        self.grid = grid  # (b, W, W): True = out of bounds or used (dilated) by committed paddles
-
-    def reset(self, rows) -> None:
-        self.grid[rows] = self._empty
-
-    def sample_turns(self, shape) -> np.ndarray:
-        return self.turns[self.rng.integers(0, len(self.turns), shape)]
-
-    def points(self, a: np.ndarray, bpt: np.ndarray) -> np.ndarray:
-        """(..., 2) start/end -> (..., P, 2) sample points."""
-        return a[..., None, :] + (bpt - a)[..., None, :] * self.frac[:, None]
-
-    def _flat(self, pts: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Flat grid index of the pixel nearest each point of pts (k, ..., 2) of images rows (k,)."""
-        yi = (pts[..., 0] + (self.G + 0.5)).astype(np.int64)
-        xi = (pts[..., 1] + (self.G + 0.5)).astype(np.int64)
-        base = (rows * (self.W * self.W)).reshape((-1,) + (1,) * (yi.ndim - 1))
-        return base + yi * self.W + xi
-
-    def free(self, pts: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """pts (k, C, P, 2) float for images ``rows`` (k,) -> (k, C) True where in bounds and unused."""
-        return ~self.grid.reshape(-1)[self._flat(pts, rows)].any(-1)
-
-    def stamp(self, seg: np.ndarray, rows: np.ndarray) -> None:
-        """Mark paddles seg (k, 4) of images ``rows`` (dilated) in the occupancy grid."""
-        if len(rows) == 0:
-            return
-        flat = self._flat(self.points(seg[:, :2], seg[:, 2:]), rows)  # (k, P)
-        self.grid.reshape(-1)[(flat[..., None] + self.dil).reshape(-1)] = True
-
-    def is_free_pixel(self, yx: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """(k, m, 2) integer pixel coordinates -> (k, m) True where in bounds and unused."""
-        return ~self.grid.reshape(-1)[self._flat(yx.astype(np.float64), rows)]
-
-    def _candidates(self, rows, start_tip, theta, first: bool, c: int):
-        k = len(rows)
-        if first:
-            th = self.rng.uniform(-np.pi, np.pi, (k, c))  # any orientation for a path's first paddle
-        else:
-            th = theta[:, None] + self.sample_turns((k, c))
-        uy, ux = np.sin(th), np.cos(th)
-        ay, ax = start_tip[:, 0, None], start_tip[:, 1, None]
-        if not first:
-            gap = self.margin[rows][:, None]
-            ay, ax = ay + gap * uy, ax + gap * ux
-        else:
-            ay, ax = np.broadcast_to(ay, (k, c)), np.broadcast_to(ax, (k, c))
-        steps = self.frac * self.p.paddle_length
-        off = self.G + 0.5
-        yi = (ay[..., None] + off + uy[..., None] * steps).astype(np.int64)
-        xi = (ax[..., None] + off + ux[..., None] * steps).astype(np.int64)
-        flat = (rows * (self.W * self.W))[:, None, None] + yi * self.W + xi
-        okc = ~self.grid.reshape(-1)[flat].any(-1)
-        a = np.stack([ay, ax], -1)
-        bpt = a + self.p.paddle_length * np.stack([uy, ux], -1)
-        return th, a, bpt, okc
-
-    def extend(self, rows, start_tip, theta, first: bool):
-        """Place one paddle per image in ``rows``.
-
-        ``first``: the paddle starts exactly at ``start_tip`` in a random orientation;
-        otherwise it starts a gap past ``start_tip`` (the previous paddle's end) after a turn
-        from ``theta``. Up to ``max_tries`` candidates are drawn in order and the first free
-        one is taken (4 for every image first, the rest only where those 4 all failed).
-        Returns (ok (k,), seg (k, 4), new theta (k,)).
-        """
-        k, c = len(rows), self.p.max_tries
-        c1 = min(4, c)
-        th, a, bpt, okc = self._candidates(rows, start_tip, theta, first, c1)
-        ok = okc.any(1)
-        pick = np.argmax(okc, axis=1)
-        idx = np.arange(k)
-        seg = np.concatenate([a[idx, pick], bpt[idx, pick]], axis=1)
-        new_th = th[idx, pick]
-        miss = np.nonzero(~ok)[0]
-        if len(miss) and c > c1:
-            th2, a2, b2, okc2 = self._candidates(rows[miss], start_tip[miss], theta[miss], first, c - c1)
-            pick2 = np.argmax(okc2, axis=1)
-            i2 = np.arange(len(miss))
-            seg[miss] = np.concatenate([a2[i2, pick2], b2[i2, pick2]], axis=1)
-            new_th[miss] = th2[i2, pick2]
-            ok[miss] = okc2.any(1)
-        return ok, seg, new_th
+def _filter(kind: str, x: np.ndarray) -> np.ndarray:
+    """Resampling kernels: Lanczos-3 (sinc(x) sinc(x/3) on |x| < 3) or box (1 on [-1/2, 1/2))."""
+    if kind == "box":
+        return ((x >= -0.5) & (x < 0.5)).astype(np.float64)
+    return np.where((x >= -3) & (x < 3), np.sinc(x) * np.sinc(x / 3), 0.0)
 
 
-def _grow_paths(st: _Batch, rows: np.ndarray, starts: np.ndarray, thetas: np.ndarray, n_paddles: int):
-    """Grow several paths per image in lock-step (paddle by paddle, path by path).
+@lru_cache(maxsize=64)
+def _resample_matrix(n_in: int, n_out: int, kind: str) -> np.ndarray:
+    """(n_out, n_in) int64 fixed-point weights of an antialiasing resample from n_in to n_out pixels.
 
-    ``starts`` (k, m, 2), ``thetas`` (k, m) for m paths. Returns (ok (k,), segs (k, m, n, 4)).
-    Paddles are stamped into the grid one step late (the previous paddle does not block the
-    next). On failure of an image, its grid rows may hold partial stamps (callers restore).
+    Output pixel ``i`` covers input ``[i, i + 1) * scale``; the kernel is stretched by the
+    scale when shrinking; weights are normalised per output pixel and quantised to 22
+    fractional bits (the convolution PIL's ``Image.resize`` applies to 8-bit images).
     """
-    k, m = starts.shape[:2]
-    segs = np.full((k, m, n_paddles, 4), np.nan)
-    ok = np.ones(k, dtype=bool)
-    tip, th = starts.copy(), thetas.copy()
-    pending = [None] * m
-    for i in range(n_paddles):
-        for j in range(m):
-            live = np.nonzero(ok)[0]
-            if len(live) == 0:
-                return ok, segs
-            good, seg, new_th = st.extend(rows[live], tip[live, j], th[live, j], first=(i == 0))
-            ok[live[~good]] = False
-            g = live[good]
-            segs[g, j, i] = seg[good]
-            tip[g, j] = seg[good, 2:]
-            th[g, j] = new_th[good]
-            if pending[j] is not None:
-                pg, pseg = pending[j]
-                keep = ok[pg]
-                st.stamp(pseg[keep], rows[pg[keep]])
-            pending[j] = (g, seg[good])
-    for j in range(m):
-        if pending[j] is not None:
-            pg, pseg = pending[j]
-            keep = ok[pg]
-            st.stamp(pseg[keep], rows[pg[keep]])
-    return ok, segs
+    scale = n_in / n_out
+    stretch = max(scale, 1.0)
+    support = (3.0 if kind == "lanczos" else 0.5) * stretch
+    mat = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        centre = (i + 0.5) * scale
+        lo, hi = max(int(centre - support + 0.5), 0), min(int(centre + support + 0.5), n_in)
+        w = _filter(kind, (np.arange(lo, hi) - centre + 0.5) / stretch)
+        if w.sum() != 0:
+            mat[i, lo:hi] = w / w.sum()
+    return np.where(mat < 0, np.trunc(mat * (1 << 22) - 0.5), np.trunc(mat * (1 << 22) + 0.5)).astype(np.int64)
 
 
-def _targets(st: _Batch, rows: np.ndarray):
-    """Two target paths for images ``rows``: (ok, segs (k, 2, C, 4))."""
-    p, size, rng = st.p, st.size, st.rng
-    k = len(rows)
-    d = p.seed_distance
-    lo = min(2 * d, (size - 1) / 2 - 1)
-    lo = max(lo, p.padding + 1)
-    hi = size - 1 - lo
-    s1 = rng.uniform(lo, hi, (k, 2)) if hi > lo else np.full((k, 2), (size - 1) / 2)
-    phi = rng.uniform(-np.pi, np.pi, k)
-    s2 = s1 + d * np.stack([np.sin(phi), np.cos(phi)], -1)
-    starts = np.stack([np.rint(s1), np.rint(s2)], 1)
-    thetas = rng.uniform(-np.pi, np.pi, (k, 2))
-    ok = st.is_free_pixel(starts, rows).all(1)
-    ok2, segs = _grow_paths(st, rows, starts, thetas, p.contour_length)
-    return ok & ok2, segs
+def resample_u8(img: np.ndarray, n_out: int, kind: str = "lanczos") -> np.ndarray:
+    """Resample square 8-bit images ``(..., n, n)`` to ``(..., n_out, n_out)`` (int64 in 0..255).
+
+    Rows first, then columns, each pass rounded and clipped to 0..255 (so a Lanczos filter's
+    negative lobes are cut off and its positive ringing stays). O(n * n_out * support).
+    """
+    a = np.asarray(img, dtype=np.int64)
+    m = _resample_matrix(a.shape[-1], n_out, kind)
+    half = 1 << 21
+    a = np.clip((a @ m.T + half) >> 22, 0, 255)
+    return np.clip((m @ a + half) >> 22, 0, 255)
 
 
-def _distractor(st: _Batch, rows: np.ndarray):
-    """One distractor path per image: seeded on a free pixel; (ok, segs (k, 1, D, 4))."""
-    p, size, rng = st.p, st.size, st.rng
-    k = len(rows)
-    # a few random seed candidates per image; take the first free one
-    cand = rng.uniform(p.padding, size - 1 - p.padding, (k, 8, 2)).round()
-    free = st.is_free_pixel(cand, rows)
-    has = free.any(1)
-    pick = np.argmax(free, 1)
-    starts = cand[np.arange(k), pick][:, None, :]
-    thetas = rng.uniform(-np.pi, np.pi, (k, 1))
-    ok, segs = _grow_paths(st, rows, starts, thetas, p.distractor_length)
-    return ok & has, segs
+def _line_pixels(dy: int, dx: int, width: int) -> np.ndarray:
+    """(k, 2) integer offsets of a line from (0, 0) to (dy, dx) ``width`` px wide, as PIL draws it.
+
+    Width 1: one pixel per step along the longer axis, the other coordinate rounded half
+    away from zero (Bresenham, both ends included): identical to PIL's ``ImageDraw.line``.
+    Wider: that line plus the quadrilateral whose corners are the two ends shifted by
+    +-(width - 1) / 2 along the normal (rounded to pixels), filled row by row between the
+    crossings rounded inwards at half pixels: PIL's pixels exactly for width 3 (Path-X);
+    even widths (not used at 32 or 128) are approximate.
+    """
+    n = max(abs(dy), abs(dx))
+    if n == 0:
+        return np.zeros((1, 2), dtype=np.int64)
+    t = np.arange(n + 1)
+    pts = np.stack([np.sign(dy) * np.floor(np.abs(t * dy) / n + 0.5),
+                    np.sign(dx) * np.floor(np.abs(t * dx) / n + 0.5)], 1).astype(np.int64)
+    if width > 1:
+        half, length = (width - 1) / 2, math.hypot(dy, dx)
+        ny, nx = math.floor(-half * dx / length + 0.5), math.floor(half * dy / length + 0.5)
+        corners = np.array([[ny, nx], [dy + ny, dx + nx], [dy - ny, dx - nx], [-ny, -nx]], np.float64)
+        extra = []
+        for y in range(int(corners[:, 0].min()), int(corners[:, 0].max()) + 1):
+            xs = []
+            for a, b in zip(corners, np.roll(corners, -1, axis=0)):
+                if a[0] == b[0]:
+                    xs += [a[1], b[1]] if a[0] == y else []
+                elif min(a[0], b[0]) <= y <= max(a[0], b[0]):
+                    xs.append(a[1] + (y - a[0]) / (b[0] - a[0]) * (b[1] - a[1]))
+            if xs:
+                extra += [(y, x) for x in range(math.floor(min(xs) + 0.5), math.ceil(max(xs) - 0.5) + 1)]
+        pts = np.unique(np.concatenate([pts, np.asarray(extra, np.int64).reshape(-1, 2)]), axis=0)
+    return pts
 
 
-def _disc(radius: float) -> np.ndarray:
-    r = int(math.ceil(radius))
+def _disc_offsets(radius: float) -> np.ndarray:
+    """(k, 2) integer offsets with y^2 + x^2 <= radius^2."""
+    r = int(math.floor(radius))
     oy, ox = np.mgrid[-r:r + 1, -r:r + 1]
-    keep = oy ** 2 + ox ** 2 <= radius ** 2 + 1e-9
+    keep = oy ** 2 + ox ** 2 <= radius ** 2
     return np.stack([oy[keep], ox[keep]], 1)
 
 
-def render(size: int, segs: np.ndarray, markers: np.ndarray, p: PathfinderParams) -> np.ndarray:
-    """Anti-aliased images (b, size, size) uint8 from paddles (b, S, 4) (NaN = absent) and markers (b, 2, 2)."""
-    b = segs.shape[0]
-    aa = int(p.antialias_scale)
-    hs = size * aa
-    canvas = np.zeros((b, hs * hs), dtype=np.float32)
-    # paddles: dense points (spacing 0.5 fine px), each stamped with a disc of the line's half-thickness
-    n_pts = int(math.ceil(p.paddle_length * aa * 2)) + 1
-    frac = np.linspace(0.0, 1.0, n_pts)
-    valid = ~np.isnan(segs[..., 0])
-    bi, si = np.nonzero(valid)
-    s = segs[bi, si] * aa + (aa - 1) / 2  # pixel centres of the fine grid
-    pts = s[:, None, :2] + (s[:, None, 2:] - s[:, None, :2]) * frac[:, None]  # (q, P, 2)
-    pen = _disc(max(0.5, p.paddle_thickness * aa / 2))
-    yi = np.rint(pts[..., 0])[..., None].astype(np.int64) + pen[:, 0]
-    xi = np.rint(pts[..., 1])[..., None].astype(np.int64) + pen[:, 1]
-    inside = (yi >= 0) & (yi < hs) & (xi >= 0) & (xi < hs)
-    flat = (bi[:, None, None] * (hs * hs) + yi * hs + xi)[inside]
-    canvas.reshape(-1)[flat] = p.contrast  # clipped at 1 after anti-aliasing
-    # markers: full-intensity discs
-    mk = markers.reshape(b * 2, 2) * aa + (aa - 1) / 2
-    mdisc = _disc(p.marker_radius * aa)
-    yi = np.rint(mk[:, 0])[:, None].astype(np.int64) + mdisc[:, 0]
-    xi = np.rint(mk[:, 1])[:, None].astype(np.int64) + mdisc[:, 1]
-    mb = np.repeat(np.arange(b), 2)[:, None]
-    inside = (yi >= 0) & (yi < hs) & (xi >= 0) & (xi < hs)
-    canvas.reshape(-1)[(mb * (hs * hs) + yi * hs + xi)[inside]] = 1.0
-    img = canvas.reshape(b, size, aa, size, aa).mean((2, 4))
-    return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+def _ceil_step(y, x, sin, cos, dist):
+    """Integer point ``ceil((y, x) + dist * (sin, cos))`` (the reference's translate_coord)."""
+    return np.ceil(y + dist * sin).astype(np.int64), np.ceil(x + dist * cos).astype(np.int64)
 
 
-def _generate_batch(n: int, size: int, p: PathfinderParams, rng: np.random.Generator, max_rows: int = 65536):
+def _sparse(patches: np.ndarray, keep: np.ndarray, half: int):
+    """Per patch, the (dy, dx) offsets and values where ``keep``: (..., F, 2) int64, (..., F) int64.
+
+    Lists are padded to a common length by repeating their first entry (harmless for a
+    maximum or an any()); an empty list becomes offset (0, 0) with value 0.
+    """
+    flat_p = patches.reshape(-1, patches.shape[-2] * patches.shape[-1])
+    flat_k = keep.reshape(flat_p.shape)
+    n = max(1, int(flat_k.sum(1).max()))
+    off = np.zeros((len(flat_p), n, 2), np.int64)
+    val = np.zeros((len(flat_p), n), patches.dtype)
+    side = patches.shape[-1]
+    for i, (v, k) in enumerate(zip(flat_p, flat_k)):
+        idx = np.nonzero(k)[0]
+        if len(idx) == 0:
+            continue
+        idx = np.concatenate([idx, np.full(n - len(idx), idx[0])])
+        off[i] = np.stack([idx // side - half, idx % side - half], 1)
+        val[i] = v[idx]
+    return off.reshape(patches.shape[:-2] + (n, 2)), val.reshape(patches.shape[:-2] + (n,))
+
+
+@dataclass(frozen=True)
+class _Stamps:
+    """Everything that depends on the parameters only: patches, candidate sets, turn weights.
+
+    A paddle's *shape* index encodes the fine-grid end point ``(dy, dx)`` of a paddle drawn
+    from the patch centre, ``(dy + La) * (2 La + 1) + dx + La`` with ``La = paddle_length *
+    antialias_scale``; arrays are indexed ``[margin index, shape index]``. A *direction*
+    index is a seed angle (0..359: whole degrees from -180) or a candidate direction
+    (``360 + margin index * C + candidate``). Footprint values are in 1/255 units (the
+    reference's 8-bit resampled masks), as (dy, dx) offset lists from the paddle's start.
+    """
+
+    half: int                  # patch radius H: paddle patches are (2H+1)^2, centred on the start pixel
+    line: tuple                # (offsets (M, T, F, 2), values (M, T, F) float32 in [0, 1]): paddle intensity
+    foot: tuple                # (offsets (M, T, F, 2), values (M, T, F)): footprint (paddle dilated by m), > 0
+    foot_high: tuple           # its pixels above 0.3: all the seed and overlap tests can see
+    dfoot: tuple               # the footprint dilated by m once more (the occupancy the turn weights read)
+    hard: tuple                # footprint pixels >= 255 * 1.8 - 255: the only ones that can overlap
+    core: np.ndarray           # (M, T, K, 2) full-intensity footprint pixels, +1 (the reference's seed kernel)
+    seed_shape: np.ndarray     # (M, 360) shape of a first paddle at (index - 180) degrees
+    dir_theta: np.ndarray      # (360 + M C,) angle of each direction index
+    cand_off: np.ndarray       # (M, C, 2) far-end offsets from the pivot (circle of radius L + m)
+    cand_shape: np.ndarray     # (M, C) shape of the paddle drawn back from the far end
+    turn_weight: np.ndarray    # (M, 360 + M C, C) cos(min(continuity * turn, pi/2))^2 (0 for list padding)
+    occupancy: np.ndarray      # (M, D, 2) disc of radius m: the turn weights read the mask's maximum over it
+
+
+def _shape_index(theta, length_fine: int, centre: int) -> np.ndarray:
+    """Shape index of a paddle drawn from a fine-grid patch centre at angle theta."""
+    dy = np.ceil(centre + length_fine * np.sin(theta)).astype(np.int64) - centre
+    dx = np.ceil(centre + length_fine * np.cos(theta)).astype(np.int64) - centre
+    return (dy + length_fine) * (2 * length_fine + 1) + dx + length_fine
+
+
+def _dilate(img: np.ndarray, disc: np.ndarray) -> np.ndarray:
+    """Grey-level dilation (maximum filter) of (..., h, w) by integer offsets (k, 2), zero outside."""
+    r = int(np.abs(disc).max()) if len(disc) else 0
+    pad = np.pad(img, [(0, 0)] * (img.ndim - 2) + [(r, r), (r, r)])
+    h, w = img.shape[-2:]
+    out = np.zeros_like(img)
+    for dy, dx in disc:
+        out = np.maximum(out, pad[..., r + dy:r + dy + h, r + dx:r + dx + w])
+    return out
+
+
+@lru_cache(maxsize=16)
+def _stamps(p: PathfinderParams) -> _Stamps:
+    """Draw every paddle shape on the fine grid once (line, footprint, seed kernel), the candidate
+    circles and turn weights. O(M (2 La + 1)^2) small resamples: 0.02 s at 32x32, 0.6 s at 128."""
+    aa, L = p.antialias_scale, p.paddle_length
+    la = L * aa
+    width = int(round(p.paddle_thickness * aa))
+    margins = p.paddle_margin
+    M = len(margins)
+    H = L + int(math.ceil(p.paddle_thickness)) + max(margins)
+    S = 2 * H + 1
+    n_shapes = (2 * la + 1) ** 2
+    line = np.zeros((M, n_shapes, S, S), np.float32)
+    foot = np.zeros((M, n_shapes, S, S), np.int64)
+    core = np.zeros((M, n_shapes, S, S), bool)
+    mm = max(margins)
+    dfoot = np.zeros((M, n_shapes, S + 2 * mm, S + 2 * mm), np.int64)
+    seed_shape = np.zeros((M, 360), np.int64)
+    cands, discs = [], []
+    for mi, m in enumerate(margins):
+        h = L + int(math.ceil(p.paddle_thickness)) + m   # the reference's patch radius for this margin
+        hf = h * aa                                      # fine patch (2 h aa + 1)^2, the paddle starts at its centre
+        fine = 2 * hf + 1
+        fine_disc = _disc_offsets(m * aa)
+        disc = _disc_offsets(m)
+        o = H - h
+        for s in range(n_shapes):
+            dy, dx = divmod(s, 2 * la + 1)
+            pts = _line_pixels(dy - la, dx - la, width) + hf
+            canvas = np.zeros((fine, fine), np.int64)
+            canvas[pts[:, 0], pts[:, 1]] = 255
+            line[mi, s, o:o + 2 * h + 1, o:o + 2 * h + 1] = resample_u8(canvas, 2 * h + 1, p.resample) / 255.0
+            fp = resample_u8(_dilate(canvas, fine_disc), 2 * h + 1, p.resample)
+            foot[mi, s, o:o + 2 * h + 1, o:o + 2 * h + 1] = fp
+            # the reference's seed test dilates the mask by the footprint's full-intensity pixels, placed
+            # in a (2(L+m)+1)^2 kernel one pixel off its anchor: offsets in [-(L+m+1), L+m-1], shifted by 1
+            yy, xx = np.mgrid[-h:h + 1, -h:h + 1]
+            inside = (yy >= -(L + m + 1)) & (yy <= L + m - 1) & (xx >= -(L + m + 1)) & (xx <= L + m - 1)
+            full = (fp == 255) & inside
+            core[mi, s, o + 1:o + 2 * h + 1, o + 1:o + 2 * h + 1] = full[:-1, :-1]
+            if not full.any():
+                raise ValueError(f"Pathfinder parameters {p}: a paddle footprint has no full-intensity pixel")
+        dfoot[mi] = _dilate(np.pad(foot[mi], [(0, 0), (mm, mm), (mm, mm)]), disc)
+        seed_shape[mi] = _shape_index(np.arange(-180, 180) * np.pi / 180, la, hf)
+        # candidate far ends: one sample per pixel of arc on the circle of radius L + m, cut to whole pixels
+        R = L + m
+        deg = np.arange(0, 360, 360.0 / (2 * R * np.pi)) * np.pi / 180
+        off = np.unique(np.stack([np.floor(R * np.sin(deg)), np.floor(R * np.cos(deg))], 1).astype(np.int64), axis=0)
+        th = np.arctan2(off[:, 0], off[:, 1])
+        flipped = np.where(th < 0, th + np.pi, th - np.pi)
+        cands.append((off, th, _shape_index(flipped, la, hf)))
+        discs.append(disc)
+    C = max(len(c[0]) for c in cands)
+    cand_off, cand_theta = np.zeros((M, C, 2), np.int64), np.zeros((M, C))
+    cand_shape, cand_ok = np.zeros((M, C), np.int64), np.zeros((M, C), bool)
+    for mi, (off, th, sh) in enumerate(cands):
+        cand_off[mi, :len(off)], cand_theta[mi, :len(off)], cand_shape[mi, :len(off)] = off, th, sh
+        cand_ok[mi, :len(off)] = True
+    dir_theta = np.concatenate([np.arange(-180, 180) * np.pi / 180, cand_theta.reshape(-1)])
+    turn = np.abs(cand_theta[:, None, :] - dir_theta[None, :, None])
+    turn = np.minimum(turn, 2 * np.pi - turn)
+    turn_weight = np.maximum(np.cos(np.minimum(turn * p.continuity, np.pi / 2)), 0) ** 2 * cand_ok[:, None, :]
+    hard_min = int(math.ceil(OVERLAP_LIMIT * 255)) - 255
+    D = max(len(d) for d in discs)
+    occupancy = np.stack([np.concatenate([d, np.repeat(d[:1], D - len(d), 0)]) for d in discs])
+    return _Stamps(H, _sparse(line, line > 0, H), _sparse(foot, foot > 0, H),
+                   _sparse(foot, foot > FREE_LIMIT * 255, H), _sparse(dfoot, dfoot > 0, H + mm),
+                   _sparse(foot, foot >= hard_min, H),
+                   _sparse(core, core, H)[0], seed_shape, dir_theta, cand_off, cand_shape, turn_weight, occupancy)
+
+
+def _marker_radius_px(p: PathfinderParams) -> int:
+    """Half-size R of a marker patch: the disc plus the filter's reach."""
+    return int(math.ceil(p.marker_radius)) + 4
+
+
+def _marker_case(c: np.ndarray, size: int, R: int) -> np.ndarray:
+    """Border case of a marker coordinate: c for c < R, R inside, 2R - (size - 1 - c) within R of the far end."""
+    return np.where(c < R, c, np.where(c > size - 1 - R, 2 * R - (size - 1 - c), R))
+
+
+@lru_cache(maxsize=16)
+def _marker_patches(p: PathfinderParams, size: int) -> np.ndarray:
+    """(2R+1, 2R+1, 2R+1, 2R+1) float32 in [0, 1]: marker patches by border case of y and x (see _marker_case).
+
+    The reference draws a marker (a disc of ``marker_radius * aa`` fine pixels around fine
+    pixel (aa y, aa x)) on the whole fine image and resamples the whole image, so within R px
+    of the border the filter's weights are renormalised over the pixels inside: one patch per
+    case and axis, each the exact resample of its rows and columns.
+    """
+    aa, R = p.antialias_scale, _marker_radius_px(p)
+    if size < 2 * R + 1:
+        raise ValueError(f"a {size}x{size} image is too small for markers of radius {p.marker_radius}")
+    fine = size * aa
+    wm = _resample_matrix(fine, size, p.resample)                                 # (size, fine)
+    disc = _disc_offsets(p.marker_radius * aa)
+    rep = lambda k: k if k < R else (size // 2 if k == R else size - 1 - (2 * R - k))
+    out = np.zeros((2 * R + 1,) * 4, np.float32)
+    for ky in range(2 * R + 1):
+        for kx in range(2 * R + 1):
+            cy, cx = rep(ky), rep(kx)
+            pts = disc + np.array([aa * cy, aa * cx])
+            pts = pts[((pts >= 0) & (pts < fine)).all(1)]
+            rows = np.unique(pts[:, 0])
+            img = np.zeros((len(rows), fine), np.int64)
+            img[np.searchsorted(rows, pts[:, 0]), pts[:, 1]] = 255
+            h = np.clip((img @ wm.T + (1 << 21)) >> 22, 0, 255)                     # rows pass, (rows, size)
+            ys = np.arange(cy - R, cy + R + 1)
+            ok = (ys >= 0) & (ys < size)
+            v = np.clip((wm[ys[ok]][:, rows] @ h + (1 << 21)) >> 22, 0, 255)        # columns pass
+            xs = np.arange(cx - R, cx + R + 1)
+            okx = (xs >= 0) & (xs < size)
+            out[ky, kx][np.ix_(ok, okx)] = v[:, xs[okx]] / 255.0
+    return out
+
+
+@lru_cache(maxsize=16)
+def _seed_ok(p: PathfinderParams, size: int) -> np.ndarray:
+    """(M, 360) bool: first-paddle angles whose seed search can succeed in a size x size image.
+
+    The reference finds free seed pixels by dilating the mask with the paddle's seed kernel
+    in OpenCV, whose default border makes a pixel with every kernel tap outside the image
+    -inf; one negative value makes it report no free pixel at all, and the path fails. With
+    small kernels the corner pixels decide: each needs a tap inside. At 32x32 only 30
+    angles (-150..-121 degrees, up-left) pass, so the first target path always starts
+    up-left and most distractor attempts fail. ``seed_border_quirk=False``: all pass.
+    """
+    st = _stamps(p)
+    ok = np.ones((len(p.paddle_margin), 360), bool)
+    if p.seed_border_quirk:
+        taps = st.core[np.arange(len(p.paddle_margin))[:, None], st.seed_shape]   # (M, 360, K, 2)
+        for cy in (0, size - 1):
+            for cx in (0, size - 1):
+                q = taps + np.array([cy, cx])
+                ok &= ((q >= 0) & (q < size)).all(-1).any(-1)
+    return ok
+
+
+# ----------------------------------------------------------------------------- growth
+
+class _Batch:
+    """Growth state of a batch of images: the reference's overlap mask and its dilation by the margin.
+
+    ``mask`` (b, W, W) uint8 in 1/255 units, W = size + 2 P: the image sits at [P, P + size);
+    outside it the mask stays 0 (ignored, as the reference clips to the image). The turn
+    weights read the mask dilated by the margin at each candidate pixel: gathered from the
+    mask where that is cheap (32x32), else kept up to date in ``dmask`` (Path-X), whose
+    values outside the image are never read; the mask itself then only needs its values
+    above 0.3. O(b W^2).
+    """
+
+    def __init__(self, b: int, size: int, p: PathfinderParams, margin_idx: np.ndarray, rng: np.random.Generator):
+        self.b, self.size, self.p, self.rng = b, size, p, rng
+        self.st = st = _stamps(p)
+        self.midx = margin_idx.astype(np.int64)   # (b,) index into p.paddle_margin
+        self.margins = np.asarray(p.paddle_margin, np.int64)
+        self.P = P = st.half + max(p.paddle_margin) + 2
+        self.W = W = size + 2 * P
+        frame = np.zeros((W, W), np.uint8)
+        frame[P:P + size, P:P + size] = 255
+        pad = p.padding
+        frame[P + pad:P + size - pad, P + pad:P + size - pad] = 0
+        self.inside = np.zeros(W * W, bool)
+        self.inside.reshape(W, W)[P:P + size, P:P + size] = True
+        self.mask = np.broadcast_to(frame, (b, W, W)).copy()
+        flat = lambda off: off[..., 0] * W + off[..., 1]
+        self.occupancy = flat(st.occupancy)
+        # per growth step: gather C x D mask pixels, or scatter a dilated footprint (about twice the work per pixel)
+        self.track = st.cand_off.shape[1] * st.occupancy.shape[1] > 2 * st.dfoot[0].shape[2]
+        if self.track:
+            self.dmask = np.stack([_dilate(frame, d) for d in st.occupancy])[self.midx]
+            self.foot = (flat(st.foot_high[0]), st.foot_high[1].astype(np.uint8))
+            self.dfoot = (flat(st.dfoot[0]), st.dfoot[1].astype(np.uint8))
+        else:
+            self.dmask = None
+            self.foot = (flat(st.foot[0]), st.foot[1].astype(np.uint8))
+        self.hard = (flat(st.hard[0]), st.hard[1].astype(np.int16))
+        self.core = flat(st.core)
+        self.sin, self.cos = np.sin(st.dir_theta), np.cos(st.dir_theta)
+        self.cand_y, self.cand_x = st.cand_off[..., 0], st.cand_off[..., 1]
+        self.n_dirs = st.turn_weight.shape[1]
+        self.turn_weight = st.turn_weight.reshape(-1, st.turn_weight.shape[2]).astype(np.float32)
+
+    def flat(self, rows: np.ndarray, yx: np.ndarray) -> np.ndarray:
+        """Flat index of image pixels ``yx`` (k, ..., 2) of images ``rows`` (k,)."""
+        base = (rows * (self.W * self.W) + self.P * (self.W + 1)).reshape((-1,) + (1,) * (yx.ndim - 2))
+        return base + yx[..., 0] * self.W + yx[..., 1]
+
+    def stamp(self, rows: np.ndarray, start: np.ndarray, shape: np.ndarray) -> None:
+        """Max the footprints of paddles (start (k, 2), shape (k,)) into the mask (one paddle per image)."""
+        if len(rows) == 0:
+            return
+        mi = self.midx[rows]
+        local = ((start[:, 0] + self.P) * self.W + start[:, 1] + self.P)[:, None] + self.foot[0][mi, shape]
+        keep = self.inside[local]                      # the reference clips footprints to the image
+        idx = (rows * (self.W * self.W))[:, None] + local
+        m = self.mask.reshape(-1)
+        cur = m[idx]
+        m[idx] = np.where(keep, np.maximum(cur, self.foot[1][mi, shape]), cur)
+        if self.track:  # outside pixels reach only image pixels within m of the border, already 255 (frame)
+            idx = (self.flat(rows, start))[:, None] + self.dfoot[0][mi, shape]
+            d = self.dmask.reshape(-1)
+            d[idx] = np.maximum(d[idx], self.dfoot[1][mi, shape])
+
+    def rows_state(self, rows: np.ndarray):
+        """A copy of the growth state of images ``rows`` (see :meth:`set_rows_state`)."""
+        return self.mask[rows].copy(), None if self.dmask is None else self.dmask[rows].copy()
+
+    def set_rows_state(self, rows: np.ndarray, state) -> None:
+        self.mask[rows] = state[0]
+        if self.dmask is not None:
+            self.dmask[rows] = state[1]
+
+    def free_fraction(self, rows: np.ndarray) -> np.ndarray:
+        s, P = self.size, self.P
+        return (self.mask[rows, P:P + s, P:P + s] <= FREE_LIMIT * 255).mean((1, 2))
+
+    def fits(self, rows: np.ndarray, yx: np.ndarray, shape: np.ndarray) -> np.ndarray:
+        """Seed test: pixels (k, c, 2), shapes (k,) -> (k, c) True where the footprint core meets no mask."""
+        core = self.core[self.midx[rows], shape]                   # (k, K)
+        vals = self.mask.reshape(-1)[self.flat(rows, yx)[..., None] + core[:, None]]
+        return ~(vals > FREE_LIMIT * 255).any(-1)
+
+    def overlaps(self, rows: np.ndarray, start: np.ndarray, shape: np.ndarray) -> np.ndarray:
+        """(k,) True where a paddle's footprint plus the mask reaches the overlap limit somewhere."""
+        mi = self.midx[rows]
+        vals = self.mask.reshape(-1)[self.flat(rows, start)[:, None] + self.hard[0][mi, shape]]
+        over = (vals + self.hard[1][mi, shape]) >= int(math.ceil(OVERLAP_LIMIT * 255))
+        return over.view(np.uint8).max(-1).astype(bool) if over.shape[-1] else over[..., 0]
+
+    def extend(self, rows, pivot, direction):
+        """Add one paddle to a path in each image ``rows`` (k,), given its pivot (k, 2) and direction index (k,).
+
+        Returns ``(ok, start, shape, new_pivot, new_direction)``: the paddle is drawn from
+        ``start`` (its far end, an integer pixel) back towards the pivot.
+        """
+        p, st, rng, W, size = self.p, self.st, self.rng, self.W, self.size
+        k = len(rows)
+        mi = self.midx[rows]
+        ny, nx = _ceil_step(pivot[:, 0], pivot[:, 1], self.sin[direction], self.cos[direction],
+                            p.paddle_length + 2 * self.margins[mi])
+        hy = ny[:, None] + self.cand_y[mi]                                            # (k, C) candidate far ends
+        hx = nx[:, None] + self.cand_x[mi]
+        inb = (hy >= 0) & (hy < size) & (hx >= 0) & (hx < size)
+        at = (rows * (W * W) + self.P * (W + 1))[:, None] + np.clip(hy, 0, size - 1) * W + np.clip(hx, 0, size - 1)
+        if self.track:                                                                # the dilated mask
+            occ = self.dmask.reshape(-1)[at]
+        else:
+            flat_mask, taps = self.mask.reshape(-1), self.occupancy[mi]
+            occ = flat_mask[at + taps[:, :1]]
+            for d in range(1, taps.shape[1]):
+                np.maximum(occ, flat_mask[at + taps[:, d:d + 1]], out=occ)
+        w = self.turn_weight[mi * self.n_dirs + direction] * (255 - occ.astype(np.float32))
+        w *= inb
+        cmf = np.cumsum(w, 1)
+        total = cmf[:, -1]
+        todo = np.nonzero(total >= 1e-4 * 255)[0]
+        chosen = np.full(k, -1)
+        for _ in range(p.paddle_tries):            # draw from the weights; keep the first that does not overlap
+            if len(todo) == 0:
+                break
+            # r < total even after float32 rounding, so the first cmf > r has a positive weight
+            r = rng.random(len(todo), dtype=np.float32) * (total[todo] * np.float32(1 - 2 ** -20))
+            c = (cmf[todo] <= r[:, None]).sum(1)
+            bad = self.overlaps(rows[todo], np.stack([hy[todo, c], hx[todo, c]], 1), st.cand_shape[mi[todo], c])
+            chosen[todo[~bad]] = c[~bad]
+            todo = todo[bad]
+        ok = chosen >= 0
+        c = np.maximum(chosen, 0)
+        i = np.arange(k)
+        return (ok, np.stack([hy[i, c], hx[i, c]], 1), st.cand_shape[mi, c], np.stack([ny, nx], 1),
+                360 + mi * st.cand_off.shape[1] + c)
+
+    def seed_paddle(self, rows, tail, deg):
+        """Shape and pivot of first paddles drawn from ``tail`` at ``deg`` degrees; ok where head and pivot are inside."""
+        p = self.p
+        m = self.margins[self.midx[rows]]
+        shape = self.st.seed_shape[self.midx[rows], deg + 180]
+        theta = deg * np.pi / 180
+        back = np.where(theta + np.pi < np.pi, theta + np.pi, theta - np.pi)
+        hy, hx = _ceil_step(tail[:, 0], tail[:, 1], np.sin(theta), np.cos(theta), p.paddle_length)
+        py, px = _ceil_step(hy, hx, np.sin(back), np.cos(back), p.paddle_length + m)
+        s = self.size
+        inside = (hy >= 0) & (hy < s) & (hx >= 0) & (hx < s) & (py >= 0) & (py < s) & (px >= 0) & (px < s)
+        return inside, shape, np.stack([py, px], 1)
+
+
+class _Paths:
+    """Paddles of m paths per image: start (k, m, n, 2), shape and direction index (k, m, n), pivot (k, m, 2)."""
+
+    def __init__(self, k: int, m: int, n: int):
+        self.start = np.zeros((k, m, n, 2), np.int64)
+        self.shape = np.zeros((k, m, n), np.int64)
+        self.dir = np.zeros((k, m, n), np.int64)
+        self.pivot = np.zeros((k, m, 2), np.int64)
+
+    def seed(self, rows, j, start, shape, pivot, deg):
+        self.start[rows, j, 0], self.shape[rows, j, 0], self.pivot[rows, j] = start, shape, pivot
+        self.dir[rows, j, 0] = deg + 180
+
+
+def _grow(bt: _Batch, rows: np.ndarray, paths: _Paths, ok: np.ndarray, n: int, last_stamped=None) -> None:
+    """Extend the seeded paths to ``n`` paddles, path by path within each step.
+
+    A paddle's footprint enters the mask when the next paddle of its path is placed; at the
+    end every path's last paddle enters it, except paths listed in ``last_stamped=False``.
+    ``ok`` (k,) is updated in place.
+    """
+    m = paths.start.shape[1]
+    for i in range(1, n):
+        for j in range(m):
+            live = np.nonzero(ok)[0]
+            if len(live) == 0:
+                return
+            good, start, shape, piv, d = bt.extend(rows[live], paths.pivot[live, j], paths.dir[live, j, i - 1])
+            ok[live[~good]] = False
+            g = live[good]
+            bt.stamp(rows[g], paths.start[g, j, i - 1], paths.shape[g, j, i - 1])
+            paths.start[g, j, i], paths.shape[g, j, i], paths.dir[g, j, i] = start[good], shape[good], d[good]
+            paths.pivot[g, j] = piv[good]
+    g = np.nonzero(ok)[0]
+    for j in range(m):
+        if last_stamped is None or last_stamped[j]:
+            bt.stamp(rows[g], paths.start[g, j, n - 1], paths.shape[g, j, n - 1])
+
+
+def _targets(bt: _Batch, rows: np.ndarray) -> tuple[np.ndarray, _Paths]:
+    """Two target paths per image: (ok (k,), paths)."""
+    p, size, rng, st = bt.p, bt.size, bt.rng, bt.st
+    k = len(rows)
+    paths = _Paths(k, 2, p.contour_length)
+    ok = np.zeros(k, bool)
+    # first seed: its first paddle's seed kernel must lie in the window 2 d px from the border
+    lo_w, hi_w = 2 * p.seed_distance, size - 2 * p.seed_distance - 1
+    good = _seed_ok(p, size)                       # (M, 360)
+    if not good.any(1).all():
+        raise ValueError(f"Pathfinder parameters {p}: no first-paddle angle passes the seed search at {size}x{size}")
+    n_good = good.sum(1)
+    good_deg = np.argsort(~good, axis=1, kind="stable") - 180   # good angles first, per margin
+    todo = np.arange(k)
+    for _ in range(p.seed_tries):
+        if len(todo) == 0:
+            break
+        # a failing angle ends the attempt at once, and attempts are redrawn until one succeeds:
+        # the same as drawing among the passing angles
+        mi = bt.midx[rows[todo]]
+        deg = good_deg[mi, np.floor(rng.random(len(todo)) * n_good[mi]).astype(np.int64)]
+        core = st.core[bt.midx[rows[todo]], st.seed_shape[bt.midx[rows[todo]], deg + 180]]   # (t, K, 2)
+        lo, hi = lo_w - core.min(1), hi_w - core.max(1)                                       # (t, 2) tail range
+        room = (hi >= lo).all(1)
+        tail = lo + np.floor(rng.random((len(todo), 2)) * (np.maximum(hi - lo, 0) + 1)).astype(np.int64)
+        inside, shape, piv = bt.seed_paddle(rows[todo], tail, deg)
+        done = room & inside
+        paths.seed(todo[done], 0, tail[done], shape[done], piv[done], deg[done])
+        ok[todo[done]] = True
+        todo = todo[~done & room]  # no room at all: the reference gives up on the image
+    # second seed: seed_distance away in a whole-degree direction; only its paddle is checked for the border
+    todo = np.nonzero(ok)[0]
+    ok[:] = False
+    tail1 = paths.start[:, 0, 0]
+    for _ in range(p.seed_tries):
+        if len(todo) == 0:
+            break
+        deg = rng.integers(-180, 180, len(todo))
+        phi = rng.integers(0, 360, len(todo)) * np.pi / 180
+        tail = np.stack([np.round(tail1[todo, 0] + p.seed_distance * np.sin(phi)),
+                         np.round(tail1[todo, 1] + p.seed_distance * np.cos(phi))], 1).astype(np.int64)
+        inside, shape, piv = bt.seed_paddle(rows[todo], tail, deg)
+        paths.seed(todo[inside], 1, tail[inside], shape[inside], piv[inside], deg[inside])
+        ok[todo[inside]] = True
+        todo = todo[~inside]
+    _grow(bt, rows, paths, ok, p.contour_length, last_stamped=(p.mask_first_target_end, True))
+    return ok, paths
+
+
+def _distractor(bt: _Batch, rows: np.ndarray) -> tuple[np.ndarray, _Paths]:
+    """One distractor path per image ``rows``: (ok (k,), paths with m = 1). The mask is updated where ok."""
+    p, size, rng, st = bt.p, bt.size, bt.rng, bt.st
+    k = len(rows)
+    paths = _Paths(k, 1, p.distractor_length)
+    ok = np.zeros(k, bool)
+    todo = np.nonzero(bt.free_fraction(rows) >= p.stop_with_availability)[0]
+    n_cand = 32
+    for _ in range(p.seed_tries):
+        if len(todo) == 0:
+            break
+        deg = rng.integers(-180, 180, len(todo))
+        shape = st.seed_shape[bt.midx[rows[todo]], deg + 180]
+        # a uniformly drawn free pixel: the first free one of n_cand uniform draws, else from the full map
+        cand = rng.integers(0, size, (len(todo), n_cand, 2))
+        free = bt.fits(rows[todo], cand, shape)
+        passes = _seed_ok(p, size)[bt.midx[rows[todo]], deg + 180]
+        free &= passes[:, None]
+        has = free.any(1)
+        tail = cand[np.arange(len(todo)), free.argmax(1)]
+        rare = np.nonzero(~has & passes)[0]
+        if len(rare):
+            grid = np.stack(np.meshgrid(np.arange(size), np.arange(size), indexing="ij"), -1).reshape(-1, 2)
+            full = bt.fits(rows[todo[rare]], np.broadcast_to(grid, (len(rare),) + grid.shape), shape[rare])
+            n_free = full.sum(1)
+            has[rare] = n_free > 0
+            pick = np.minimum((rng.random(len(rare)) * n_free).astype(np.int64), np.maximum(n_free - 1, 0))
+            order = np.argsort(~full, axis=1, kind="stable")        # free pixels first, in raster order
+            tail[rare] = grid[order[np.arange(len(rare)), pick]]
+        inside, shape, piv = bt.seed_paddle(rows[todo], tail, deg)
+        done = has & inside
+        paths.seed(todo[done], 0, tail[done], shape[done], piv[done], deg[done])
+        ok[todo[done]] = True
+        todo = todo[has & ~inside]  # no free pixel: the reference gives up on this attempt
+    _grow(bt, rows, paths, ok, p.distractor_length)
+    return ok, paths
+
+
+# ----------------------------------------------------------------------------- rendering
+
+def _segments(paths: _Paths, length: float, dir_theta: np.ndarray) -> np.ndarray:
+    """(k, m, n, 4) float [y0 x0 y1 x1] of each paddle in path order.
+
+    A path's first paddle runs from its start pixel along its direction; later ones are
+    drawn from their start (the far end, on the pivot's circle) back towards the pivot.
+    """
+    s = paths.start.astype(np.float64)
+    th = dir_theta[paths.dir]
+    u = np.stack([np.sin(th), np.cos(th)], -1) * length
+    first = np.zeros(paths.shape.shape, bool)
+    first[..., 0] = True
+    a = np.where(first[..., None], s, s - u)
+    b = np.where(first[..., None], s + u, s)
+    return np.concatenate([a, b], -1)
+
+
+def render(size: int, p: PathfinderParams, starts: np.ndarray, shapes: np.ndarray, margin_idx: np.ndarray,
+           contrast: np.ndarray, markers: np.ndarray) -> np.ndarray:
+    """Images (b, size, size) uint8 from paddles and markers.
+
+    ``starts`` (b, S, 2) integer start pixels, ``shapes`` (b, S) shape indices (see
+    :class:`_Stamps`), ``contrast`` (b, S) intensities (0 = absent), ``margin_idx`` (b,),
+    ``markers`` (b, 2, 2) integer pixels. Paddle patches scaled by their contrast and the
+    marker patch are combined by maximum; then stretched to 0..255 per image (``p.stretch``)
+    or clipped at 1. O(b * S * patch area).
+    """
+    st = _stamps(p)
+    b = len(starts)
+    H, R = st.half, _marker_radius_px(p)
+    patches = _marker_patches(p, size)
+    P = max(H, R)
+    W = size + 2 * P
+    canvas = np.zeros(b * W * W, np.float32)
+    base = np.arange(b) * (W * W) + P * (W + 1)
+    line_idx = st.line[0][..., 0] * W + st.line[0][..., 1]                 # (M, T, F) flat offsets
+    contrast = np.asarray(contrast, np.float32)
+    for j in range(starts.shape[1]):  # one paddle per image at a time: no index repeats within a write
+        idx = (base + starts[:, j, 0] * W + starts[:, j, 1])[:, None] + line_idx[margin_idx, shapes[:, j]]
+        vals = st.line[1][margin_idx, shapes[:, j]] * contrast[:, j, None]
+        canvas[idx] = np.maximum(canvas[idx], vals)
+    my, mx = np.mgrid[-R:R + 1, -R:R + 1]
+    mpatch = (my * W + mx).reshape(-1)
+    for j in range(markers.shape[1]):
+        idx = (base + markers[:, j, 0] * W + markers[:, j, 1])[:, None] + mpatch
+        vals = patches[_marker_case(markers[:, j, 0], size, R), _marker_case(markers[:, j, 1], size, R)]
+        canvas[idx] = np.maximum(canvas[idx], vals.reshape(b, -1))
+    img = canvas.reshape(b, W, W)[:, P:P + size, P:P + size].astype(np.float64)
+    if p.stretch:
+        lo = img.min((1, 2), keepdims=True)
+        span = img.max((1, 2), keepdims=True) - lo
+        img = (img - lo) * (255.0 / np.where(span > 0, span, 1.0))
+    else:
+        img = img * 255.0
+    return (np.clip(img, 0, 255) + 0.5).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------- batches
+
+def _generate_batch(n: int, size: int, p: PathfinderParams, rng: np.random.Generator, max_bytes: int = 4 << 20):
     """One batch: images, labels and geometry.
 
-    Target paths fail often (a long walk in a small image runs into the border or itself;
-    ~10% succeed at 32x32, contour length 14), so they are attempted for more images than
-    needed (the expected success rate, learnt as it goes) and the first successes are kept:
-    the same distribution as redrawing each failed image, with far fewer Python-level steps.
+    Target paths fail often (two long walks in a small image run into the border or each
+    other; ~4% of pairs succeed at 32x32, contour length 14), so they are attempted for more
+    images than needed (the expected success rate, learnt as it goes; about ``max_bytes`` of
+    masks at a time, which keeps them in cache, but at least 320 images) and the first successes are kept: the same
+    distribution as redrawing each failed image, with far fewer Python-level steps.
     """
-    tseg = np.full((n, 2, p.contour_length, 4), np.nan)
-    grid = None
-    margins = np.zeros(n, dtype=np.int64)
-    filled, rate = 0, 0.25
-    for _ in range(1000):
+    C, D, K = p.contour_length, p.distractor_length, p.num_distractors
+    tp = _Paths(n, 2, C)
+    bt = None
+    filled, rate = 0, 0.05
+    tried = 0
+    while filled < n:
         want = n - filled
-        if want == 0:
-            break
-        m = int(min(max_rows, math.ceil(want / rate * 1.3) + 8))
-        att = _Batch(m, size, p, rng.choice(np.asarray(p.paddle_margin), m), rng)
-        ok, segs = _targets(att, np.arange(m))
+        if tried >= 100_000 and filled == 0 or tried >= 100_000 * n:
+            raise RuntimeError(f"Pathfinder: could not place the target paths in {n - filled} of {n} images after "
+                               f"{tried} attempts; parameters {p} do not fit a {size}x{size} image")
+        if bt is None:
+            bt = _Batch(n, size, p, np.zeros(n, np.int64), rng)
+            max_rows = max(320, max_bytes // (bt.W * bt.W * (2 if bt.track else 1)))   # fewer steps for Path-X
+        m = int(min(max_rows, math.ceil(want / rate * 1.2) + 8))
+        att = _Batch(m, size, p, rng.integers(0, len(p.paddle_margin), m), rng)
+        ok, paths = _targets(att, np.arange(m))
         good = np.nonzero(ok)[0][:want]
         sl = slice(filled, filled + len(good))
-        if grid is None:
-            grid = np.empty((n,) + att.grid.shape[1:], dtype=bool)
-        tseg[sl], grid[sl], margins[sl] = segs[good], att.grid[good], att.margin[good]
+        tp.start[sl], tp.shape[sl], tp.dir[sl] = paths.start[good], paths.shape[good], paths.dir[good]
+        bt.set_rows_state(np.arange(filled, filled + len(good)), att.rows_state(good))
+        bt.midx[sl] = att.midx[good]
         filled += len(good)
-        rate = min(1.0, max(ok.mean(), 0.005))
-    else:
-        raise RuntimeError(f"Pathfinder: could not place the target paths in {n - filled} images; "
-                           f"parameters {p} do not fit a {size}x{size} image")
-    st = _Batch(n, size, p, margins, rng)
-    st.grid = grid
+        tried += m
+        rate = min(1.0, max(ok.mean(), 0.002))
     rows_all = np.arange(n)
-    dseg = np.full((n, p.num_distractors, p.distractor_length, 4), np.nan)
-    for j in range(p.num_distractors):
+    dp = _Paths(n, K, D)
+    d_ok = np.zeros((n, K), bool)
+    for j in range(K):
         todo = rows_all
-        for _ in range(1 + DISTRACTOR_RETRIES):  # reference: max_distractor_contour_retrial, then left out
-            saved = st.grid[todo].copy()
-            ok, segs = _distractor(st, todo)
-            st.grid[todo[~ok]] = saved[~ok]  # drop incomplete distractors
-            dseg[todo[ok], j] = segs[ok, 0]
+        for _ in range(p.distractor_tries):
+            saved = bt.rows_state(todo)
+            ok, paths = _distractor(bt, todo)
+            bt.set_rows_state(todo[~ok], tuple(None if a is None else a[~ok] for a in saved))  # failures leave nothing
+            g = todo[ok]
+            dp.start[g, j], dp.shape[g, j], dp.dir[g, j] = paths.start[ok, 0], paths.shape[ok, 0], paths.dir[ok, 0]
+            d_ok[g, j] = True
             todo = todo[~ok]
             if len(todo) == 0:
                 break
     labels = rng.integers(0, 2, n)
     origin_idx = rng.integers(0, 2, n)
     term_idx = np.where(labels == 1, origin_idx, 1 - origin_idx)
-    origins = tseg[:, :, 0, :2]   # (n, 2, 2) start of each target path
-    terminals = tseg[:, :, -1, 2:]  # (n, 2, 2) far end of each target path
+    origins = tp.start[:, :, 0]               # (n, 2, 2) start pixel of each target path
+    terminals = tp.start[:, :, -1]            # (n, 2, 2) far end of each target path's last paddle
     markers = np.stack([origins[rows_all, origin_idx], terminals[rows_all, term_idx]], 1)
-    all_segs = np.concatenate([tseg.reshape(n, -1, 4), dseg.reshape(n, -1, 4)], 1)
-    images = render(size, all_segs, markers, p)
-    geometry = {"target_paddles": tseg, "distractor_paddles": dseg, "origins": origins, "terminals": terminals,
-                "markers": markers, "marker_paths": np.stack([origin_idx, term_idx], 1), "margins": margins}
+    starts = np.concatenate([tp.start.reshape(n, -1, 2), dp.start.reshape(n, -1, 2)], 1)
+    shapes = np.concatenate([tp.shape.reshape(n, -1), dp.shape.reshape(n, -1)], 1)
+    contrast = np.concatenate([np.full((n, 2 * C), p.target_contrast),
+                               np.repeat(np.where(d_ok, p.distractor_contrast, 0.0), D, axis=1)], 1)
+    images = render(size, p, starts, shapes, bt.midx, contrast, markers)
+    dir_theta = bt.st.dir_theta
+    dseg = _segments(dp, p.paddle_length, dir_theta)
+    dseg[~d_ok] = np.nan
+    geometry = {"target_paddles": _segments(tp, p.paddle_length, dir_theta), "distractor_paddles": dseg,
+                "origins": origins.astype(np.float64), "terminals": terminals.astype(np.float64),
+                "markers": markers.astype(np.float64), "marker_paths": np.stack([origin_idx, term_idx], 1),
+                "margins": np.asarray(p.paddle_margin)[bt.midx]}
     return images, labels.astype(np.int64), geometry
+
+
+def _batch_job(job) -> tuple:
+    """One generator batch ``(n, size, params, seed, index, with_geometry)``: a separate process can run it."""
+    n, size, p, seed, i, with_geometry = job
+    x, y, geo = _generate_batch(n, size, p, np.random.default_rng([seed, i]))
+    return x, y, (geo if with_geometry else None)
+
+
+def default_workers(n_batches: int) -> int:
+    """Processes worth starting for ``n_batches`` batches: the CPUs this process may use, at most 8."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, 8, n_batches))
 
 
 def generate(n: int, seed: int, size: int = 32, params: PathfinderParams | None = None, *,
              difficulty: str = "curv_contour_length_14", batch_size: int = 2048, progress: bool = False,
-             return_geometry: bool = False, **overrides):
+             return_geometry: bool = False, workers: int = 1, **overrides):
     """``n`` Pathfinder images: ``(images uint8 (n, size, size), labels int64 (n,)[, geometry])``.
 
     ``params`` defaults to :func:`params_for` ``(size, difficulty, **overrides)``. Batch ``i``
     draws from ``np.random.default_rng([seed, i])``, so results depend only on
-    ``(n, seed, size, params, batch_size)``. ``geometry`` (for tests and plots) holds per
-    image: ``target_paddles`` (n, 2, C, 4) [y0 x0 y1 x1] of the two target paths,
-    ``distractor_paddles`` (n, K, D, 4) (NaN rows: a distractor left out), ``origins`` and
-    ``terminals`` (n, 2, 2) of the target paths, ``markers`` (n, 2, 2) and ``marker_paths``
-    (n, 2): which target path each marker ends (the label is 1 iff they are equal).
+    ``(n, seed, size, params, batch_size)``, not on ``workers`` (processes that generate
+    batches in parallel; ``None``: :func:`default_workers`). ``geometry`` (for tests and
+    plots) holds per image: ``target_paddles`` (n, 2, C, 4) [y0 x0 y1 x1] of the two target
+    paths in path order, ``distractor_paddles`` (n, K, D, 4) (NaN rows: a distractor left
+    out), ``origins`` and ``terminals`` (n, 2, 2) of the target paths (integer pixels),
+    ``markers`` (n, 2, 2), ``marker_paths`` (n, 2): which target path each marker ends (the
+    label is 1 iff they are equal), and ``margins`` (n,).
     """
     from tqdm.auto import tqdm
 
@@ -400,15 +896,25 @@ def generate(n: int, seed: int, size: int = 32, params: PathfinderParams | None 
     labels = np.zeros(n, dtype=np.int64)
     geo_parts: list[dict] = []
     starts = list(range(0, n, batch_size))
-    bar = tqdm(starts, desc=f"Pathfinder {size}x{size}: generating {n} images", unit="batch",
-               disable=not progress)
-    for i, lo in enumerate(bar):
-        m = min(batch_size, n - lo)
-        rng = np.random.default_rng([int(seed), i])
-        x, y, geo = _generate_batch(m, size, p, rng)
-        images[lo:lo + m], labels[lo:lo + m] = x, y
-        if return_geometry:
-            geo_parts.append(geo)
+    jobs = [(min(batch_size, n - lo), size, p, int(seed), i, return_geometry) for i, lo in enumerate(starts)]
+    workers = default_workers(len(jobs)) if workers is None else max(1, min(int(workers), len(jobs)))
+    pool = None
+    if workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        results = pool.map(_batch_job, jobs) if pool else map(_batch_job, jobs)
+        bar = tqdm(results, total=len(jobs), desc=f"Pathfinder {size}x{size}: generating {n} images", unit="batch",
+                   disable=not progress)
+        for lo, (x, y, geo) in zip(starts, bar):
+            images[lo:lo + len(y)], labels[lo:lo + len(y)] = x, y
+            if return_geometry:
+                geo_parts.append(geo)
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
     if not return_geometry:
         return images, labels
     geometry = {k: np.concatenate([g[k] for g in geo_parts]) for k in geo_parts[0]} if geo_parts else {}
@@ -426,5 +932,5 @@ def params_dict(p: PathfinderParams) -> dict:
     return asdict(p)
 
 
-__all__ = ["PathfinderParams", "params_for", "generate", "render", "measure_speed", "DIFFICULTIES", "params_dict",
-           "replace"]
+__all__ = ["PathfinderParams", "params_for", "generate", "render", "resample_u8", "measure_speed", "default_workers",
+           "DIFFICULTIES", "GENERATOR_VERSION", "params_dict", "replace"]

@@ -35,7 +35,8 @@ class ConfigError(ValueError):
 class Rule:
     """One config value: ``kind`` is ``int``, ``float``, ``bool``, ``str`` or ``ints`` (a
     non-empty list of ints, or one int); ``low``/``high`` bound numbers (``open_low``/
-    ``open_high``: strict); ``choices`` lists the valid strings; ``optional``: ``null`` is
+    ``open_high``: strict); ``choices`` lists the valid strings (a ``str`` rule may list booleans
+    too: ``auto | true | false``); ``optional``: ``null`` is
     allowed (it means "default" or "off"); ``means`` says what the value is; ``example`` is a
     valid value for the fix."""
 
@@ -54,7 +55,7 @@ class Rule:
     def constraint(self) -> str:
         """What a valid value is, e.g. "an integer >= 1 (sequence length in tokens)"."""
         if self.choices:
-            text = "one of " + ", ".join(map(str, self.choices))
+            text = "one of " + ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in self.choices)
         elif self.kind == "bool":
             text = "true or false"
         else:
@@ -96,8 +97,9 @@ class Rule:
     def _ok(self, value: Any, kind: str) -> bool:
         if kind == "bool":
             return isinstance(value, bool)
-        if kind == "str":
-            return isinstance(value, str) and (not self.choices or value in self.choices)
+        if kind == "str":  # choices may hold booleans too (auto | true | false)
+            return (isinstance(value, str) or (isinstance(value, bool) and bool(self.choices))) \
+                and (not self.choices or value in self.choices)
         if self.choices:
             return value in self.choices and not isinstance(value, bool)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -173,9 +175,14 @@ TASK_EXTRA = {
         Int("max_args", low=2, means="arguments per operator: 2..max_args", example=10),
     ],
     "pathfinder": [Int("num_images", means="generated images", example=20000),
-                   Int("gen_batch_size", optional=True, means="images per generator batch", example=2048)],
+                   Int("gen_batch_size", optional=True, means="images per generator batch", example=2048),
+                   Int("gen_workers", optional=True, means="generator processes; null = the CPUs available",
+                       example=2),
+                   Int("generator_version", means="lra.pathfinder_gen.GENERATOR_VERSION expected", example=2)],
     "pathx": [Int("num_images", means="generated images", example=20000),
-              Int("gen_batch_size", optional=True, means="images per generator batch", example=128)],
+              Int("gen_batch_size", optional=True, means="images per generator batch", example=128),
+              Int("gen_workers", optional=True, means="generator processes; null = the CPUs available", example=2),
+              Int("generator_version", means="lra.pathfinder_gen.GENERATOR_VERSION expected", example=2)],
 }
 
 def task_rules(name: str) -> list[Rule]:
@@ -231,6 +238,14 @@ TRAINER = [
     Int("log_every", means="steps between progress/NaN checks", example=50),
     Choice("precision", ("auto", "bf16", "fp32")),
     Bool("compile"), Bool("progress"),
+    Choice("compile_mode", ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+           optional=True),
+    Rule("compile_backend", "str", optional=True, means="torch.compile backend", example="inductor"),
+    Rule("bucketing", "str", choices=("auto", True, False), optional=True,
+         means="length bucketing: auto = where the padded length cannot change what the model computes"),
+    Int("bucket_multiple", optional=True, means="bucketed batches are cut to multiples of this length", example=128),
+    Int("bucket_window", optional=True, means="batches per length-sorting window", example=64),
+    Int("jobs_per_gpu", optional=True, means="jobs sharing one GPU with trainer.device=packed", example=4),
 ]
 
 #: ``pretrain.*`` of a self-pretraining run (pretrain=mlm|causal), after the task's defaults
@@ -320,12 +335,15 @@ BENCH_SECTIONS = {
     "train_overhead": _BENCH_MODEL + [
         Float("min_fraction", low=0, high=1, open_low=True, means="shortest real length / N", example=0.25),
         Int("examples", optional=True, example=1000), Int("steps_per_call", example=5),
-        Int("warmup", low=0, example=1), Int("repeats", example=3), Bool("compile")],
+        Int("warmup", low=0, example=1), Int("repeats", example=3), Bool("compile"), Bool("bucketing"),
+        Int("bucket_multiple", example=128)],
     "exactness": [Ints("lengths", example="[256]"), Int("batch_size", example=1), Int("heads", example=4),
                   Int("head_dim", example=64), Int("seeds", example=1),
                   Float("random_scale", low=0, open_low=True, example=1.0),
                   Float("concentrated_scale", low=0, open_low=True, example=3.0),
-                  Int("concentrated_keys", example=4)],
+                  Int("concentrated_keys", example=4), Int("fit_steps", low=0, example=200),
+                  Float("fit_lr", low=0, open_low=True, example=3e-3), Int("fit_batch_size", example=2),
+                  Int("weight_queries", example=128)],
     "smoothness": [Ints("lengths", example="[64,128]"), Int("dim", example=64),
                    Float("radius", low=0, open_low=True, example=1.0),
                    Float("weight_std", low=0, open_low=True, example=1.0), Int("iters", example=20)],

@@ -13,6 +13,12 @@ command line beats a trainer preset's ``trainer.task_overrides.<key>``
 (:func:`explicit_beats_presets`). CPU threads: ``threads=auto`` gives the job its share of the
 cores (:mod:`lra.devices`).
 
+Throughput (README "Training throughput"): length-bucketed batches (``trainer.bucketing``,
+:mod:`lra.bucketing`), a compiled step with an eager fallback (``trainer.compile``,
+:mod:`lra.compiled`), and up to ``trainer.jobs_per_gpu`` jobs sharing a GPU
+(``trainer.device=packed``, :mod:`lra.devices`); the record says which ran (``case.bucketing``,
+``case.compile``, ``case.packed``; :func:`throughput_facts`).
+
 Failures never raise out of the job (so a sweep goes on and its report is built): NaN/inf
 losses give status ``nan`` (with the first bad step), out-of-memory ``oom``, a run that did
 not train or evaluate and anything else ``error``. A single (non ``-m``) run exits 0 only
@@ -27,7 +33,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -36,9 +42,11 @@ from tqdm.auto import tqdm
 
 import attention_variants as av
 
-from . import conf_dir, pretrain, schema, tasks
+from . import bucketing, conf_dir, pretrain, schema, tasks
+from .compiled import CompiledModel
 from .data import DeviceBatches
-from .devices import set_job_threads
+from .devices import set_job_threads, share_gpu
+from .distill import LayerDistiller, has_feature_map
 from .model import Encoder, EncoderConfig
 from .results import RECORD_FILENAME, host_info, make_record, now, read_record, variant_config, write_record
 from .schema import ConfigError
@@ -94,8 +102,24 @@ def resolve(cfg: DictConfig) -> tuple[DictConfig, dict, dict, dict]:
                       if k not in ("task_overrides", "model_overrides", "pretrain_overrides")})
     _check_trainer(trainer)
     knobs = _merge(cfg.attention)
-    knobs.pop("name", None)
+    for key in ("name", *DISTILL_KEYS):  # training options, not the variant's knobs
+        knobs.pop(key, None)
     return task_cfg, model, trainer, knobs
+
+
+#: the attention-distillation training options under ``attention.`` (conf/train.yaml)
+DISTILL_KEYS = ("distill", "distill_queries")
+
+
+def distill_settings(cfg: DictConfig) -> dict[str, Any]:
+    """``attention.distill`` (weight; 0 = off) and ``attention.distill_queries`` as the record
+    states them: ``{"on", "weight", "queries"}`` (:class:`lra.distill.LayerDistiller`)."""
+    weight, queries = cfg.attention.get("distill") or 0.0, cfg.attention.get("distill_queries") or 64
+    if not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+        raise ConfigError(f"attention.distill={weight!r}: the distillation weight must be a number >= 0 (0 = off)")
+    if not isinstance(queries, int) or queries < 1:
+        raise ConfigError(f"attention.distill_queries={queries!r}: must be an integer >= 1")
+    return {"on": weight > 0, "weight": float(weight), "queries": int(queries)}
 
 
 def _check_trainer(trainer: dict) -> None:
@@ -108,17 +132,21 @@ def _check_trainer(trainer: dict) -> None:
                           f"got {trainer.get('warmup')}")
 
 
-def device_of(setting: str, acquire: bool = False) -> torch.device:
-    """``auto`` | ``cpu`` | ``cuda[:N]`` | ``exclusive`` (lock a GPU no other job holds; see lra.devices)."""
+def device_of(setting: str, acquire: bool = False, jobs_per_gpu: int = 4) -> torch.device:
+    """``auto`` | ``cpu`` | ``cuda[:N]`` | ``exclusive`` (lock a GPU no other job holds) | ``packed``
+    (one of ``jobs_per_gpu`` slots on a GPU, never beside an exclusive job); see lra.devices."""
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if setting == "exclusive":
+    if setting in ("exclusive", "packed"):
         if not torch.cuda.is_available():
-            raise ConfigError("trainer.device=exclusive locks a free GPU, but no CUDA GPU is visible; "
+            what = "locks a free GPU" if setting == "exclusive" else "shares a GPU among a sweep's jobs"
+            raise ConfigError(f"trainer.device={setting} {what}, but no CUDA GPU is visible; "
                               "use trainer.device=auto or cpu")
-        from .devices import acquire_free_gpu
+        from .devices import acquire_free_gpu, acquire_gpu_slot
 
-        return acquire_free_gpu() if acquire else torch.device("cuda")
+        if not acquire:
+            return torch.device("cuda")
+        return acquire_free_gpu() if setting == "exclusive" else acquire_gpu_slot(jobs_per_gpu)
     device = torch.device(setting)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"trainer.device={setting!r} but no CUDA GPU is visible; use trainer.device=auto or cpu")
@@ -172,6 +200,9 @@ def validate(cfg: DictConfig) -> None:
     attn = av.build(name, heads=model["heads"], head_dim=model["d_model"] // model["heads"],
                     max_length=int(task_cfg.seq_len) + 1, **knobs)
     pretrain.check_attention(cfg, attn)
+    if distill_settings(cfg)["on"] and not has_feature_map(attn):
+        raise ConfigError(f"attention.distill needs a non-causal kernel variant exposing feature_map "
+                          f"(hedgehog, taylor, performer, linear, random_feature without gate); got attention={name}")
     check = getattr(attn, "check_length", None)
     if check is not None:
         try:
@@ -273,6 +304,13 @@ def make_optimizer(model: torch.nn.Module, tr: dict):
     return opt, sched
 
 
+def bucketing_of(tr: dict, data: tasks.TaskData, model: Encoder, attention: str) -> tuple[bool, str]:
+    """Whether this run buckets by length, and why (:func:`lra.bucketing.choose` on the built model)."""
+    return bucketing.choose(tr.get("bucketing", "auto"), pad_id=data.pad_id, variant=attention,
+                            attention_module=model.blocks[0].attn.attention, pooling=model.cfg.pooling,
+                            pool_masked=model.cfg.pool_masked, cls_last=model.causal)
+
+
 class TrainStep:
     """The body of the training loop: :func:`train` runs it, and so does ``lra-bench``'s
     ``train_overhead`` mode, so that what the benchmark times cannot drift from the real loop.
@@ -280,34 +318,56 @@ class TrainStep:
     ``ts(step)`` runs one optimizer step: the batch of ``step`` from ``batches``
     (:meth:`lra.data.DeviceBatches.batch`), the forward pass of ``step_fn`` under autocast
     (``amp``: dtype or None), cross-entropy in fp32, backward, gradient-norm clipping
-    (``grad_clip``; 0/None = off), optimizer and scheduler steps, and the on-device bookkeeping
+    (``grad_clip``; 0/None = off; ``aux_loss()``, if given, is added to the loss before it),
+    optimizer and scheduler steps, and the on-device bookkeeping
     (first step with a non-finite loss, running loss and accuracy sums) -- no host sync.
     :meth:`boundary` is the loop's only host sync, once per ``log_every`` steps.
+
+    ``step_fn`` may be a :class:`lra.compiled.CompiledModel`: when its compiled forward or
+    backward raises, the step is redone eagerly from the random state it started with (the
+    gradients cleared; nothing else has changed yet), and the run goes on eagerly.
     """
 
     def __init__(self, model: torch.nn.Module, step_fn, opt, sched, batches: DeviceBatches,
-                 amp: torch.dtype | None, grad_clip: float | None):
+                 amp: torch.dtype | None, grad_clip: float | None, aux_loss: Callable[[], torch.Tensor] | None = None):
         self.model, self.step_fn, self.opt, self.sched, self.batches = model, step_fn, opt, sched, batches
         self.amp, self.grad_clip = amp, grad_clip
+        self.aux_loss = aux_loss  # added to the task loss after the forward (attention distillation)
         self.device = batches.labels.device
         self.bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         self.loss_sum = torch.zeros((), device=self.device)
         self.correct_sum = torch.zeros((), device=self.device)
         self.seen, self.last_batch = 0, 1
 
+    def _forward_backward(self, x, mask, y):
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            logits = self.step_fn(x, mask)
+        loss = F.cross_entropy(logits.float(), y)
+        total = loss if self.aux_loss is None else loss + self.aux_loss()
+        self.opt.zero_grad(set_to_none=True)
+        total.backward()
+        return logits, loss, total
+
     def __call__(self, step: int) -> None:
         device = self.device
         x, mask, y = self.batches.batch(step)
-        with torch.autocast(device.type, dtype=self.amp, enabled=self.amp is not None):
-            logits = self.step_fn(x, mask)
-        loss = F.cross_entropy(logits.float(), y)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if isinstance(self.step_fn, CompiledModel) and self.step_fn.active:
+            rng = _rng_state(device)
+            try:
+                logits, loss, total = self._forward_backward(x, mask, y)
+            except Exception as err:  # noqa: BLE001 - any failure of the compiled code: redo eagerly
+                if _is_oom(err):
+                    raise
+                self.step_fn.fall_back(err)
+                _set_rng_state(rng, device)
+                logits, loss, total = self._forward_backward(x, mask, y)
+        else:
+            logits, loss, total = self._forward_backward(x, mask, y)
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.opt.step()
         self.sched.step()
-        self.bad_step = torch.where((self.bad_step < 0) & ~torch.isfinite(loss.detach()),
+        self.bad_step = torch.where((self.bad_step < 0) & ~torch.isfinite(total.detach()),
                                     torch.tensor(step, device=device), self.bad_step)
         self.loss_sum += loss.detach()
         self.correct_sum += (logits.detach().argmax(-1) == y).sum()
@@ -328,17 +388,20 @@ class TrainStep:
         return first_bad, window
 
 
+def _is_oom(err: BaseException) -> bool:
+    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
 @torch.no_grad()
 def evaluate(model: Encoder, batches: DeviceBatches, amp: torch.dtype | None, max_batches: int | None = None):
-    """(accuracy, mean loss) over a split; accumulates on device, one sync at the end."""
+    """(accuracy, mean loss) over a split (its first ``max_batches`` batches' examples when set;
+    length-bucketed when ``batches`` is); eager; accumulates on device, one sync at the end."""
     model.eval()
     device = batches.labels.device
     correct = torch.zeros((), device=device)
     loss_sum = torch.zeros((), device=device)
     count = 0
-    for i, (x, mask, y) in enumerate(batches):
-        if max_batches is not None and i >= max_batches:
-            break
+    for x, mask, y in batches.iterate(max_batches):
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             logits = model(x, mask)
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
@@ -379,12 +442,15 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
     """
     started = now()
     validate(cfg)
-    set_job_threads(cfg.get("threads", "auto"))
-    host = host_info()  # at the start: threads, cores, load
     task_cfg, model_kw, tr, knobs = resolve(cfg)
     spt = pretrain.settings(cfg, task_cfg.name, tr)  # None: trained from scratch
     model_kw, tr = pretrain.finetune_settings(spt, model_kw, tr)
-    device = device_of(tr.get("device", "auto"), acquire=True)
+    device = device_of(tr.get("device", "auto"), acquire=True, jobs_per_gpu=int(tr.get("jobs_per_gpu") or 4))
+    packed = tr.get("device") == "packed"
+    if packed:  # at most jobs_per_gpu jobs per GPU run at once, whatever the launcher started
+        share_gpu(int(tr.get("jobs_per_gpu") or 4), torch.cuda.device_count())
+    set_job_threads(cfg.get("threads", "auto"))
+    host = host_info()  # at the start (after any wait for a GPU): threads, cores, load
     amp = autocast_dtype(tr.get("precision", "auto"), device)
     data = tasks.prepare(task_cfg)
     empty = [split for split, (_, y) in data.splits.items() if len(y) == 0]
@@ -397,20 +463,32 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
     model = build_model(data, model_kw, cfg.attention.name, {**knobs, "seed": int(cfg.seed)}).to(device)
     steps = int(tr["steps"])
     opt, sched = make_optimizer(model, tr)
-    train_b = DeviceBatches(*data.splits["train"], tr["batch_size"], device, data.pad_id, shuffle=True, seed=cfg.seed)
-    val_b = DeviceBatches(*data.splits["val"], tr["batch_size"], device, data.pad_id, shuffle=False)
-    test_b = DeviceBatches(*data.splits["test"], tr["batch_size"], device, data.pad_id, shuffle=False)
-    step_fn = torch.compile(model) if tr.get("compile") else model
+    bucket_on, bucket_why = bucketing_of(tr, data, model, cfg.attention.name)
+    print(f"[lra] length bucketing {bucket_why}")
+    batching = dict(bucket_multiple=int(tr.get("bucket_multiple") or bucketing.DEFAULT_MULTIPLE) if bucket_on else None,
+                    bucket_window=int(tr.get("bucket_window") or bucketing.DEFAULT_WINDOW))
+    train_b = DeviceBatches(*data.splits["train"], tr["batch_size"], device, data.pad_id, shuffle=True, seed=cfg.seed,
+                            **batching)
+    val_b = DeviceBatches(*data.splits["val"], tr["batch_size"], device, data.pad_id, shuffle=False, **batching)
+    test_b = DeviceBatches(*data.splits["test"], tr["batch_size"], device, data.pad_id, shuffle=False, **batching)
+    step_fn = CompiledModel(model, mode=tr.get("compile_mode") or "auto", backend=tr.get("compile_backend") or "inductor",
+                            device=device) if tr.get("compile") else model
 
     if train_b.batch_size != int(tr["batch_size"]):
         print(f"[lra] trainer.batch_size={tr['batch_size']} exceeds the {len(data.splits['train'][1])} training "
               f"examples: batches of {train_b.batch_size}")
     config = effective_config(cfg, model.cfg, batch_size=train_b.batch_size)
     config["pretrain"] = spt or {"objective": "none"}
+    config["trainer"]["bucketing"] = bucket_on  # what ran (the setting may say auto)
     knobs_ran = {k: v for k, v in config["attention"].items() if k != "name"}
+    distill = distill_settings(cfg)
+    distiller = LayerDistiller(model, distill["weight"], distill["queries"]) if distill["on"] else None
+    if distiller is not None and isinstance(step_fn, CompiledModel):  # its hooks must see every layer's q, k
+        step_fn.fall_back(RuntimeError("attention.distill reads each layer's q, k through forward hooks, "
+                                       "which a compiled (CUDA-graph) forward would not run as eager code"))
     base = dict(task=data.name, variant=cfg.attention.name, variant_config=knobs_ran, seq_len=data.seq_len,
                 batch_size=train_b.batch_size, dtype=str(amp or torch.float32).replace("torch.", ""),
-                seed=int(cfg.seed), config=config, started_at=started, device=device, host=host)
+                seed=int(cfg.seed), config=config, started_at=started, device=device, host=host, distill=distill)
     ckpt_path = job_dir / CHECKPOINT
     # self-pretraining first (resumes; skipped once fine-tuning has a checkpoint), then its best weights
     spt_result = pretrain.phase(spt, model, data, device, amp, job_dir, int(cfg.seed), tr,
@@ -443,7 +521,8 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
                     if _main_thread()}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    train_step = TrainStep(model, step_fn, opt, sched, train_b, amp, tr.get("grad_clip"))
+    train_step = TrainStep(model, step_fn, opt, sched, train_b, amp, tr.get("grad_clip"),
+                           aux_loss=distiller.loss if distiller else None)
     last_window = None
     log_every = max(1, int(tr.get("log_every", 50)))
     status, message = "ok", None
@@ -477,7 +556,9 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
                     history.append({"step": step, "val_accuracy": val_acc, "val_loss": val_loss,
                                     # training loss / accuracy over the last log_every steps
                                     **({"train_loss": last_window[0], "train_accuracy": last_window[1]}
-                                       if last_window else {})})
+                                       if last_window else {}),
+                                    # per layer, mean over heads and the steps since the last evaluation
+                                    **({"distill_loss": distiller.window()} if distiller else {})})
                     train_part = f" train_loss {last_window[0]:.4f}" if last_window else ""
                     bar.write(f"[lra] step {step}:{train_part} val_accuracy {val_acc:.4f} val_loss {val_loss:.4f}")
                 if ckpt_now:
@@ -507,6 +588,9 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
             signal.signal(s, h)
 
     metrics: dict[str, Any] = {"steps": step, "train_time_s": round(train_time, 3)}
+    distill_layers = distiller.window() if distiller else None  # since the last evaluation
+    if distill_layers:
+        metrics["distill_loss"] = round(sum(distill_layers) / len(distill_layers), 6)
     if status == "ok":
         checkpoint()
         metrics["val_accuracy"], metrics["val_loss"] = evaluate(model, val_b, amp)
@@ -514,18 +598,52 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
         metrics["best_val_accuracy"] = max(best_val, metrics["val_accuracy"])
     if status == "ok":
         status, message = _trained_and_evaluated(metrics)
-    if train_time > 0 and step:
-        metrics["steps_per_s"] = round(step / train_time, 4) if train_time else None
-        metrics["tokens_per_s"] = round(step * train_b.batch_size * data.seq_len * (2 if data.dual else 1) / train_time, 1)
+    speed, case = throughput_facts(train_b, step, train_time, {"on": bucket_on, "reason": bucket_why, **batching},
+                                   step_fn, {"jobs_per_gpu": int(tr.get("jobs_per_gpu") or 4), "gpu": device.index}
+                                   if packed else None)
+    metrics.update(speed)
     if device.type == "cuda":
         metrics["peak_mem_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     metrics["params"] = sum(p.numel() for p in model.parameters())
     backend = getattr(model.blocks[0].attn.attention, "last_backend", None)
-    case = {"history": history, **({"backend": backend} if backend else {})}
+    case = {"history": history, **({"backend": backend} if backend else {}),
+            **({"distill_loss_layers": distill_layers} if distill_layers else {}), **case}
     if spt_result is not None:
         metrics.update(pretrain.metrics(spt_result))
         case["pretrain"] = spt_result
     return make_record("train", status=status, message=message, metrics=metrics, case=case, **base)
+
+
+def throughput_facts(train_b: DeviceBatches, steps: int, train_time: float, bucket: dict, step_fn,
+                     packed: dict | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metrics, case entries) saying what the run's steps processed and how fast.
+
+    Metrics: ``padded_fraction`` of the positions computed, and (unless ``packed``) ``steps_per_s``,
+    ``tokens_per_s`` (positions computed, padding included) and ``real_tokens_per_s``. Case:
+    ``bucketing`` (on, why, the batch lengths used, ``padded_fraction_unbucketed``: the same examples at
+    the task's length), ``compile`` (:meth:`lra.compiled.CompiledModel.facts`, or off) and, for a job
+    that shared its GPU (``packed``: jobs_per_gpu, gpu), ``packed`` with the speed figures instead:
+    jobs sharing a GPU time each other's load, so those are no speed result.
+    """
+    positions, real, shapes = train_b.token_counts(steps) if steps else (0, 0, set())
+    metrics: dict[str, Any] = {"padded_fraction": round(1 - real / positions, 4)} if positions else {}
+    speed = {}
+    if train_time > 0 and steps:
+        speed = {"steps_per_s": round(steps / train_time, 4), "tokens_per_s": round(positions / train_time, 1),
+                 "real_tokens_per_s": round(real / train_time, 1)}
+    on = bucket["on"]
+    case: dict[str, Any] = {"bucketing": {"on": on, "reason": bucket["reason"], "lengths": sorted(shapes),
+                                          **({"multiple": bucket["bucket_multiple"], "window": bucket["bucket_window"]}
+                                             if on else {})}}
+    if steps:
+        case["bucketing"]["padded_fraction_unbucketed"] = round(
+            1 - real / (steps * train_b.batch_size * train_b.positions_per_example), 4)
+    case["compile"] = step_fn.facts() if isinstance(step_fn, CompiledModel) else {"status": "off"}
+    if packed is None:
+        metrics.update(speed)
+    else:
+        case["packed"] = {**packed, **speed, "note": "measured while sharing the GPU with other jobs: not a speed result"}
+    return metrics, case
 
 
 def _main_thread() -> bool:

@@ -325,7 +325,8 @@ def test_tiny_end_to_end_run_via_compose(tmp_path):
             "head_dim=16", "repeats=2", "warmup=1", "model_step.lengths=[64]", "model_step.layers=1",
             "model_step.d_model=32", "model_step.heads=2", "model_step.mlp_dim=32", "model_step.batch_size=1",
             "exactness.lengths=[64]", "exactness.heads=2", "exactness.head_dim=16", "smoothness.lengths=[16,32]",
-            "smoothness.dim=8", "smoothness.iters=3", "progress=false", f"results_dir={tmp_path / 'results'}"])
+            "smoothness.dim=8", "smoothness.iters=3", "smoothness.patterns=[random]", "smoothness.radius_sweep=[]",
+            "progress=false", f"results_dir={tmp_path / 'results'}"])
     records = bench.run(cfg, tmp_path / "job")
     per_variant = 2 * 2 + 1 + 2 + 2   # op_fwd + op_fwd_bwd, model_step, exactness x 2 patterns, smoothness
     assert len(records) == per_variant * len(variants)

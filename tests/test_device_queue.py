@@ -58,7 +58,8 @@ def test_run_packs_each_step_and_unpack_places_records(tmp_path):
     out = tmp_path / "out"
     # a step that writes an accuracy-style pack with one record, and a step that fails
     step = ("mkdir -p $OUT/x/records && echo '{\"kind\": \"train\"}' > $OUT/x/records/train-a.json && "
-            "tar -czf $OUT/accuracy-listops-small.tgz -C $OUT/x records && rm -r $OUT/x")
+            "tar -czf $OUT/accuracy-listops-small.tgz -C $OUT/x records && rm -r $OUT/x && "
+            "echo '{\"rows\": []}' > $OUT/peers-dev.json")
     q = _queue(tmp_path, [_call("t1", steps=[step, "exit 3"])])
     res = _run(["run", "t1", "--no-gpu-tests"], q, OUT=str(out), LRA_STAGE=str(tmp_path / "stage"))
     assert res.returncode == 0, res.stderr
@@ -77,6 +78,7 @@ def test_run_packs_each_step_and_unpack_places_records(tmp_path):
     placed = mod.unpack_into(out / "call-t1.tgz", tmp_path / "results" / "dev")
     assert (tmp_path / "results" / "dev" / "accuracy-listops-small" / "train-a.json").is_file()
     assert any("1 records" in p for p in placed)
+    assert (tmp_path / "results" / "dev" / "peers-dev.json").is_file()
 
 
 def test_unknown_call_names_the_choices(tmp_path):

@@ -195,6 +195,17 @@ def test_op_tables_and_failures(built):
     assert "2025-01-02" in md and "`0123abc`" in md and "2.13.0" in md
 
 
+def test_smoothness_section(built):
+    """Records without a pattern (older ones) count as random tokens; the exponent comes from the records."""
+    out, md = built
+    sec3 = md[md.index("## 3. Op-level"):md.index("## 4. Derived")]
+    sm = sec3[sec3.index("#### Smoothness (NVIDIA H100 80GB HBM3)"):]
+    assert _row(sm, "performer") == ["performer", "0.50"]                  # L = 2 sqrt(N)
+    assert "**Random tokens.** √N: performer (0.50)." in sm
+    assert "largest L / softmax bound" not in sm                          # no bound in these records
+    assert "figures/smoothness_random_nvidia_h100_80gb_hbm3.png" in md
+
+
 def test_figures_are_pngs(built):
     out, md = built
     pngs = sorted((out / "figures").glob("*.png"))

@@ -132,3 +132,52 @@ def test_overhead_row_of_a_loaded_host_is_marked():
     row = rec(mode="train_overhead", host=dict(HOST, loaded=True),
               metrics={"ms_model_fwd_bwd": 20.0, "ms_train_step": 22.0, "overhead_pct": 10.0})
     assert overhead_table(frame(row, rec(mode="train_overhead")))["status"].tolist() == ["ok†", "ok"]
+
+
+def test_weights_table_shows_entropy_and_monotonicity_columns():
+    """Exactness records with Hedgehog's measures -> entropy / monotonicity / KL / error columns at the
+    longest N, fitted and initial errors side by side, and a softmax reference row."""
+    from lra.report.tables import weights_table
+
+    def ex(variant, n, **m):
+        return rec(variant, n, mode="exactness", case={"pattern": "random"},
+                   metrics={"approx_error": m.pop("err"), "softmax_entropy": 5.0, **m})
+
+    df = frame(ex("hedgehog", 256, err=0.8, approx_error_init=0.9, entropy=5.5, monotonicity=0.8, weight_kl=0.4),
+               ex("hedgehog", 512, err=0.7, approx_error_init=0.75, entropy=6.1, monotonicity=0.7, weight_kl=0.3),
+               ex("linear", 512, err=0.77, approx_error_init=0.77, entropy=6.2, monotonicity=0.5, weight_kl=0.45),
+               ex("full", 512, err=0.0, approx_error_init=0.0, entropy=5.0, monotonicity=1.0, weight_kl=0.0))
+    table, n = weights_table(df)
+    assert n == 512
+    assert list(table.index) == ["full", "linear", "hedgehog", "softmax"]
+    assert table.loc["hedgehog", "entropy (nats)"] == "6.10" and table.loc["hedgehog", "monotonicity"] == "0.700"
+    assert table.loc["hedgehog", "error at init"] == "0.75" and table.loc["hedgehog", "error (fitted)"] == "0.7"
+    assert table.loc["softmax", "entropy (nats)"] == "5.00"
+    assert weights_table(frame(rec("full", 256, mode="exactness", metrics={"approx_error": 0.0})))[1] is None
+
+
+def test_distilled_train_records_report_as_their_own_variant():
+    from lra.report.labels import variant_order
+
+    rows = [flatten({"schema": 1, "kind": "train", "task": "listops", "variant": "hedgehog", "status": "ok",
+                     "device": CPU, "metrics": {"accuracy": a}, "distill": d})
+            for a, d in ((0.3, {"on": True, "weight": 1.0}), (0.2, {"on": False, "weight": 0.0}), (0.25, None))]
+    df = frame(*rows)
+    assert list(df["variant"]) == ["hedgehog+distill", "hedgehog", "hedgehog"]
+    assert variant_order(["taylor", "hedgehog+distill", "full", "hedgehog"]) == ["full", "hedgehog", "hedgehog+distill", "taylor"]
+
+
+def test_compare_keeps_smoothness_radii_apart():
+    """Two smoothness cases that differ only in their radius are two cases, not one averaged."""
+    from lra.report.compare import compare_frames
+
+    def frame(lips):
+        return pd.DataFrame([{"kind": "bench", "task": None, "variant": "full", "device_name": "CPU x",
+                              "mode": "smoothness", "seq_len": 64, "batch_size": 1, "dtype": "float32",
+                              "pattern": "adversarial", "radius": r, "causal": False, "status": "ok",
+                              "lipschitz": lip} for r, lip in lips])
+
+    cmp = compare_frames(frame([(1.0, 10.0), (4.0, 100.0)]), frame([(1.0, 10.0), (4.0, 100.0)]))
+    rows = cmp[cmp["metric"] == "lipschitz"]
+    assert sorted(rows["current"].astype(float)) == [10.0, 100.0]
+    assert not rows["regression"].any()

@@ -7,8 +7,11 @@ import pandas as pd
 from .frame import normalize
 from .labels import fail_label, sig
 
-#: the keys that identify one case across runs; ``pattern`` joins when present.
+#: the keys that identify one case across runs; :data:`OPTIONAL_KEYS` join when either side has them.
 COMPARE_KEYS = ("kind", "task", "variant", "device_name", "mode", "seq_len", "batch_size", "dtype")
+#: case facts that split one (variant, mode, N) into distinct measurements (smoothness input pattern,
+#: radius and causal mask; the training recipe and protocol)
+OPTIONAL_KEYS = ("pattern", "radius", "causal", "recipe", "protocol")
 LOWER_IS_BETTER = ("ms", "ms_fwd", "ms_fwd_bwd", "peak_mem_mb")
 HIGHER_IS_BETTER = ("accuracy", "val_accuracy", "steps_per_s", "tokens_per_s", "tflops")
 COMPARE_METRICS = LOWER_IS_BETTER + HIGHER_IS_BETTER + ("loss", "tflops_fraction", "approx_error", "lipschitz")
@@ -18,7 +21,7 @@ def _keyed(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """One row per case: mean of ok metrics, aggregated status."""
     d = df.copy()
     for k in keys:
-        col = d[k]
+        col = d[k] if k in d else pd.Series([None] * len(d), index=d.index, dtype=object)
         if k in ("seq_len", "batch_size"):
             col = pd.to_numeric(col, errors="coerce").map(lambda x: "" if not np.isfinite(x) else str(int(x)))
         else:
@@ -39,12 +42,12 @@ def _keyed(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 def compare_frames(current: pd.DataFrame, baseline: pd.DataFrame, tolerance: float = 0.05) -> pd.DataFrame:
     """Per matching case and metric: baseline, current, relative change and a regression flag.
 
-    Cases match on :data:`COMPARE_KEYS` (plus ``pattern``). A regression is time/memory up, or
+    Cases match on :data:`COMPARE_KEYS` (plus :data:`OPTIONAL_KEYS`). A regression is time/memory up, or
     accuracy/throughput down, by more than ``tolerance`` (a fraction of the baseline value), or a
     case that was ok and now fails. Columns: keys..., metric, baseline, current, change, regression, note.
     """
     current, baseline = normalize(current), normalize(baseline)
-    keys = list(COMPARE_KEYS) + ["pattern"]
+    keys = list(COMPARE_KEYS) + [k for k in OPTIONAL_KEYS if k in current or k in baseline]
     a, b = _keyed(current, keys), _keyed(baseline, keys)
     cols = keys + ["metric", "baseline", "current", "change", "regression", "note"]
     if a.empty or b.empty:

@@ -15,7 +15,7 @@ import pandas as pd
 from .labels import MODE_NAMES, OP_MODES, devices, length_label, memory_note, setting, settings, slug, variant_order
 from .lines import exactness_figure, scaling_figure
 from .plotting import FigureDir, FigureResult, log_y, palette, plt_sns, ylabel
-from .smoothness import lipschitz_figure, smoothness_rows
+from .smoothness import smoothness_figures, smoothness_rows
 
 Figures = dict[str, list[tuple[str, Path | None, str]]]
 
@@ -99,10 +99,8 @@ def _device_figures(df: pd.DataFrame, dev: str, colors: dict[str, Any], out: Fig
         if len(rows):
             add(sec, "approximation error vs length", exactness_figure(rows, dev, colors, out,
                                                                        f"approx_error_{s}{suffix}"))
-    for suffix, rows in settings(smoothness_rows(d)):
-        if len(rows):
-            add(sec, "smoothness (Lipschitz estimate) vs length",
-                lipschitz_figure(rows, dev, colors, out, f"smoothness_{s}{suffix}"))
+    for caption, result in smoothness_figures(smoothness_rows(d), dev, colors, out):
+        add(sec, caption, result)
 
 
 def make_figures(df: pd.DataFrame, out_dir: Path, formats: Sequence[str] = ("png", "svg")) -> Figures:

@@ -23,10 +23,12 @@ BASE_COLUMNS = ("kind", "task", "variant", "seq_len", "batch_size", "dtype", "se
                 "git_commit", "status", "message", "started_at", "finished_at", "mode", "pattern",
                 "accuracy", "val_accuracy", "loss", "steps_per_s", "tokens_per_s", "peak_mem_mb", "ms",
                 "ms_p10", "ms_p90", "ms_fwd", "ms_fwd_bwd", "tflops", "tflops_fraction", "approx_error",
-                "lipschitz", "flops_convention", "flops_source", "repeats")
+                "lipschitz", "flops_convention", "flops_source", "repeats", "approx_error_init", "fit_steps",
+                "entropy", "softmax_entropy", "monotonicity", "weight_kl")
 NUMERIC = ("seq_len", "batch_size", "seed", "device_count", "device_memory_mb", "accuracy", "val_accuracy",
            "loss", "steps_per_s", "tokens_per_s", "peak_mem_mb", "ms", "ms_p10", "ms_p90", "ms_fwd",
-           "ms_fwd_bwd", "tflops", "tflops_fraction", "approx_error", "lipschitz", "repeats")
+           "ms_fwd_bwd", "tflops", "tflops_fraction", "approx_error", "lipschitz", "repeats", "approx_error_init",
+           "fit_steps", "entropy", "softmax_entropy", "monotonicity", "weight_kl")
 #: the host facts a record carries (``host`` dict, flattened to ``host_<key>``); absent in older records
 HOST_FIELDS = ("torch_threads", "interop_threads", "cpu_count", "cpus_available", "load_avg_1m",
                "omp_num_threads", "mkl_num_threads", "affinity", "loaded")
@@ -126,7 +128,9 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
     (:func:`protocol_of`); ``time_ms`` is the per-call time of a
     bench case (``ms``, else ``ms_fwd_bwd``/``ms_fwd`` by mode) with ``time_p10``/``time_p90`` its
     spread over the timed calls where recorded; ``n_timings`` counts the raw per-call times in
-    ``timings_ms``; ``host_loaded`` is a nullable bool (``pd.NA`` where not recorded).
+    ``timings_ms``; ``host_loaded`` is a nullable bool (``pd.NA`` where not recorded); a train record
+    whose ``distill`` says it trained with attention distillation reports as its own variant,
+    ``<variant>+distill``.
     """
     df = _expand_host(df.copy())
     for col in BASE_COLUMNS:
@@ -140,6 +144,9 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
     df["status"] = df["status"].astype(object).where(df["status"].notna(), "ok")
     df["device_name"] = df["device_name"].astype(object).where(df["device_name"].notna(), UNKNOWN_DEVICE)
     df["variant"] = df["variant"].astype(object).where(df["variant"].notna(), "?")
+    if "distill" in df:
+        distilled = df["distill"].map(lambda d: isinstance(d, dict) and bool(d.get("on")))
+        df.loc[distilled, "variant"] = df.loc[distilled, "variant"].astype(str) + "+distill"
     df["host_loaded"] = pd.array([_flag(v) for v in df["host_loaded"]], dtype="boolean")
     for col in LIST_COLUMNS:
         if col in df:

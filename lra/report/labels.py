@@ -16,7 +16,7 @@ TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
 TASK_NAMES = {"listops": "ListOps", "text": "Text", "retrieval": "Retrieval", "image": "Image",
               "pathfinder": "Pathfinder", "pathx": "Path-X"}
 VARIANT_ORDER = ("full", "flash", "local", "sparse", "longformer", "linformer", "reformer", "sinkhorn",
-                 "synthesizer", "bigbird", "linear", "performer", "random_feature", "nystrom")
+                 "synthesizer", "bigbird", "linear", "performer", "random_feature", "nystrom", "hedgehog", "taylor")
 #: variants that compute exact softmax attention, for records that predate the ``exact`` case field
 EXACT_VARIANTS = ("full", "flash")
 OP_MODES = ("op_fwd", "op_fwd_bwd")
@@ -30,10 +30,13 @@ LOADED_NOTE = (f"{LOADED_MARK} measured while the host was loaded (load average 
 
 
 def variant_order(variants: Iterable[str]) -> list[str]:
-    """Known variants in the LRA paper's order, then the rest alphabetically."""
+    """Known variants in the LRA paper's order, then the rest alphabetically; ``X+distill`` (trained
+    with attention distillation) right after ``X``."""
     vs = set(variants)
-    known = [v for v in VARIANT_ORDER if v in vs]
-    return known + sorted(vs - set(known), key=str)
+    base = {str(v).removesuffix("+distill") for v in vs}
+    known = [v for v in VARIANT_ORDER if v in base]
+    order = known + sorted(base - set(known), key=str)
+    return [x for b in order for x in (b, f"{b}+distill") if x in vs]
 
 
 def task_order(tasks: Iterable[str]) -> list[str]:

@@ -15,14 +15,16 @@ from .answer import DID_NOT_LEARN_POINTS, MARGINS, answer_table, records_summary
 from .document import Document
 from .figures import Figures, colors_for
 from .fits import derived_display, derived_numbers
-from .labels import MODE_NAMES, OP_MODES, TASK_NAMES, TASKS, anchor, devices, memory_note, setting, sig
+from .labels import MODE_NAMES, OP_MODES, TASK_NAMES, TASKS, anchor, devices, link, memory_note, setting, sig
 from .frame import PROTOCOLS
 from .paper import PAPER_CITATION, PAPER_LENGTHS, SPT_CITATION, paper_table, spt_paper_table
 from .plotting import FigureDir
-from .smoothness import CAPTION as SMOOTHNESS_CAPTION, lipschitz_table, smoothness_rows
+from .smoothness import CITATION as SMOOTHNESS_CITATION, PATTERN_NAMES, RATIO_COLUMN as SMOOTHNESS_RATIO
+from .smoothness import (RATIO_NOTE as SMOOTHNESS_RATIO_NOTE, exponent_display, findings, growth_legend, pattern_order,
+                         smoothness_rows)
 from .summary_figure import summary_figure
 from .tables import (accuracy_table, case_table, gain_table, gap_table, overhead_table, protocol_settings,
-                     speed_source, speed_table, with_conventions)
+                     speed_source, speed_table, weights_table, with_conventions)
 
 SECTIONS = (("answer", "Which attention?"), ("accuracy", "1. Accuracy"), ("speed", "2. Speed and memory"),
             ("ops", "3. Op-level benchmarks"), ("derived", "4. Derived numbers"), ("figures", "5. Figures"),
@@ -218,12 +220,38 @@ def ops(doc: Document, df: pd.DataFrame) -> None:
         for pat, g in ex.groupby(ex["pattern"].astype(object).fillna("—")):
             doc.p(f"approximation error vs exact softmax attention (‖out − exact‖_F / ‖exact‖_F), inputs `{pat}`:")
             doc.table(case_table(g, "approx_error", lambda x: f"{x:.3g}"))
-        sm = smoothness_rows(d)
-        if len(sm):
-            doc.p(SMOOTHNESS_CAPTION + ":")
-            doc.table(lipschitz_table(sm))
+            weights, n = weights_table(g)
+            if n is not None:
+                doc.p(f"attention weights at N = {n}, inputs `{pat}` (Hedgehog's measures): entropy of each query's "
+                      f"weights (lower = spikier), monotonicity (Spearman rank correlation of the weights with q·k; "
+                      f"1 = monotone), KL from softmax's weights, and the output error before and after fitting a "
+                      f"learned feature map to softmax (the same value where there is nothing to fit):")
+                doc.table(weights)
+        smoothness(doc, d, dev)
     if not written:
         doc.p("No records (no op-level, exactness or smoothness bench records).")
+
+
+def smoothness(doc: Document, d: pd.DataFrame, dev: str) -> None:
+    """Smoothness of one device's records: what is measured, the findings, the exponent table."""
+    sm = smoothness_rows(d)
+    if sm.empty:
+        return
+    doc.h(4, f"Smoothness ({dev})", anchor=anchor("smoothness", dev))
+    doc.p(f"After {SMOOTHNESS_CITATION}: L is the local Lipschitz constant of one attention map "
+          "X ↦ Attention(XW_Q, XW_K, XW_V) at an input X of N tokens (the spectral norm of its Jacobian, by power "
+          "iteration), and α the least-squares slope of log L against log N over every measured N (L ∝ N^α). "
+          "The paper proves L ≤ C·√N for softmax attention on tokens in a ball of radius R, tight for moderate N, "
+          "and measures about N^¼ on real text. Input patterns:")
+    doc.bullets(f"`{p}`: {PATTERN_NAMES.get(p, p)}" for p in pattern_order(sm["pattern"].unique()))
+    doc.p("What the records show:")
+    doc.bullets(findings(sm))
+    doc.p(f"Fitted exponent α per variant and input pattern (main setting; figures in "
+          f"{link('section 5', 'figures')}, the radius sweep there too); growth classes: {growth_legend()}:")
+    table = exponent_display(sm)
+    doc.table(table, left=("worst-case growth (adversarial)",))
+    if SMOOTHNESS_RATIO in table:
+        doc.p(f"*{SMOOTHNESS_RATIO_NOTE}*")
 
 
 def derived(doc: Document, df: pd.DataFrame, mode: str = "op_fwd_bwd") -> None:

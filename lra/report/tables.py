@@ -226,6 +226,34 @@ def case_table(rows: pd.DataFrame, value: str, fmt: Callable[[float], str] = sig
     return out.fillna("—")
 
 
+#: the attention-weight columns of exactness records (Hedgehog's spikiness and monotonicity, and mimicry)
+WEIGHT_COLUMNS = (("entropy", "entropy (nats)", lambda x: f"{x:.2f}"),
+                  ("monotonicity", "monotonicity", lambda x: f"{x:.3f}"),
+                  ("weight_kl", "KL(softmax ‖ variant)", lambda x: f"{x:.3g}" if abs(x) >= 1e-6 else "0"),
+                  ("approx_error_init", "error at init", lambda x: f"{x:.3g}"),
+                  ("approx_error", "error (fitted)", lambda x: f"{x:.3g}"))
+
+
+def weights_table(rows: pd.DataFrame) -> tuple[pd.DataFrame, int | None]:
+    """Exactness records of one input pattern -> (variant rows x :data:`WEIGHT_COLUMNS`, N): medians at
+    the longest N that has weight measures, and a last row ``softmax`` with softmax's own entropy on the
+    same inputs (monotonicity 1, KL 0 by definition). Error columns: the output error before and after
+    fitting a learned map (equal for variants with nothing to fit)."""
+    has = rows[rows["entropy"].notna()]
+    if has.empty:
+        return pd.DataFrame(), None
+    n = has["seq_len"].max()
+    at = rows[rows["seq_len"] == n]
+    out = pd.DataFrame(index=pd.Index(variant_order(at["variant"].unique()), name="variant"),
+                       columns=[title for _, title, _ in WEIGHT_COLUMNS], dtype=object)
+    for col, title, fmt in WEIGHT_COLUMNS:
+        for r in median_by(at, ["variant"], col).assign(loaded=False).itertuples():  # not timings: no load mark
+            out.loc[r.variant, title] = cell(r, fmt)
+    ref = float(has[has["seq_len"] == n]["softmax_entropy"].median())
+    out.loc["softmax"] = [f"{ref:.2f}" if np.isfinite(ref) else "—", "1", "0", "0", "0"]
+    return out.fillna("—"), int(n)
+
+
 #: how records made before ``case.flops_convention`` counted FLOPs, by their ``flops_source`` and mode
 #: (``lra/timing.py`` and ``lra/bench.py`` of that time: analytic = 4·B·H·N²·D forward, 3.5x for fwd+bwd)
 LEGACY_CONVENTIONS = {("analytic", "op_fwd"): "analytic 4·B·H·N²·D",

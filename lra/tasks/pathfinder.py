@@ -7,8 +7,13 @@ and splits its 200,000 images 80/10/10: 160,000 / 20,000 / 20,000.
 Sources (``task.source``):
 
 * ``generate`` (default): :mod:`lra.pathfinder_gen`, a seeded vectorized reimplementation
-  of the generator with the release's parameters for the size and ``difficulty``
-  (``task.generator`` overrides single parameters); about a minute or two for 200,000 images.
+  of the release's generator (drewlinsley/pathfinder ``snakes2``) with its parameters for the
+  size and ``difficulty`` (``task.generator`` overrides single parameters; ``task.gen_workers``
+  processes, default the CPUs available up to 8); a minute or two for 200,000 images on one
+  core. ``task.generator_version`` names the generator the config expects (recorded with
+  every run; a mismatch with the code is an error, so a record's images are known). The
+  images pass the difficulty checks of :mod:`lra.pathfinder_difficulty` as the reference's
+  do (flood fill at chance, dash and grey-level statistics; see tests/test_pathfinder*.py).
 * ``release``: the LRA release's ``pathfinder32/<difficulty>/`` (``lra_release.gz``): PNGs under
   ``imgs/<batch>/`` listed by ``metadata/<batch>.npy``, which are *text* files, one line per
   image: ``subdir filename index label ...`` (label = fourth field). Lines whose image is
@@ -121,17 +126,26 @@ def prepare_pathfinder(cfg, name: str, size: int, res_dir: str) -> TaskData:
     sizes = _sizes(cfg)
     meta: dict = {"source": cfg.source, "difficulty": difficulty}
     if cfg.source == "generate":
+        want = cfg.get("generator_version")
+        if want is not None and int(want) != pathfinder_gen.GENERATOR_VERSION:
+            raise ValueError(f"task.generator_version={want!r}, but this lra-bench generates version "
+                             f"{pathfinder_gen.GENERATOR_VERSION} images (version 1: easier, unbroken strokes; "
+                             f"retired); set task.generator_version={pathfinder_gen.GENERATOR_VERSION} or use "
+                             f"task.source=release")
         params = generator_params(cfg, size)
         total = int(cfg.get("num_images", 200_000))
         n = {s: (v if v is not None else int(round(total * f))) for (s, v), f in zip(sizes.items(), SPLIT_FRACTIONS)}
         batch = int(cfg.get("gen_batch_size") or (2048 if size <= 32 else 128))
         key = {"task": name, "source": "generate", "seed": int(cfg.data_seed), "sizes": n, "size": size,
-               "params": pathfinder_gen.params_dict(params), "batch": batch, "version": 1}
+               "params": pathfinder_gen.params_dict(params), "batch": batch,
+               "generator_version": pathfinder_gen.GENERATOR_VERSION}
         key = json.loads(json.dumps(key))  # tuples -> lists, as the cache compares keys after a JSON round trip
 
         def build():
+            workers = cfg.get("gen_workers")
             x, y = pathfinder_gen.generate(sum(n.values()), int(cfg.data_seed), size, params, batch_size=batch,
-                                           progress=bool(cfg.get("progress", True)))
+                                           progress=bool(cfg.get("progress", True)),
+                                           workers=None if workers is None else int(workers))
             x = torch.from_numpy(x.reshape(len(x), -1))
             y = torch.from_numpy(y)
             out, lo = {}, 0
@@ -141,7 +155,7 @@ def prepare_pathfinder(cfg, name: str, size: int, res_dir: str) -> TaskData:
             return out
 
         tensors = cached_tensors(cache_dir, name, key, build)
-        meta["params"] = pathfinder_gen.params_dict(params)
+        meta.update(generator_version=pathfinder_gen.GENERATOR_VERSION, params=pathfinder_gen.params_dict(params))
     elif cfg.source == "release":
         if not cfg.get("data_dir"):
             raise DataNotFoundError(f"task.source=release needs task.data_dir. "

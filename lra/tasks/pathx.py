@@ -2,9 +2,12 @@
 
 The same task as :mod:`lra.tasks.pathfinder` (see there for sources, splits and knobs) at
 the release's 128x128 parameters (``lra_benchmarks/data/pathfinder.py``, ``Pathfinder128``:
-paddle margins {2, 3}, thickness 1.5, marker radius 3, seed distance 20, continuity 1.8,
-35 // distractor_length distractors). Release folder: ``pathfinder128/<difficulty>/``.
-No model in the LRA paper beat chance on it.
+paddle length 5, margins {2, 3}, thickness 1.5, marker radius 3, seed distance 20,
+continuity 1.8, 35 // distractor_length distractors, contrast 0.9), drawn by the same
+generator with the same named parameters (gaps, Lanczos rendering, stretch, seed search).
+About 140 images per CPU-second, so 200,000 take ~25 CPU-minutes: ``task.gen_workers``
+spreads them over cores. Release folder: ``pathfinder128/<difficulty>/``. No model in the
+LRA paper beat chance on it.
 """
 from __future__ import annotations
 

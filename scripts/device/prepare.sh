@@ -6,8 +6,13 @@ set -euo pipefail
 top=$(git rev-parse --show-toplevel)
 cd "$top"
 if ! ls .whl/*.whl >/dev/null 2>&1; then
-    # hydra/omegaconf/submitit (wheels.sh's list) plus what lra imports that the device image may lack
-    bash ../shared/device/wheels.sh tqdm tabulate
+    # hydra/omegaconf/submitit (wheels.sh's list), what lra imports that the device image may lack, and
+    # the public implementations scripts/peers.py compares with (pure Python; transformers for BigBird)
+    bash ../shared/device/wheels.sh tqdm tabulate markdown \
+        performer-pytorch==1.1.4 reformer-pytorch==1.4.4 linformer==0.2.3 nystrom-attention==0.0.14 \
+        einops local-attention axial-positional-embedding product-key-memory colt5-attention hyper-connections \
+        torch-einops-utils transformers tokenizers safetensors huggingface-hub hf-xet regex pyyaml requests \
+        filelock fsspec packaging typing-extensions charset-normalizer idna urllib3 certifi
 fi
 if [ ! -d .data/imdb ] && [ -d ../shared/data/imdb ]; then
     mkdir -p .data && cp -r ../shared/data/imdb .data/imdb

@@ -167,7 +167,8 @@ def unpack_into(tgz: Path, results: Path) -> list[str]:
     """Records of one returned call -> ``results``; returns what went where (for COMMANDS.md).
 
     bench parts go to ``results/bench-<tag>/``, accuracy records to ``results/accuracy-<task>[-tag]/``,
-    the GPU test log to ``results/gpu_tests-<id>.log``.
+    other JSON a step wrote into ``$OUT`` (``scripts/peers.py``) to ``results/``, the GPU test log to
+    ``results/gpu_tests-<id>.log``.
     """
     stage = Path(f"/tmp/lra-unpack/{tgz.stem}")
     shutil.rmtree(stage, ignore_errors=True)
@@ -201,6 +202,9 @@ def unpack_into(tgz: Path, results: Path) -> list[str]:
             shutil.copy(rec, dest / rec.name)
             n += 1
         placed.append(f"{dest} ({n} records)")
+    for extra in sorted((root / "out").glob("*.json")):     # e.g. scripts/peers.py output (not a record)
+        shutil.copy(extra, results / extra.name)
+        placed.append(str(results / extra.name))
     return placed
 
 

@@ -1,0 +1,132 @@
+"""Hedgehog: linear attention with a learned, softmax-mimicking feature map (Zhang, Bhatia,
+Kumbong & Re 2024, "The Hedgehog & the Porcupine: Expressive Linear Attentions with Softmax
+Mimicry", ICLR; arXiv 2402.04347).
+
+Per head, queries and keys each get their own trainable map (a linear layer ``head_dim ->
+feature_dim`` with bias, initialised to the identity and zero bias, as in the paper) followed by
+the paper's activation, applied to ``u = x W + b``:
+
+* ``activation="softmax"`` (the paper's default, and the LoLCATs code's ``softmax_dim``):
+  ``phi(x) = [softmax(u), softmax(-u)]`` over the feature dimension: ``2 feature_dim`` positive
+  features in (0, 1), no stabilizer needed.
+* ``activation="exp"``: ``phi(x) = [exp(u), exp(-u)]``, computed as ``exp(+-u - c)`` with a
+  stabilizer ``c`` that cancels in the normalised attention: per query row ``c_i = max_f |u_if|``
+  (a factor of query i's numerator and normalizer), for keys one ``c = max |u_jf|`` over the real
+  keys of a (batch, head) (a factor shared by every key). Every exponent is then <= 0.
+
+The attention is the normalised linear attention of these features
+(:func:`attention_variants._kernel.kernel_attention`):
+``out_i = sum_j (phi(q_i) . phi(k_j)) v_j / sum_j phi(q_i) . phi(k_j)``, O(N F D) time and
+O(N (F + D) + F D) memory per head with ``F = 2 feature_dim`` features: O(N). The features are
+strictly positive, so the normalizer is the exact ratio with no floor (issue 20); a row whose keys
+are all padded outputs 0.
+
+The map only learns to mimic softmax when it is trained to: the paper distils each layer's
+softmax attention weights into it (cross-entropy between the softmax weights of the same q, k
+and these normalised linear weights), see :mod:`lra.distill` and the ``attention.distill``
+training option. Without distillation it is simply a trainable positive feature map.
+
+Padding: a padded key's input row is zeroed before the map (so inf/NaN in it cannot reach the
+features or their gradients), it is excluded from the key stabilizer, and
+:func:`~attention_variants._kernel.kernel_attention` zeroes its features before both sums.
+Precision: the map and the attention run in fp32 with autocast disabled (float64 stays float64).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ._kernel import fp32, kernel_attention, mask_keys
+from .base import Attention, AttentionConfig
+from .masking import normalize_key_padding_mask
+from .registry import register
+
+ACTIVATIONS = ("softmax", "exp")
+
+
+def hedgehog_activation(u: torch.Tensor, activation: str, is_query: bool,
+                        mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``[f(u), f(-u)]``: ``(B, H, N, f) -> (B, H, N, 2 f)`` positive features (see the module docstring).
+
+    ``mask (B, N)`` (True = real) is used by the ``exp`` keys' shared stabilizer only.
+    """
+    if activation == "softmax":
+        return torch.cat([torch.softmax(u, dim=-1), torch.softmax(-u, dim=-1)], dim=-1)
+    if activation != "exp":
+        raise ValueError(f"unknown hedgehog activation {activation!r}; choose one of {ACTIVATIONS}")
+    size = u.detach().abs().amax(dim=-1, keepdim=True)                # (B, H, N, 1)
+    if is_query:
+        c = size
+    else:
+        c = mask_keys(size, mask, float("-inf")).amax(dim=-2, keepdim=True)
+        c = torch.where(torch.isfinite(c), c, torch.zeros_like(c))    # every key padded
+    return torch.cat([torch.exp(u - c), torch.exp(-u - c)], dim=-1)
+
+
+@dataclass
+class HedgehogConfig(AttentionConfig):
+    #: output dimension f of the learned map (2 f features); None = head_dim (the paper's d -> d map)
+    feature_dim: int | None = None
+    #: "softmax" ([softmax(u), softmax(-u)], the paper / LoLCATs default) or "exp" ([exp(u), exp(-u)])
+    activation: str = "softmax"
+    #: one map (per q and per k) shared by all heads instead of one per head
+    share_heads: bool = False
+
+
+@register("hedgehog", HedgehogConfig)
+class Hedgehog(Attention):
+    """Hedgehog linear attention: ``q, k, v (B, H, N, D) -> (B, H, N, D)`` in O(N).
+
+    Parameters: ``q_weight, k_weight (G, head_dim, feature_dim)`` initialised to the identity
+    (``torch.eye(head_dim, feature_dim)``) and ``q_bias, k_bias (G, feature_dim)`` to zero, with
+    ``G = 1`` when ``share_heads`` else ``heads``.
+    """
+
+    exact = False
+    complexity = "O(N)"
+
+    def __init__(self, config: HedgehogConfig):
+        super().__init__(config)
+        if config.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown hedgehog activation {config.activation!r}; choose one of {ACTIVATIONS}")
+        f = config.head_dim if config.feature_dim is None else int(config.feature_dim)
+        if f < 1:
+            raise ValueError(f"hedgehog needs feature_dim >= 1 (or null for head_dim), got {config.feature_dim}")
+        self.feature_dim = f
+        groups = 1 if config.share_heads else config.heads
+        eye = torch.eye(config.head_dim, f).expand(groups, -1, -1)
+        self.q_weight = nn.Parameter(eye.clone())
+        self.k_weight = nn.Parameter(eye.clone())
+        self.q_bias = nn.Parameter(torch.zeros(groups, f))
+        self.k_bias = nn.Parameter(torch.zeros(groups, f))
+
+    @property
+    def num_features(self) -> int:
+        """Features per query/key: ``2 feature_dim``."""
+        return 2 * self.feature_dim
+
+    def feature_map(self, x: torch.Tensor, is_query: bool, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, H, N, head_dim) -> (B, H, N, 2 feature_dim)`` fp32 features of queries or keys.
+
+        ``mask (B, N)`` (True = real): padded keys' inputs are zeroed and they are left out of the
+        ``exp`` stabilizer (their features are zeroed later by the attention). Cost O(N d f).
+        """
+        heads = x.shape[1]
+        weight, bias = (self.q_weight, self.q_bias) if is_query else (self.k_weight, self.k_bias)
+        if weight.shape[0] not in (1, heads):
+            raise ValueError(f"hedgehog was built for {weight.shape[0]} heads, got {heads}")
+        work = torch.promote_types(x.dtype, torch.float32)
+        with fp32(x.device):
+            x = x.to(work)
+            if not is_query:
+                x = mask_keys(x, mask)
+            u = torch.einsum("bhnd,hdf->bhnf", x, weight.to(work)) + bias.to(work)[None, :, None, :]
+            return hedgehog_activation(u, self.config.activation, is_query, mask)
+
+    def forward(self, q, k, v, key_padding_mask=None):
+        mask = normalize_key_padding_mask(key_padding_mask, q.shape[0], k.shape[-2], q.device)
+        phi_q = self.feature_map(q, is_query=True)
+        phi_k = self.feature_map(k, is_query=False, mask=mask)
+        return kernel_attention(phi_q, phi_k, v, mask=mask)
