@@ -238,9 +238,10 @@ def _better(select: str, score: tuple[float, float], best: dict | None) -> bool:
 
 
 def phase(spt: dict | None, model: Encoder, data: TaskData, device: torch.device, amp, job_dir: Path, seed: int,
-          trainer: dict, finetuning_started: bool = False) -> dict[str, Any] | None:
+          trainer: dict, finetuning_started: bool = False, batching: dict | None = None) -> dict[str, Any] | None:
     """Run (or resume) self-pretraining of ``model`` in ``job_dir``, then load its best checkpoint
-    into ``model``. Returns the phase's record part (``status``, history, best step, ...), or None
+    into ``model``. ``batching``: the fine-tuning's length-bucketing settings (``bucket_multiple``,
+    ``bucket_window`` of :class:`lra.data.DeviceBatches`), used for pretraining's batches too. Returns the phase's record part (``status``, history, best step, ...), or None
     for ``pretrain=none``. ``finetuning_started``: fine-tuning has a checkpoint of its own, which
     holds the weights, so only the summary is read back. Never raises for nan/oom/errors (status
     says); raises :class:`lra.train.Preempted` on a preemption signal, after checkpointing."""
@@ -254,7 +255,7 @@ def phase(spt: dict | None, model: Encoder, data: TaskData, device: torch.device
                               f"directory")
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         return summary(spt, state, job_dir)
-    result = pretrain(spt, model, data, device, amp, job_dir, seed, trainer)
+    result = pretrain(spt, model, data, device, amp, job_dir, seed, trainer, batching)
     if result["status"] == "ok":
         best = load_encoder(model, job_dir / BEST)
         print(f"[lra] fine-tuning from the pretraining checkpoint of step {best['step']} "
@@ -297,18 +298,22 @@ def metrics(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def pretrain(spt: dict, model: Encoder, data: TaskData, device: torch.device, amp, job_dir: Path, seed: int,
-             trainer: dict) -> dict[str, Any]:
-    """The pretraining loop (see the module docstring); returns :func:`summary` with the status."""
+             trainer: dict, batching: dict | None = None) -> dict[str, Any]:
+    """The pretraining loop (see the module docstring); returns :func:`summary` with the status.
+    ``batching``: length bucketing as in fine-tuning (padding is never masked or predicted, so cutting
+    a batch to its longest example changes nothing but the time)."""
     from .train import Preempted, _main_thread, _rng_state, _set_rng_state, make_optimizer, save_checkpoint  # noqa: PLC0415
 
     lm = TokenPredictor(model).to(device)
     opt, sched = make_optimizer(lm, {k: spt[k] for k in OPTIMIZER_KEYS})
     inputs = pretraining_inputs(data)
     ids = torch.arange(len(inputs))  # what DeviceBatches carries in the label slot: example ids, never labels
-    train_b = DeviceBatches(inputs, ids, int(spt["batch_size"]), device, data.pad_id, shuffle=True, seed=seed)
+    batching = batching or {}
+    train_b = DeviceBatches(inputs, ids, int(spt["batch_size"]), device, data.pad_id, shuffle=True, seed=seed,
+                            **batching)
     val_in = validation_inputs(data)
     val_b = DeviceBatches(val_in, torch.arange(len(val_in)), int(spt["batch_size"]), device, data.pad_id,
-                          shuffle=False)
+                          shuffle=False, **batching)
     ckpt_path, best_path, steps = job_dir / CHECKPOINT, job_dir / BEST, int(spt["steps"])
     state: dict[str, Any] = {"step": 0, "train_time": 0.0, "history": [], "best": None}
     if ckpt_path.is_file():

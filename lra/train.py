@@ -492,7 +492,7 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
     ckpt_path = job_dir / CHECKPOINT
     # self-pretraining first (resumes; skipped once fine-tuning has a checkpoint), then its best weights
     spt_result = pretrain.phase(spt, model, data, device, amp, job_dir, int(cfg.seed), tr,
-                                finetuning_started=ckpt_path.is_file())
+                                finetuning_started=ckpt_path.is_file(), batching=batching)
     if spt_result is not None and spt_result["status"] != "ok":
         return make_record("train", status=spt_result["status"], message=spt_result["message"],
                            metrics=pretrain.metrics(spt_result), case={"pretrain": spt_result}, **base)

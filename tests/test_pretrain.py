@@ -439,3 +439,26 @@ def test_pretraining_on_cuda_in_bf16(tmp_path):
     ha, hb = a["case"]["pretrain"]["history"], b["case"]["pretrain"]["history"]
     assert [h["step"] for h in ha] == [h["step"] for h in hb]  # same masks and batches (CUDA sums may differ
     assert [h["val_loss"] for h in ha] == pytest.approx([h["val_loss"] for h in hb], rel=1e-2)  # in the last bits)
+
+
+@pytest.mark.parametrize("bucketing", [True, False])
+def test_pretraining_batches_are_length_bucketed_like_fine_tuning(tmp_path, monkeypatch, bucketing):
+    """With trainer.bucketing on, pretraining's batches are cut to their longest example (rounded up to
+    trainer.bucket_multiple), as fine-tuning's are; off, every batch is the full task length."""
+    widths = []
+    forward = TokenPredictor.forward
+
+    def spy(self, tokens, mask=None):
+        widths.append(tokens.shape[-1])
+        return forward(self, tokens, mask)
+
+    monkeypatch.setattr(TokenPredictor, "forward", spy)
+    overrides = spt_overrides(tmp_path / "cache", f"trainer.bucketing={str(bucketing).lower()}",
+                              "trainer.bucket_multiple=8", "trainer.task_overrides.seq_len=64")
+    rec = run(compose_train(*overrides), tmp_path / "job")
+    assert rec["status"] == "ok", rec["message"]
+    assert widths and all(w % 8 == 0 and w <= 64 for w in widths)
+    if bucketing:
+        assert min(widths) < 64 and len(set(widths)) > 1, widths
+    else:
+        assert set(widths) == {64}, widths
