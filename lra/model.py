@@ -8,6 +8,31 @@ and the classifier sees ``[u, v]`` (``dual_head="concat"``, the LRA reference's)
 ``[u, v, u*v, u-v]`` (``"nli"``, the Nystromformer code's).
 Cost per block: the attention's (O(N^2) for exact softmax) plus O(N d^2) for the projections/MLP.
 
+Position information: ``pos_emb`` ``learned`` or ``sinusoidal`` adds a table to the embeddings;
+``rotary`` (Su et al. 2021, RoFormer; the position encoding of Amos et al. 2024's SPT Transformers)
+adds nothing to the embeddings and instead rotates q and k by their positions inside
+:class:`MultiHeadAttention`, *before* the attention variant sees them (:func:`rotate`), so every
+variant that consumes q and k gets it. What each variant then makes of it (``q_i . k_j`` depends on
+``j - i`` only where the variant scores q against k directly):
+
+* ``full``, ``flash``, ``local``, ``bigbird``: exact softmax over the keys they attend to -- every
+  score they use is relative. ``reformer`` scores ``q_i . q_j / |q_j|`` (shared QK, it ignores k):
+  still relative, since rotations keep norms; only the LSH buckets (computed on the rotated q) move
+  with absolute position.
+* ``performer`` (softmax kernel) and ``random_feature``: the feature map is applied after the
+  rotation; their kernels ``exp(q.k)`` and ``exp(-|q-k|^2/2s^2)`` are relative, so the estimate is
+  relative in expectation but not draw by draw.
+* ``linear`` (elu+1 features), ``performer`` with ``kernel=relu``: ``phi(R_i q) . phi(R_j k)`` is not
+  a function of ``j - i``: rotary gives them position information but no relative structure.
+* ``linformer``: keys and values are projected along the length (``E K``), which mixes the rotated
+  keys of all positions; scores are against mixtures, not against one offset -- rotary cannot help it.
+* ``nystrom``: landmarks are segment means of the rotated q and k; the Nystrom approximation of a
+  relative score matrix is only approximately relative.
+
+The self-pretraining head (:class:`TokenPredictor`) reads the per-position states of the same
+encoder (:meth:`Encoder.hidden_states`); ``mask_token`` adds one embedding row (id ``vocab_size``)
+for the masked input positions of masked pretraining (:mod:`lra.pretrain`).
+
 Every behaviour in which the two reference codes differ is a field of :class:`EncoderConfig`;
 the defaults are this suite's own choices, and ``conf/recipe/<name>.yaml`` sets the fields to a
 reference's (``recipe=lra``: google-research/long-range-arena; ``recipe=small``: the Nystromformer
@@ -52,7 +77,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 import attention_variants as av
 
 POOLINGS = ("cls", "mean")
-POS_EMBEDDINGS = ("learned", "sinusoidal")
+POS_EMBEDDINGS = ("learned", "sinusoidal", "rotary")
 INITS = ("torch", "reference")
 GELUS = ("erf", "tanh")
 HEAD_ACTIVATIONS = ("gelu", "relu")
@@ -120,6 +145,10 @@ class EncoderConfig:
     masked_queries: str = "variant"
     cls_mask: str = "real"
     pool_masked: str = "exclude"
+    #: one more embedding row, id ``vocab_size``: the [MASK] input of masked self-pretraining
+    mask_token: bool = False
+    #: base of the rotary frequencies (``pos_emb="rotary"``): theta_i = base^(-2i/head_dim)
+    rotary_base: float = 10000.0
 
     def __post_init__(self):
         width = self.qkv_dim or self.d_model
@@ -135,6 +164,9 @@ class EncoderConfig:
             _one_of(name, getattr(self, name), choices)
         if not 0.0 <= self.attention_dropout < 1.0:
             raise ValueError(f"model.attention_dropout={self.attention_dropout} must be in [0, 1)")
+        if self.pos_emb == "rotary" and (width // self.heads) % 2:
+            raise ValueError(f"model.pos_emb=rotary rotates pairs of q/k dimensions, but each head has "
+                             f"{width // self.heads} (odd); pick heads so that qkv_dim/heads is even")
 
 
 def sinusoidal_table(length: int, dim: int) -> torch.Tensor:
@@ -145,6 +177,30 @@ def sinusoidal_table(length: int, dim: int) -> torch.Tensor:
     table[:, 0::2] = torch.sin(pos * inv)
     table[:, 1::2] = torch.cos(pos * inv)[:, : dim // 2]
     return table
+
+
+def rotary_tables(length: int, dim: int, base: float = 10000.0,
+                  dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(cos, sin)``, each ``(length, dim // 2)``: the angle of pair ``i`` at position ``p`` is
+    ``p * base^(-2i/dim)`` (RoFormer, Su et al. 2021; pairs are adjacent dimensions, as the SPT
+    code's ``RotaryEmbedding``). Computed in float64, returned in ``dtype``."""
+    pos = torch.arange(length, dtype=torch.float64)[:, None]
+    freq = base ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    angle = pos * freq
+    return angle.cos().to(dtype), angle.sin().to(dtype)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each pair ``(x[..., 2i], x[..., 2i+1])`` of ``x: (B, H, N, D)`` by the angle of its
+    position: ``cos, sin: (N, D/2)`` (:func:`rotary_tables`, rows = positions 0..N-1). Then
+    ``rotate(q)_i . rotate(k)_j`` depends on ``q, k`` and ``j - i`` only. Computed in at least fp32,
+    returned in ``x``'s dtype. O(B H N D)."""
+    work = torch.promote_types(x.dtype, torch.float32)
+    pairs = x.to(work).unflatten(-1, (-1, 2))
+    cos, sin = cos.to(work), sin.to(work)
+    a, b = pairs[..., 0], pairs[..., 1]
+    out = torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1)
+    return out.flatten(-2).to(x.dtype)
 
 
 class MultiHeadAttention(nn.Module):
@@ -163,6 +219,11 @@ class MultiHeadAttention(nn.Module):
         self.attention = av.build(cfg.attention, **attn_cfg)
         self.attention_dropout = cfg.attention_dropout
         self.uniform_masked_queries = cfg.masked_queries == "uniform"
+        self.rotary = cfg.pos_emb == "rotary"
+        if self.rotary:
+            cos, sin = rotary_tables(attn_cfg["max_length"], self.width // cfg.heads, cfg.rotary_base)
+            self.register_buffer("rot_cos", cos, persistent=False)
+            self.register_buffer("rot_sin", sin, persistent=False)
 
     @property
     def dropout_applies(self) -> bool:
@@ -181,6 +242,8 @@ class MultiHeadAttention(nn.Module):
         the variant gives (the others get the mean of all values) -- None: every query's."""
         b, n, _ = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, self.width // self.heads).permute(2, 0, 3, 1, 4)
+        if self.rotary:  # positions 0..n-1 (the CLS token included), before the variant sees q and k
+            q, k = rotate(q, self.rot_cos[:n], self.rot_sin[:n]), rotate(k, self.rot_cos[:n], self.rot_sin[:n])
         if self.training and self.attention_dropout > 0 and self.dropout_applies:
             y = self._dropout_attention(q, k, v, mask)
         else:
@@ -265,12 +328,14 @@ class Encoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         extra = 1 if cfg.pooling == "cls" else 0
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.embed = nn.Embedding(cfg.vocab_size + int(cfg.mask_token), cfg.d_model)
         nn.init.normal_(self.embed.weight, std=cfg.token_init_std)
         if cfg.pos_emb == "learned":
             self.pos = nn.Parameter(torch.randn(cfg.max_length + extra, cfg.d_model) * 0.02)
-        else:
+        elif cfg.pos_emb == "sinusoidal":
             self.register_buffer("pos", sinusoidal_table(cfg.max_length + extra, cfg.d_model), persistent=False)
+        else:  # rotary: positions enter through q and k (MultiHeadAttention)
+            self.pos = None
         if extra:
             self.cls = nn.Parameter(torch.zeros(1, 1, cfg.d_model))
         self.drop = nn.Dropout(cfg.dropout)
@@ -292,8 +357,28 @@ class Encoder(nn.Module):
         nystrom and reformer hold theirs inside the variant)."""
         return self.cfg.attention_dropout == 0 or self.blocks[0].attn.dropout_applies
 
+    @property
+    def mask_id(self) -> int | None:
+        """Token id of the [MASK] input (``cfg.mask_token``), else None."""
+        return self.cfg.vocab_size if self.cfg.mask_token else None
+
+    def token_positions(self, n: int) -> slice:
+        """Where the ``n`` input tokens sit among :meth:`hidden_states`' positions (the CLS token
+        is first, or last for causal attention)."""
+        if self.cfg.pooling != "cls":
+            return slice(0, n)
+        return slice(0, n) if self.causal else slice(1, n + 1)
+
     def encode(self, tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """``(B, N)`` tokens -> ``(B, d_model)`` pooled features."""
+        x, mask = self.hidden_states(tokens, mask)
+        return self.pool(x, mask)
+
+    def hidden_states(self, tokens: torch.Tensor, mask: torch.Tensor | None
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(B, N)`` tokens -> the final (normed) states ``(B, N', d_model)`` of every position
+        (``N' = N + 1`` with a CLS token; see :meth:`token_positions`) and the real-position mask
+        ``(B, N')`` they were computed with (None = all real)."""
         cfg = self.cfg
         b, n = tokens.shape
         if n > cfg.max_length:
@@ -308,12 +393,16 @@ class Encoder(nn.Module):
             if mask is not None:
                 cls = mask[:, :1] if cfg.cls_mask == "first_token" else torch.ones_like(mask[:, :1])
                 mask = torch.cat([mask, cls] if last else [cls, mask], dim=1)
-        x = self.drop(x + self.pos[: x.shape[1]])
+        x = self.drop(x if self.pos is None else x + self.pos[: x.shape[1]])
         # a sequence with no real token at all attends everywhere (its queries are all masked anyway)
         keys = None if mask is None else mask | ~mask.any(dim=-1, keepdim=True)
         for block in self.blocks:
             x = block(x, keys, mask)
-        x = self.norm(x)
+        return self.norm(x), mask
+
+    def pool(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """``(B, N', d)`` states -> ``(B, d)`` features (CLS token, or mean per ``pool_masked``)."""
+        cfg = self.cfg
         if cfg.pooling == "cls":
             return x[:, -1] if self.causal else x[:, 0]
         if mask is None or cfg.pool_masked == "include":
@@ -334,3 +423,24 @@ class Encoder(nn.Module):
         else:
             feats = self.encode(tokens, mask)
         return self.head(feats)
+
+
+class TokenPredictor(nn.Module):
+    """The self-pretraining model: an :class:`Encoder` and a token head on its per-position states.
+
+    ``forward(tokens, mask)``: tokens ``(B, N)`` int64 (may hold the [MASK] id), mask ``(B, N)`` bool
+    (True = real) or None -> logits ``(B, N, vocab_size)`` over the task's tokens (pixel tasks: the
+    256 intensities), one row per input position (the CLS state is dropped). Masked modelling reads
+    row i as the prediction of token i, next-token modelling (causal attention) as that of token
+    i + 1. The head is one linear layer (as the SPT code's sequence decoder); the encoder's
+    classifier is not used, so its weights stay as initialised. Cost: the encoder's plus O(N d V).
+    """
+
+    def __init__(self, encoder: Encoder):
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(encoder.cfg.d_model, encoder.cfg.vocab_size)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x, _ = self.encoder.hidden_states(tokens, mask)
+        return self.head(x[:, self.encoder.token_positions(tokens.shape[1])])

@@ -199,7 +199,7 @@ MODEL = [
     Int("layers", means="encoder blocks", example=2),
     Float("dropout", low=0, high=1, open_high=True, means="dropout rate", example=0.1),
     Choice("pooling", ("cls", "mean"), optional=True),
-    Choice("pos_emb", ("learned", "sinusoidal"), optional=True),
+    Choice("pos_emb", _model.POS_EMBEDDINGS, optional=True),
     Bool("tied_weights", optional=True),
     Int("qkv_dim", optional=True, means="total q/k/v width; must divide by heads; null = d_model", example=64),
     Bool("qkv_bias", optional=True),
@@ -217,12 +217,15 @@ MODEL = [
     Choice("pool_masked", _model.POOL_MASKED, optional=True),
 ]
 
+#: learning-rate schedules of ``trainer.schedule`` and ``pretrain.schedule`` (lra.train.lr_factor)
+SCHEDULES = ("rsqrt", "linear", "cosine", "onecycle", "constant")
+
 #: ``trainer.*`` (after task defaults, recipe and the trainer preset)
 TRAINER = [
     Int("batch_size", means="examples per step", example=32),
     Int("steps", means="optimizer steps", example=500),
     Float("lr", low=0, open_low=True, means="base learning rate", example=1e-3),
-    Choice("schedule", ("rsqrt", "linear", "cosine", "onecycle")),
+    Choice("schedule", SCHEDULES),
     Int("warmup", low=0, means="warm-up steps", example=50),
     Float("weight_decay", low=0, optional=True, means="AdamW weight decay", example=0.01),
     Rule("betas", "floats", low=0, high=1, open_high=True, length=2, means="AdamW betas", example="[0.9,0.98]"),
@@ -243,6 +246,28 @@ TRAINER = [
     Int("bucket_multiple", optional=True, means="bucketed batches are cut to multiples of this length", example=128),
     Int("bucket_window", optional=True, means="batches per length-sorting window", example=64),
     Int("jobs_per_gpu", optional=True, means="jobs sharing one GPU with trainer.device=packed", example=4),
+]
+
+#: ``pretrain.*`` of a self-pretraining run (pretrain=mlm|causal), after the task's defaults
+#: (conf/pretrain/mlm.yaml ``tasks.<task>``), ``shared``, the trainer preset and the command line
+PRETRAIN = [
+    Choice("objective", ("none", "mlm", "causal")),
+    Float("mask_rate", low=0, high=1, open_low=True, open_high=True,
+          means="share of real positions masked (the paper: 0.1 ListOps, 0.15 text, 0.5 pixels)", example=0.15),
+    Int("steps", means="pretraining optimizer steps", example=200),
+    Int("batch_size", means="examples per pretraining step", example=32),
+    Float("lr", low=0, open_low=True, means="peak pretraining learning rate", example=1e-3),
+    Choice("schedule", SCHEDULES),
+    Int("warmup", low=0, means="pretraining warm-up steps", example=20),
+    Float("weight_decay", low=0, means="AdamW weight decay", example=0.0),
+    Rule("betas", "floats", low=0, high=1, open_high=True, length=2, means="AdamW betas", example="[0.9,0.999]"),
+    Float("eps", low=0, open_low=True, means="Adam epsilon", example=1e-8),
+    Choice("weight_decay_params", ("all", "matrices")),
+    Choice("select", ("loss", "accuracy")),
+    Choice("budget", ("extra", "shared")),
+    Int("eval_every", means="steps between pretraining validations", example=50),
+    Int("eval_batches", optional=True, means="cap on validation batches; null = all", example=10),
+    Int("checkpoint_every", means="steps between pretraining checkpoints", example=500),
 ]
 
 #: top-level keys of ``lra-train``

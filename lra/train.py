@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 import attention_variants as av
 
-from . import bucketing, conf_dir, schema, tasks
+from . import bucketing, conf_dir, pretrain, schema, tasks
 from .compiled import CompiledModel
 from .data import DeviceBatches
 from .devices import set_job_threads, share_gpu
@@ -98,7 +98,8 @@ def resolve(cfg: DictConfig) -> tuple[DictConfig, dict, dict, dict]:
     model = _merge(shared.get("model"), recipe.get("model"), cfg.trainer.get("model_overrides"), cfg.model)
     model["mask_zero_tokens"] = bool(task_cfg.get("mask_zero_tokens") or False)
     trainer = _merge(shared.get("trainer"), recipe.get("trainer"),
-                     {k: v for k, v in cfg.trainer.items() if k not in ("task_overrides", "model_overrides")})
+                     {k: v for k, v in cfg.trainer.items()
+                      if k not in ("task_overrides", "model_overrides", "pretrain_overrides")})
     _check_trainer(trainer)
     knobs = _merge(cfg.attention)
     for key in ("name", *DISTILL_KEYS):  # training options, not the variant's knobs
@@ -188,6 +189,7 @@ def validate(cfg: DictConfig) -> None:
     found += schema.problems({"seed": cfg.get("seed")}, schema.RUN)
     found += schema.problems(knobs, schema.knob_rules(name, config_cls), "attention.")
     found += schema.threads_problems(cfg.get("threads", "auto"))
+    found += pretrain.problems(cfg, task_cfg.name, trainer)
     if found:
         raise ConfigError("; ".join(found))
     if model["d_model"] % model["heads"]:
@@ -197,6 +199,7 @@ def validate(cfg: DictConfig) -> None:
     autocast_dtype(trainer.get("precision", "auto"), device)
     attn = av.build(name, heads=model["heads"], head_dim=model["d_model"] // model["heads"],
                     max_length=int(task_cfg.seq_len) + 1, **knobs)
+    pretrain.check_attention(cfg, attn)
     if distill_settings(cfg)["on"] and not has_feature_map(attn):
         raise ConfigError(f"attention.distill needs a non-causal kernel variant exposing feature_map "
                           f"(hedgehog, taylor, performer, linear, random_feature without gate); got attention={name}")
@@ -227,7 +230,7 @@ def check_task_data(task_cfg: DictConfig) -> None:
             raise ConfigError(str(err)) from None
 
 
-SCHEDULES = ("rsqrt", "linear", "cosine", "onecycle")
+SCHEDULES = schema.SCHEDULES
 #: which parameters weight decay applies to: every one (both references) | matrices other than
 #: position embeddings (this suite's earlier choice)
 DECAY_SCOPES = ("all", "matrices")
@@ -241,8 +244,9 @@ def lr_factor(schedule: str, warmup: int, steps: int):
     first update has lr 0): ``constant * linear_warmup * rsqrt_decay`` = min(1, s/w) / sqrt(max(s, w));
     ``constant * linear_warmup * cosine_decay`` = min(1, s/w) * 0.5 (1 + cos(pi ((s - w)+ / steps mod 1)))
     with steps_per_cycle = the run's steps, as every LRA image config sets it. ``linear``: warm-up
-    to the base lr, then linear decay to 0 (the quick trainer's). ``onecycle`` is torch's
-    OneCycleLR, built in :func:`make_optimizer`.
+    to the base lr, then linear decay to 0 (the quick trainer's). ``constant``: min(1, s/w), then
+    constant (transformers' get_constant_schedule_with_warmup, the self-pretraining code's
+    ``constant_warmup``). ``onecycle`` is torch's OneCycleLR, built in :func:`make_optimizer`.
     """
     w = max(warmup, 1)
 
@@ -258,7 +262,10 @@ def lr_factor(schedule: str, warmup: int, steps: int):
         progress = max(0.0, (s - warmup) / max(1, steps))
         return min(1.0, s / w) * max(0.0, 0.5 * (1 + math.cos(math.pi * (progress % 1.0))))
 
-    return {"rsqrt": rsqrt, "linear": linear, "cosine": cosine}[schedule]
+    def constant(s):  # transformers.get_constant_schedule_with_warmup
+        return s / w if s < warmup else 1.0
+
+    return {"rsqrt": rsqrt, "linear": linear, "cosine": cosine, "constant": constant}[schedule]
 
 
 # ----------------------------------------------------------------------------- training
@@ -436,6 +443,8 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
     started = now()
     validate(cfg)
     task_cfg, model_kw, tr, knobs = resolve(cfg)
+    spt = pretrain.settings(cfg, task_cfg.name, tr)  # None: trained from scratch
+    model_kw, tr = pretrain.finetune_settings(spt, model_kw, tr)
     device = device_of(tr.get("device", "auto"), acquire=True, jobs_per_gpu=int(tr.get("jobs_per_gpu") or 4))
     packed = tr.get("device") == "packed"
     if packed:  # at most jobs_per_gpu jobs per GPU run at once, whatever the launcher started
@@ -469,6 +478,7 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
         print(f"[lra] trainer.batch_size={tr['batch_size']} exceeds the {len(data.splits['train'][1])} training "
               f"examples: batches of {train_b.batch_size}")
     config = effective_config(cfg, model.cfg, batch_size=train_b.batch_size)
+    config["pretrain"] = spt or {"objective": "none"}
     config["trainer"]["bucketing"] = bucket_on  # what ran (the setting may say auto)
     knobs_ran = {k: v for k, v in config["attention"].items() if k != "name"}
     distill = distill_settings(cfg)
@@ -480,6 +490,12 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
                 batch_size=train_b.batch_size, dtype=str(amp or torch.float32).replace("torch.", ""),
                 seed=int(cfg.seed), config=config, started_at=started, device=device, host=host, distill=distill)
     ckpt_path = job_dir / CHECKPOINT
+    # self-pretraining first (resumes; skipped once fine-tuning has a checkpoint), then its best weights
+    spt_result = pretrain.phase(spt, model, data, device, amp, job_dir, int(cfg.seed), tr,
+                                finetuning_started=ckpt_path.is_file(), batching=batching)
+    if spt_result is not None and spt_result["status"] != "ok":
+        return make_record("train", status=spt_result["status"], message=spt_result["message"],
+                           metrics=pretrain.metrics(spt_result), case={"pretrain": spt_result}, **base)
     step, train_time, history, best_val = 0, 0.0, [], 0.0
     if ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
@@ -592,6 +608,9 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
     backend = getattr(model.blocks[0].attn.attention, "last_backend", None)
     case = {"history": history, **({"backend": backend} if backend else {}),
             **({"distill_loss_layers": distill_layers} if distill_layers else {}), **case}
+    if spt_result is not None:
+        metrics.update(pretrain.metrics(spt_result))
+        case["pretrain"] = spt_result
     return make_record("train", status=status, message=message, metrics=metrics, case=case, **base)
 
 

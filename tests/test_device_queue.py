@@ -85,3 +85,33 @@ def test_unknown_call_names_the_choices(tmp_path):
     q = _queue(tmp_path, [_call("a")])
     res = _run(["run", "zzz", "--no-gpu-tests"], q)
     assert res.returncode != 0 and "ids: ['a']" in res.stderr
+
+
+def _accuracy_jobs():
+    """(call id, lra-train overrides) of every job the committed queue's accuracy.sh steps start."""
+    import shlex
+
+    for c in json.loads((SCRIPT.parent / "queue.json").read_text()):
+        for step in c["steps"]:
+            words = shlex.split(step.replace("$PWD", "/data-on-the-device"))
+            if "scripts/device/accuracy.sh" not in words:
+                continue
+            args = words[words.index("scripts/device/accuracy.sh") + 1:]
+            split = args.index("--") if "--" in args else len(args)
+            task, variants, overrides = args[0], args[2:split], args[split + 1:]
+            for v in variants:
+                yield c["id"], [f"task={task}", f"attention={v}", *overrides]
+
+
+@pytest.mark.parametrize("call,overrides", list(_accuracy_jobs()), ids=lambda x: x if isinstance(x, str) else "")
+def test_every_queued_training_job_has_a_valid_config(call, overrides):
+    """A typo in a queued override (a knob that does not exist, a value out of range) would cost a
+    whole device window: every job's config passes lra-train's checks here, before any data."""
+    from conftest import compose_train
+    from lra.train import validate
+
+    cfg = compose_train(*overrides)
+    try:
+        validate(cfg)
+    except Exception as err:  # a missing data folder is the device's business, not the config's
+        assert "data-on-the-device" in str(err), f"call {call}: {overrides}: {err}"

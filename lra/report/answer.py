@@ -5,7 +5,7 @@ lengths) :func:`answer_table` gives
 
 - the fastest exact kernel,
 - the fastest variant whose accuracy is within 1 (and 3) points of exact attention on every task both
-  were trained on (on this device, same recipe and length),
+  were trained on (on this device, same recipe, protocol and length),
 - how far each of those runs before it fails (the largest N that fits),
 - the variants that overtake exact attention at that length (the crossover of :mod:`lra.report.fits`),
 
@@ -71,10 +71,11 @@ def accuracy_evidence(df: pd.DataFrame, device: str) -> AccuracyEvidence:
     if ok.empty:
         return AccuracyEvidence(reason="no training run on this device finished ok", short="no run finished ok")
     exact = exact_variants(df)
-    ok = ok.assign(acc=ok["accuracy"] * 100, n=ok["seq_len"].fillna(-1), rec=ok["recipe"].fillna("lra"))
+    ok = ok.assign(acc=ok["accuracy"] * 100, n=ok["seq_len"].fillna(-1), rec=ok["recipe"].fillna("lra"),
+                   proto=ok["protocol"].fillna("scratch"))
     no_ref, no_learn, only_exact, gaps, compared, runs = [], [], [], [], [], []
-    for (task, recipe, n), g in ok.groupby(["task", "rec", "n"]):
-        name = TASK_NAMES.get(task, task)
+    for (task, recipe, protocol, n), g in ok.groupby(["task", "rec", "proto", "n"]):  # like with like
+        name = TASK_NAMES.get(task, task) + ("" if protocol == "scratch" else f" ({protocol})")
         per_variant = g.groupby("variant")["acc"].mean()
         ex = per_variant[per_variant.index.isin(exact)]
         approx = per_variant[~per_variant.index.isin(exact)]
@@ -94,7 +95,8 @@ def accuracy_evidence(df: pd.DataFrame, device: str) -> AccuracyEvidence:
         runs.append(seeds)
         where = f"N = {int(n)}" + (f", not LRA's {PAPER_LENGTHS[task]}" if task in PAPER_LENGTHS and
                                    int(n) != PAPER_LENGTHS[task] else "")
-        compared.append(f"{name} ({where}; recipe {recipe}; " + ("1 run" if seeds == 1 else f"≥ {seeds} runs")
+        compared.append(f"{name} ({where}; recipe {recipe}" + ("" if protocol == "scratch" else f", {protocol}") + "; "
+                        + ("1 run" if seeds == 1 else f"≥ {seeds} runs")
                         + " per variant)")
     if gaps:
         worst = pd.DataFrame(gaps, columns=["variant", "gap", "task"]).sort_values("gap").groupby("variant").first()

@@ -104,12 +104,28 @@ def _expand_host(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+#: training protocols: trained from scratch (the LRA protocol) | self-pretrained first (Amos et al. 2024)
+PROTOCOLS = ("scratch", "spt")
+
+
+def protocol_of(config: Any, kind: Any, given: Any = None) -> str | None:
+    """``"spt"`` for a train record whose config has ``pretrain.objective`` mlm/causal, ``"scratch"``
+    for other train records (older records have no ``pretrain``); a tidy CSV's own column otherwise."""
+    if isinstance(config, dict) and kind == "train":
+        objective = (config.get("pretrain") or {}).get("objective", "none")
+        return "scratch" if objective in (None, "none") else "spt"
+    if isinstance(given, str) and given in PROTOCOLS:
+        return given
+    return "scratch" if kind == "train" else None
+
+
 def normalize(df: pd.DataFrame) -> pd.DataFrame:
     """Add missing columns, coerce types and derive the columns the report reads.
 
     Afterwards: every column of :data:`BASE_COLUMNS` and ``host_<field>`` for :data:`HOST_FIELDS`
     exists; numbers are numeric; missing device names read ``"unknown device"``; ``recipe`` is the
-    train recipe (``lra`` unless the config says otherwise); ``time_ms`` is the per-call time of a
+    train recipe (``lra`` unless the config says otherwise); ``protocol`` is ``scratch`` or ``spt``
+    (:func:`protocol_of`); ``time_ms`` is the per-call time of a
     bench case (``ms``, else ``ms_fwd_bwd``/``ms_fwd`` by mode) with ``time_p10``/``time_p90`` its
     spread over the timed calls where recorded; ``n_timings`` counts the raw per-call times in
     ``timings_ms``; ``host_loaded`` is a nullable bool (``pd.NA`` where not recorded); a train record
@@ -141,6 +157,7 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
     config, given = df.get("config", none), df.get("recipe", none)  # a tidy CSV has `recipe`, not `config`
     df["recipe"] = [(c.get("recipe") or "lra") if isinstance(c, dict) and k == "train" else
                     (r if isinstance(r, str) else None) for c, k, r in zip(config, df["kind"], given)]
+    df["protocol"] = [protocol_of(c, k, p) for c, k, p in zip(config, df["kind"], df.get("protocol", none))]
     time = df["ms"].copy()
     spread = time.notna()
     for mode, col in (("op_fwd_bwd", "ms_fwd_bwd"), ("op_fwd", "ms_fwd")):

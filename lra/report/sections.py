@@ -16,14 +16,15 @@ from .document import Document
 from .figures import Figures, colors_for
 from .fits import derived_display, derived_numbers
 from .labels import MODE_NAMES, OP_MODES, TASK_NAMES, TASKS, anchor, devices, link, memory_note, setting, sig
-from .paper import PAPER_CITATION, PAPER_LENGTHS, paper_table
+from .frame import PROTOCOLS
+from .paper import PAPER_CITATION, PAPER_LENGTHS, SPT_CITATION, paper_table, spt_paper_table
 from .plotting import FigureDir
 from .smoothness import CITATION as SMOOTHNESS_CITATION, PATTERN_NAMES, RATIO_COLUMN as SMOOTHNESS_RATIO
 from .smoothness import (RATIO_NOTE as SMOOTHNESS_RATIO_NOTE, exponent_display, findings, growth_legend, pattern_order,
                          smoothness_rows)
 from .summary_figure import summary_figure
-from .tables import (accuracy_table, case_table, gap_table, overhead_table, speed_source, speed_table,
-                     weights_table, with_conventions)
+from .tables import (accuracy_table, case_table, gain_table, gap_table, overhead_table, protocol_settings,
+                     speed_source, speed_table, weights_table, with_conventions)
 
 SECTIONS = (("answer", "Which attention?"), ("accuracy", "1. Accuracy"), ("speed", "2. Speed and memory"),
             ("ops", "3. Op-level benchmarks"), ("derived", "4. Derived numbers"), ("figures", "5. Figures"),
@@ -71,22 +72,40 @@ def accuracy(doc: Document, df: pd.DataFrame) -> None:
     if len(recipes) > 1:
         doc.p("Runs of different recipes (`recipe=`: model size and optimizer settings; `lra` = the paper's) "
               "are tabulated separately.")
+    if (tr["protocol"] == "spt").any():
+        doc.p("Two protocols, one table each: `scratch` trains from a random initialisation (the LRA protocol); "
+              "`spt` first self-pretrains the same encoder on the task's training inputs (`pretrain=mlm|causal`, "
+              f"{SPT_CITATION}) and fine-tunes it on the labels. The gain table is spt − scratch.")
     seen: set[str] = set()
     for dev, recipe in ((d, r) for d in devices(tr) for r in recipes):
-        if tr[(tr["device_name"] == dev) & (tr["recipe"] == recipe)].empty:
+        here = tr[(tr["device_name"] == dev) & (tr["recipe"] == recipe)]
+        if here.empty:
             continue
         doc.h(3, f"Device: {dev}" + (f", recipe: {recipe}" if len(recipes) > 1 or recipe != "lra" else ""),
               anchor=None if dev in seen else anchor("accuracy", dev))
         seen.add(dev)
-        cells, means = accuracy_table(df[(df["kind"] != "train") | (df["recipe"] == recipe)], dev)
-        doc.table(cells)
-        gap = gap_table(means)
-        if gap.empty:
-            continue
-        doc.p("Gap vs paper (ours − published, accuracy points; `flash` computes the same function as "
-              "`full` and is compared with the paper's Transformer):")
-        doc.table(gap)
-        d = tr[(tr["device_name"] == dev) & (tr["recipe"] == recipe) & tr["seq_len"].notna()]
+        protocols = [p for p in PROTOCOLS if (here["protocol"] == p).any()]
+        means = {}
+        for protocol in protocols:
+            rows = here[here["protocol"] == protocol]
+            if protocols != ["scratch"]:
+                doc.h(4, f"protocol: {protocol}")
+                if protocol == "spt":
+                    doc.bullets(protocol_settings(rows))
+            cells, means[protocol] = accuracy_table(rows, dev)
+            doc.table(cells)
+            gap = gap_table(means[protocol]) if protocol == "scratch" else pd.DataFrame()
+            if not gap.empty:
+                doc.p("Gap vs paper (ours − published, accuracy points; `flash` computes the same function as "
+                      "`full` and is compared with the paper's Transformer):")
+                doc.table(gap)
+        if len(means) == 2:
+            gain = gain_table(means["scratch"], means["spt"])
+            doc.p("Gain from self-pretraining (spt − scratch mean test accuracy, points; same device, recipe, "
+                  "variant and task" + ("" if not gain.empty else ": no variant and task has both") + "):")
+            if not gain.empty:
+                doc.table(gain)
+        d = here[here["seq_len"].notna()]
         other = sorted({(t, int(n)) for t, n in zip(d["task"], d["seq_len"])
                         if t in PAPER_LENGTHS and int(n) != PAPER_LENGTHS[t]}, key=lambda x: TASKS.index(x[0]))
         if other:
@@ -96,6 +115,10 @@ def accuracy(doc: Document, df: pd.DataFrame) -> None:
     doc.h(3, "Published numbers")
     doc.p(f"From {PAPER_CITATION}. FAIL = the paper reports no better-than-chance result.")
     doc.table(paper_table())
+    doc.p(f"Self-pretrained, from {SPT_CITATION}: Transformers with rotary positions, masked self-pretraining "
+          "and models larger than the LRA paper's, next to S4 trained from scratch. Only numbers checked against "
+          "the paper's text are shown; \"—\" = not transcribed here (per-task cells unverified).")
+    doc.table(spt_paper_table())
 
 
 def speed(doc: Document, df: pd.DataFrame) -> None:

@@ -16,7 +16,8 @@ from .plotting import FigureDir, FigureResult, plt_sns
 def summary_points(df: pd.DataFrame, device: str) -> tuple[pd.DataFrame, str]:
     """The points of the summary figure of ``device`` and, when there are none worth drawing, why.
 
-    One row per (task, seq_len, recipe, variant) from the device's ok train runs with both an accuracy
+    One row per (task, seq_len, recipe, variant) from the device's ok train runs (self-pretrained runs
+    under recipe "<recipe> + spt", so protocols get separate panels) with both an accuracy
     and a training speed: ``accuracy`` (%, mean over seeds), ``ms_per_step`` (from the median steps/s),
     ``peak_mem_mb`` (median, NaN on CPU). Only panels with two or more variants are kept: one point
     compares nothing. The reason is "" when points are returned.
@@ -28,7 +29,8 @@ def summary_points(df: pd.DataFrame, device: str) -> tuple[pd.DataFrame, str]:
     ok = tr[(tr["status"] == "ok") & tr["accuracy"].notna() & tr["steps_per_s"].notna() & tr["seq_len"].notna()]
     if ok.empty:
         return pd.DataFrame(columns=cols), "no training run on this device finished ok with an accuracy and a speed"
-    ok = ok.assign(recipe=ok["recipe"].fillna("lra"))
+    protocol = ok["protocol"].fillna("scratch") if "protocol" in ok else "scratch"
+    ok = ok.assign(recipe=ok["recipe"].fillna("lra").where(protocol == "scratch", ok["recipe"].fillna("lra") + " + spt"))
     pts = ok.groupby(["task", "seq_len", "recipe", "variant"], as_index=False).agg(
         accuracy=("accuracy", "mean"), steps_per_s=("steps_per_s", "median"), peak_mem_mb=("peak_mem_mb", "median"))
     pts["accuracy"] *= 100

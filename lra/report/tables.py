@@ -106,15 +106,52 @@ def gap_table(means: pd.DataFrame) -> pd.DataFrame:
         for t in means.columns:
             p, ours = paper.get(t), means.loc[v, t]
             gaps[TASK_NAMES.get(t, t)] = (ours - p) if (p is not None and np.isfinite(ours)) else np.nan
-        vals = [g for g in gaps.values() if np.isfinite(g)]
-        gaps["mean gap"] = float(np.mean(vals)) if vals else np.nan
         rows[f"{v} vs {PAPER_NAMES[v]}"] = gaps
-    out = pd.DataFrame.from_dict(rows, orient="index")
-    if out.empty:
-        return out
-    out = out.map(lambda g: f"{g:+.2f}" if np.isfinite(g) else "—")
-    out.index.name = "variant vs paper"
-    return out
+    return _differences(rows, "mean gap", "variant vs paper")
+
+
+def _differences(rows: dict[str, dict[str, float]], mean_label: str, index_name: str) -> pd.DataFrame:
+    """Signed differences in points as display strings ("+1.23", "—" where missing), one row per key
+    of ``rows`` that has any, plus their mean over the columns that have one."""
+    out = {}
+    for name, diffs in rows.items():
+        vals = [d for d in diffs.values() if np.isfinite(d)]
+        if vals:
+            out[name] = {**diffs, mean_label: float(np.mean(vals))}
+    table = pd.DataFrame.from_dict(out, orient="index")
+    if table.empty:
+        return table
+    table = table.map(lambda g: f"{g:+.2f}" if np.isfinite(g) else "—")
+    table.index.name = index_name
+    return table
+
+
+def gain_table(scratch: pd.DataFrame, spt: pd.DataFrame) -> pd.DataFrame:
+    """Self-pretraining's gain: ``spt - scratch`` mean test accuracy in points per variant (rows) and
+    task (columns), where both protocols have an ok run (the ``means`` of :func:`accuracy_table`),
+    plus their mean over those tasks. Empty when no variant has both."""
+    tasks = [t for t in spt.columns if t in scratch.columns]
+    rows = {v: {TASK_NAMES.get(t, t): spt.loc[v, t] - scratch.loc[v, t] for t in tasks}
+            for v in spt.index if v in scratch.index}
+    return _differences(rows, "mean gain", "variant")
+
+
+def protocol_settings(rows: pd.DataFrame) -> list[str]:
+    """How the ``spt`` rows were pretrained, one line per distinct setting (from each record's
+    ``config.pretrain``): objective, mask rate, pretraining and fine-tuning steps, budget, tasks."""
+    seen: dict[str, set[str]] = {}
+    for config, task in zip(rows.get("config", pd.Series(dtype=object)), rows["task"]):
+        pre = (config or {}).get("pretrain") if isinstance(config, dict) else None
+        if not pre or pre.get("objective", "none") == "none":
+            continue
+        what = "masked modelling" if pre["objective"] == "mlm" else "next-token prediction"
+        rate = f", {100 * pre['mask_rate']:g}% of positions masked" if pre.get("mask_rate") is not None else ""
+        budget = ("within one budget" if pre.get("budget") == "shared" else "on top of fine-tuning")
+        line = (f"{what}{rate}, {pre.get('steps')} pretraining steps {budget} (then {pre.get('finetune_steps')} "
+                f"fine-tuning steps), lr {pre.get('lr'):g} {pre.get('schedule')}, checkpoint by validation "
+                f"{pre.get('select')}")
+        seen.setdefault(line, set()).add(TASK_NAMES.get(task, task))
+    return [f"{line} ({', '.join(sorted(t))})" for line, t in seen.items()]
 
 
 # ---------------------------------------------------------------------------------------------- speed
