@@ -130,6 +130,9 @@ def _check_trainer(trainer: dict) -> None:
     if trainer.get("schedule") == "onecycle" and int(trainer.get("warmup") or 0) < 2:
         raise ConfigError(f"trainer.schedule=onecycle needs trainer.warmup >= 2 (torch's OneCycleLR), "
                           f"got {trainer.get('warmup')}")
+    if trainer.get("schedule") == "onecycle" and int(trainer.get("steps") or 0) < 3:
+        raise ConfigError(f"trainer.schedule=onecycle needs trainer.steps >= 3 (a warm-up and an anneal phase), "
+                          f"got {trainer.get('steps')}")
 
 
 def device_of(setting: str, acquire: bool = False, jobs_per_gpu: int = 4) -> torch.device:
@@ -297,8 +300,13 @@ def make_optimizer(model: torch.nn.Module, tr: dict):
                             fused=next(model.parameters()).is_cuda or None)  # one fused kernel on CUDA
     steps, warmup = int(tr["steps"]), int(tr["warmup"])
     if tr["schedule"] == "onecycle":
+        # OneCycleLR divides by each phase's length: both need >= 1 step, so a warm-up as long as the
+        # run (a short run under a recipe's warm-up) peaks at the last-but-one step instead of failing
+        peak = min(warmup, steps - 1)
+        if peak < warmup:
+            print(f"[lra] trainer.warmup={warmup} >= trainer.steps={steps}: the one-cycle schedule peaks at step {peak}")
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=tr["lr"], total_steps=steps,
-                                                    pct_start=min(1.0, warmup / steps), anneal_strategy="linear")
+                                                    pct_start=peak / steps, anneal_strategy="linear")
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(tr["schedule"], warmup, steps))
     return opt, sched

@@ -349,6 +349,20 @@ def test_onecycle_is_the_nystromformer_schedule():
         resolve(compose_train("recipe=small", "trainer.warmup=1"))
 
 
+
+def test_onecycle_warmup_longer_than_the_run_peaks_before_the_end(capsys):
+    """recipe=small's ListOps warm-up (1,000) in a shorter run (a quick or shared-budget SPT
+    fine-tuning): torch's OneCycleLR would divide by a zero-length anneal phase at the last step."""
+    enc = _encoder(d_model=16, qkv_dim=None, heads=2, mlp_dim=32)
+    opt, sched = make_optimizer(enc, dict(lr=1e-4, schedule="onecycle", warmup=1000, steps=20, weight_decay=0.0,
+                                          betas=[0.9, 0.999], eps=1e-6))
+    trace = _lrs(opt, sched, 20)                                            # every step, no ZeroDivisionError
+    assert max(lr for lr, _ in trace) == pytest.approx(1e-4) and trace[18][0] == pytest.approx(1e-4)
+    assert trace[19][0] == pytest.approx(1e-4 / 25 / 1e4, rel=1e-3)
+    assert "peaks at step 19" in capsys.readouterr().out
+    with pytest.raises(ConfigError, match="onecycle needs trainer.steps >= 3"):
+        resolve(compose_train("recipe=small", "trainer.steps=2"))
+
 # ------------------------------------------------------------------ CUDA paths (device sessions)
 @pytest.mark.gpu
 def test_attention_dropout_on_cuda_in_bf16_with_padding():
