@@ -39,9 +39,7 @@ Cost per pretraining step: one encoder forward/backward plus the O(B N d V) toke
 """
 from __future__ import annotations
 
-import signal
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -302,7 +300,8 @@ def pretrain(spt: dict, model: Encoder, data: TaskData, device: torch.device, am
     """The pretraining loop (see the module docstring); returns :func:`summary` with the status.
     ``batching``: length bucketing as in fine-tuning (padding is never masked or predicted, so cutting
     a batch to its longest example changes nothing but the time)."""
-    from .train import Preempted, _main_thread, _rng_state, _set_rng_state, make_optimizer, save_checkpoint  # noqa: PLC0415
+    from .train import (Preempted, PreemptionSignals, _rng_state, _set_rng_state, loop_failure,  # noqa: PLC0415
+                        make_optimizer, save_checkpoint)
 
     lm = TokenPredictor(model).to(device)
     opt, sched = make_optimizer(lm, {k: spt[k] for k in OPTIMIZER_KEYS})
@@ -338,13 +337,7 @@ def pretrain(spt: dict, model: Encoder, data: TaskData, device: torch.device, am
         bar.write(f"[lra] pretraining step {step}:" + (f" train_loss {window:.4f}" if window is not None else "")
                   + f" val_loss {val_loss:.4f} val_accuracy {val_acc:.4f}")
 
-    stop = {"signal": None}
-
-    def on_signal(signum, _frame):
-        stop["signal"] = signum
-
-    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
-                    if _main_thread()}
+    signals = PreemptionSignals()
     bar = tqdm(total=steps, initial=state["step"], desc=f"{data.name}/pretrain-{spt['objective']}", unit="step",
                disable=not trainer.get("progress", True), dynamic_ncols=True)
     log_every, eval_every = max(1, int(trainer.get("log_every", 50))), int(spt["eval_every"])
@@ -377,7 +370,7 @@ def pretrain(spt: dict, model: Encoder, data: TaskData, device: torch.device, am
             state["step"] = step = step + 1
             bar.update()
             eval_now = step % eval_every == 0 or step == steps
-            ckpt_now = step % int(spt["checkpoint_every"]) == 0 or step == steps or stop["signal"] is not None
+            ckpt_now = step % int(spt["checkpoint_every"]) == 0 or step == steps or signals.received is not None
             # a checkpoint is also a log boundary, so a resumed run's loss windows are the uninterrupted run's
             if step % log_every == 0 or eval_now or ckpt_now:
                 first_bad, total, n = torch.stack([bad_step.float(), loss_sum, count.float()]).tolist()
@@ -395,27 +388,16 @@ def pretrain(spt: dict, model: Encoder, data: TaskData, device: torch.device, am
                     validate(step, window)
                 if ckpt_now:
                     checkpoint()
-                if stop["signal"] is not None:
-                    previous = old_handlers.get(stop["signal"])
-                    if callable(previous):
-                        previous(stop["signal"], None)
-                    raise Preempted(f"signal {stop['signal']} at pretraining step {step}; checkpoint written to "
-                                    f"{ckpt_path}")
+                if signals.received is not None:
+                    signals.hand_over(f"at pretraining step {step}; checkpoint written to {ckpt_path}")
                 t0 = time.perf_counter()
     except Preempted:
         raise
-    except torch.cuda.OutOfMemoryError as err:
-        status, message = "oom", f"out of memory at pretraining step {state['step']}: {str(err).splitlines()[0]}"
-    except RuntimeError as err:
-        if "out of memory" in str(err).lower():
-            status, message = "oom", f"out of memory at pretraining step {state['step']}: {str(err).splitlines()[0]}"
-        else:
-            status, message = "error", (f"{type(err).__name__} at pretraining step {state['step']}: {err}\n"
-                                        f"{traceback.format_exc(limit=4)}")
+    except RuntimeError as err:  # torch.cuda.OutOfMemoryError included
+        status, message = loop_failure(err, f"pretraining step {state['step']}")
     finally:
         bar.close()
-        for s_, h in old_handlers.items():
-            signal.signal(s_, h)
+        signals.restore()
     if status == "ok" and state["best"] is None:
         status, message = "error", "self-pretraining ended without a validation score, so no checkpoint to fine-tune"
     return summary(spt, state, job_dir, status, message)

@@ -50,6 +50,7 @@ from .distill import LayerDistiller, has_feature_map
 from .model import Encoder, EncoderConfig
 from .results import RECORD_FILENAME, host_info, make_record, now, read_record, variant_config, write_record
 from .schema import ConfigError
+from .timing import is_oom
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -364,7 +365,7 @@ class TrainStep:
             try:
                 logits, loss, total = self._forward_backward(x, mask, y)
             except Exception as err:  # noqa: BLE001 - any failure of the compiled code: redo eagerly
-                if _is_oom(err):
+                if is_oom(err):
                     raise
                 self.step_fn.fall_back(err)
                 _set_rng_state(rng, device)
@@ -394,10 +395,6 @@ class TrainStep:
         self.loss_sum.zero_(), self.correct_sum.zero_()
         self.seen = 0
         return first_bad, window
-
-
-def _is_oom(err: BaseException) -> bool:
-    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
 @torch.no_grad()
@@ -490,10 +487,6 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
     config["trainer"]["bucketing"] = bucket_on  # what ran (the setting may say auto)
     knobs_ran = {k: v for k, v in config["attention"].items() if k != "name"}
     distill = distill_settings(cfg)
-    distiller = LayerDistiller(model, distill["weight"], distill["queries"]) if distill["on"] else None
-    if distiller is not None and isinstance(step_fn, CompiledModel):  # its hooks must see every layer's q, k
-        step_fn.fall_back(RuntimeError("attention.distill reads each layer's q, k through forward hooks, "
-                                       "which a compiled (CUDA-graph) forward would not run as eager code"))
     base = dict(task=data.name, variant=cfg.attention.name, variant_config=knobs_ran, seq_len=data.seq_len,
                 batch_size=train_b.batch_size, dtype=str(amp or torch.float32).replace("torch.", ""),
                 seed=int(cfg.seed), config=config, started_at=started, device=device, host=host, distill=distill)
@@ -504,6 +497,11 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
     if spt_result is not None and spt_result["status"] != "ok":
         return make_record("train", status=spt_result["status"], message=spt_result["message"],
                            metrics=pretrain.metrics(spt_result), case={"pretrain": spt_result}, **base)
+    # distillation trains fine-tuning only: hooked after pretraining, whose forwards it must not capture
+    distiller = LayerDistiller(model, distill["weight"], distill["queries"]) if distill["on"] else None
+    if distiller is not None and isinstance(step_fn, CompiledModel):  # its hooks must see every layer's q, k
+        step_fn.fall_back(RuntimeError("attention.distill reads each layer's q, k through forward hooks, "
+                                       "which a compiled (CUDA-graph) forward would not run as eager code"))
     step, train_time, history, best_val = 0, 0.0, [], 0.0
     if ckpt_path.is_file():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
@@ -518,15 +516,7 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
         save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
                         step=step, train_time=train_time, history=history, best_val=best_val, rng=_rng_state(device))
 
-    # SIGTERM / SIGUSR1 / SIGUSR2 (SLURM preemption, submitit's timeout signal): finish the step,
-    # write a checkpoint, then hand over to the previous handler (submitit's requeue) or stop.
-    stop = {"signal": None}
-
-    def on_signal(signum, _frame):
-        stop["signal"] = signum
-
-    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
-                    if _main_thread()}
+    signals = PreemptionSignals()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     train_step = TrainStep(model, step_fn, opt, sched, train_b, amp, tr.get("grad_clip"),
@@ -553,7 +543,7 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
                 bar.set_postfix(loss=f"{window[0]:.3f}", acc=f"{window[1]:.3f}",
                                 lr=f"{sched.get_last_lr()[0]:.2e}")
             eval_now = step % int(tr.get("eval_every", 500)) == 0 and step < steps
-            ckpt_now = step % int(tr.get("checkpoint_every", 500)) == 0 or stop["signal"] is not None
+            ckpt_now = step % int(tr.get("checkpoint_every", 500)) == 0 or signals.received is not None
             if eval_now or ckpt_now:
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
@@ -571,11 +561,8 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
                     bar.write(f"[lra] step {step}:{train_part} val_accuracy {val_acc:.4f} val_loss {val_loss:.4f}")
                 if ckpt_now:
                     checkpoint()
-                if stop["signal"] is not None:
-                    previous = old_handlers.get(stop["signal"])
-                    if callable(previous):  # e.g. submitit: requeue the job (it resumes from this checkpoint)
-                        previous(stop["signal"], None)
-                    raise Preempted(f"signal {stop['signal']} at step {step}; checkpoint written to {ckpt_path}")
+                if signals.received is not None:
+                    signals.hand_over(f"at step {step}; checkpoint written to {ckpt_path}")
                 t0 = time.perf_counter()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -583,17 +570,11 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
     except Preempted:
         bar.close()
         raise
-    except torch.cuda.OutOfMemoryError as err:
-        status, message = "oom", f"out of memory at step {step}: {str(err).splitlines()[0]}"
-    except RuntimeError as err:
-        if "out of memory" in str(err).lower():
-            status, message = "oom", f"out of memory at step {step}: {str(err).splitlines()[0]}"
-        else:
-            status, message = "error", f"{type(err).__name__} at step {step}: {err}\n{traceback.format_exc(limit=4)}"
+    except RuntimeError as err:  # torch.cuda.OutOfMemoryError included
+        status, message = loop_failure(err, f"step {step}")
     finally:
         bar.close()
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
+        signals.restore()
 
     metrics: dict[str, Any] = {"steps": step, "train_time_s": round(train_time, 3)}
     distill_layers = distiller.window() if distiller else None  # since the last evaluation
@@ -658,6 +639,42 @@ def _main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
+
+
+class PreemptionSignals:
+    """SIGTERM / SIGUSR1 / SIGUSR2 (SLURM preemption, submitit's timeout signal) during a training
+    loop: installed on construction (main thread only), they only set :attr:`received`; the loop
+    finishes its step, writes a checkpoint, then calls :meth:`hand_over`. :meth:`restore` puts the
+    previous handlers back (the loop's ``finally``)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+
+    def __init__(self):
+        self.received: int | None = None
+        self.previous = {s: signal.signal(s, self._on_signal) for s in self.SIGNALS if _main_thread()}
+
+    def _on_signal(self, signum, _frame) -> None:
+        self.received = signum
+
+    def hand_over(self, where: str) -> None:
+        """Call the previous handler (e.g. submitit: requeue the job, which resumes from the
+        checkpoint), then raise :class:`Preempted` saying ``where``."""
+        previous = self.previous.get(self.received)
+        if callable(previous):
+            previous(self.received, None)
+        raise Preempted(f"signal {self.received} {where}")
+
+    def restore(self) -> None:
+        for s, h in self.previous.items():
+            signal.signal(s, h)
+
+
+def loop_failure(err: RuntimeError, where: str) -> tuple[str, str]:
+    """The record's ``(status, message)`` for an error that ended a training loop ``where``
+    (e.g. "step 12"): ``oom`` (:func:`lra.timing.is_oom`) or ``error`` with a short traceback."""
+    if is_oom(err):
+        return "oom", f"out of memory at {where}: {str(err).splitlines()[0]}"
+    return "error", f"{type(err).__name__} at {where}: {err}\n{traceback.format_exc(limit=4)}"
 
 
 def _trained_and_evaluated(metrics: dict[str, Any]) -> tuple[str, str | None]:

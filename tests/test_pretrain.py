@@ -462,3 +462,23 @@ def test_pretraining_batches_are_length_bucketed_like_fine_tuning(tmp_path, monk
         assert min(widths) < 64 and len(set(widths)) > 1, widths
     else:
         assert set(widths) == {64}, widths
+
+
+def test_distillation_holds_no_pretraining_activations(tmp_path, monkeypatch):
+    """attention.distill applies to fine-tuning: pretraining's forwards (through the encoder's hidden
+    states, not its forward) must not leave q, k captures piling up, one set per pretraining step."""
+    from lra.distill import LayerDistiller
+
+    most = [0]
+    capture = LayerDistiller._capture
+
+    def spy(self, *args):
+        capture(self, *args)
+        most[0] = max(most[0], len(self._captured))
+
+    monkeypatch.setattr(LayerDistiller, "_capture", spy)
+    overrides = spt_overrides(tmp_path / "cache", "attention=hedgehog", "attention.distill=1.0", steps=8)
+    rec = run(compose_train(*overrides), tmp_path / "job")
+    assert rec["status"] == "ok", rec["message"]
+    assert rec["distill"]["on"] and rec["metrics"]["distill_loss"] > 0
+    assert 0 < most[0] <= 2, most[0]   # at most one capture per layer (2 layers) at a time
