@@ -210,14 +210,13 @@ def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tenso
 @torch.no_grad()
 def evaluate(lm: TokenPredictor, batches: DeviceBatches, spt: dict, amp, seed: int,
              max_batches: int | None = None) -> tuple[float, float]:
-    """(mean loss, accuracy) over the predicted positions of the validation inputs; batch i always
-    gets the same masks, so evaluations are comparable across steps."""
+    """(mean loss, accuracy) over the predicted positions of the validation inputs (their first
+    ``max_batches`` batches' examples when set, as :func:`lra.train.evaluate` reads them); batch i
+    always gets the same masks, so evaluations are comparable across steps."""
     lm.eval()
     device = batches.inputs.device
     loss_sum, count, correct = (torch.zeros((), device=device) for _ in range(3))
-    for i, (x, pad, _ids) in enumerate(batches):
-        if max_batches is not None and i >= max_batches:
-            break
+    for i, (x, pad, _ids) in enumerate(batches.iterate(max_batches)):
         inputs, targets = batch_targets(spt, lm.encoder, x, pad, _generator(device, seed, VAL_STREAM, i))
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             logits = lm(inputs, pad)

@@ -482,3 +482,25 @@ def test_distillation_holds_no_pretraining_activations(tmp_path, monkeypatch):
     assert rec["status"] == "ok", rec["message"]
     assert rec["distill"]["on"] and rec["metrics"]["distill_loss"] > 0
     assert 0 < most[0] <= 2, most[0]   # at most one capture per layer (2 layers) at a time
+
+
+def test_capped_pretraining_validation_reads_the_first_examples_when_bucketed():
+    """pretrain.eval_batches caps validation at its first batches' examples, bucketed or not (as
+    fine-tuning's evaluation does), not at the shortest examples of a length-sorted split."""
+    torch.manual_seed(0)
+    n, length = 32, 24
+    lengths = torch.cat([torch.full((8,), 20), torch.randint(2, 6, (n - 8,))])  # the first 8 are the long ones
+    tokens = torch.randint(1, 9, (n, length)) * (torch.arange(length)[None, :] < lengths[:, None])
+    enc = Encoder(EncoderConfig(vocab_size=9, num_classes=2, max_length=length, d_model=16, heads=2, mlp_dim=16,
+                                layers=1, pooling="mean", attention="full", mask_token=True))
+    lm = TokenPredictor(enc)
+    seen = []
+    forward = TokenPredictor.forward
+    lm.forward = lambda x, mask=None: (seen.append(int((x != 0).sum(-1).max())), forward(lm, x, mask))[1]
+    spt = {"objective": "mlm", "mask_rate": 0.5}
+    ids = torch.arange(n)
+    for multiple in (None, 4):
+        seen.clear()
+        batches = DeviceBatches(tokens, ids, 8, "cpu", pad_id=0, shuffle=False, bucket_multiple=multiple)
+        pretrain.evaluate(lm, batches, spt, None, seed=0, max_batches=1)
+        assert seen == [20], (multiple, seen)  # one batch: the first 8 examples, the long ones
