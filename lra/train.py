@@ -96,8 +96,7 @@ def resolve(cfg: DictConfig) -> tuple[DictConfig, dict, dict, dict]:
     task_cfg = OmegaConf.merge(cfg.task, {k: v for k, v in (cfg.trainer.get("task_overrides") or {}).items()})
     recipe = recipe_of(cfg)
     shared = cfg.get("recipe_defaults") or {}
-    model = _merge(shared.get("model"), recipe.get("model"), cfg.trainer.get("model_overrides"), cfg.model)
-    model["mask_zero_tokens"] = bool(task_cfg.get("mask_zero_tokens") or False)
+    model = model_settings(cfg, task_cfg, cfg.trainer.get("model_overrides"), cfg.model)
     trainer = _merge(shared.get("trainer"), recipe.get("trainer"),
                      {k: v for k, v in cfg.trainer.items()
                       if k not in ("task_overrides", "model_overrides", "pretrain_overrides")})
@@ -106,6 +105,15 @@ def resolve(cfg: DictConfig) -> tuple[DictConfig, dict, dict, dict]:
     for key in ("name", *DISTILL_KEYS):  # training options, not the variant's knobs
         knobs.pop(key, None)
     return task_cfg, model, trainer, knobs
+
+
+def model_settings(cfg: DictConfig, task_cfg: DictConfig, *later) -> dict[str, Any]:
+    """The encoder settings of ``cfg``'s recipe for its task (see :func:`resolve`): the recipe's
+    ``recipe_defaults.model``, the task's block for the recipe (:func:`recipe_of`), then ``later``
+    layers (``null`` = not set); ``mask_zero_tokens`` from ``task_cfg``."""
+    model = _merge((cfg.get("recipe_defaults") or {}).get("model"), recipe_of(cfg).get("model"), *later)
+    model["mask_zero_tokens"] = bool(task_cfg.get("mask_zero_tokens") or False)
+    return model
 
 
 #: the attention-distillation training options under ``attention.`` (conf/train.yaml)

@@ -113,3 +113,18 @@ def test_trained_checkpoint_is_loaded_and_every_variant_measured_on_it(tmp_path)
     assert fresh.facts["architecture"] == "checkpoint" and fresh.facts["dim"] == own.facts["dim"] == 16
     assert own.metrics["lipschitz"] != fresh.metrics["lipschitz"]
     assert own.metrics["bound_ratio"] <= 1
+
+
+@pytest.mark.parametrize("recipe", ["lra", "small"])
+def test_untrained_data_encoder_is_the_one_lra_train_builds(recipe):
+    """The ``data`` pattern's encoder has lra-train's settings for the recipe: its recipe_defaults
+    (init, qkv_bias, norm_eps, pooling of masked positions, ...) and the task's mask_zero_tokens too."""
+    from lra.train import resolve
+
+    _, trained, _, _ = resolve(compose_train("task=text", f"recipe={recipe}"))
+    assert hidden.model_kwargs(hidden.task_config("text"), recipe) == trained
+
+
+def test_unknown_data_recipe_names_the_recipes():
+    with pytest.raises(ValueError, match=r"recipe 'nope' has no config .*recipes: lra, small"):
+        hidden.model_kwargs(hidden.task_config("listops"), "nope")

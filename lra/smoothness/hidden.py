@@ -20,6 +20,7 @@ measure the attention layer at the hidden states it actually receives. Here:
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 from pathlib import Path
@@ -77,21 +78,26 @@ def sequences(data, n: int, samples: int, split: str = "test") -> torch.Tensor:
 
 
 def model_kwargs(task_cfg: DictConfig, recipe: str = "lra", overrides: dict | None = None) -> dict[str, Any]:
-    """The task's model sizes for ``recipe`` (as ``lra-train`` resolves them), then ``overrides``."""
-    from ..train import _merge, recipe_of  # noqa: PLC0415
+    """The task's encoder settings for ``recipe`` as ``lra-train`` resolves them (conf/recipe/<recipe>.yaml's
+    ``recipe_defaults``, the task's block for the recipe: :func:`lra.train.model_settings`), then ``overrides``."""
+    from ..train import model_settings  # noqa: PLC0415
 
-    rec = recipe_of(OmegaConf.create({"recipe": recipe, "task": task_cfg}))
-    return _merge(task_cfg.get("model"), rec.get("model"), overrides or {})
+    path = conf_dir() / "recipe" / f"{recipe}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (conf_dir() / "recipe").glob("*.yaml"))
+        raise ValueError(f"recipe {recipe!r} has no config {path}; recipes: {', '.join(known)}")
+    cfg = OmegaConf.create({"recipe": recipe, "task": task_cfg,
+                            "recipe_defaults": OmegaConf.load(path).get("recipe_defaults")})
+    return model_settings(cfg, task_cfg, overrides or {})
 
 
 def untrained_encoder(data, model_kw: dict, variant: str, knobs: dict, seed: int = 0):
-    """A freshly initialised (``torch.manual_seed(seed)``) encoder for ``data`` with ``variant``."""
-    from ..model import Encoder, EncoderConfig  # noqa: PLC0415
+    """A freshly initialised (``torch.manual_seed(seed)``) encoder for ``data`` with ``variant``, as
+    ``lra-train`` builds it (:func:`lra.train.build_model`)."""
+    from ..train import build_model  # noqa: PLC0415
 
     torch.manual_seed(seed)
-    cfg = EncoderConfig(vocab_size=data.vocab_size, num_classes=data.num_classes, max_length=data.seq_len,
-                        dual=data.dual, attention=variant, attention_cfg={**knobs, "seed": seed}, **model_kw)
-    return Encoder(cfg).eval()
+    return build_model(data, model_kw, variant, {**knobs, "seed": seed}).eval()
 
 
 def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
@@ -177,10 +183,8 @@ def attention_input(model, tokens: torch.Tensor, layer: int = 0) -> torch.Tensor
 
     handle = target.register_forward_pre_hook(hook)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), contextlib.suppress(_Captured):  # the hook stops the forward at the layer
             model.encode(tokens, None)
-    except _Captured:
-        pass
     finally:
         handle.remove()
     if not seen:
