@@ -63,6 +63,15 @@ def test_time_table_shows_median_and_spread_and_marks_loaded_host():
     assert case_table(df, "time_ms").loc["full", "256"] == "4.00"          # no spread unless asked
 
 
+def test_values_a_loaded_host_cannot_change_carry_no_mark():
+    loaded = dict(HOST, loaded=True)
+    df = frame(rec("full", 512, host=loaded, metrics={"peak_mem_mb": 12.0}),
+               rec("linear", 512, mode="exactness", host=loaded, metrics={"approx_error": 0.25}))
+    assert case_table(df, "time_ms").loc["full", "512"].endswith("†")
+    assert case_table(df, "peak_mem_mb").loc["full", "512"] == "12.0"
+    assert case_table(df, "approx_error").loc["linear", "512"] == "0.250"
+
+
 def test_speed_table_spread_from_step_times():
     df = frame(rec("full", 256, mode="model_step", ms=100.0, metrics={"steps_per_s": 10.0}),
                rec("linear", 256, mode="model_step", ms=50.0, metrics={"steps_per_s": 20.0}))

@@ -18,11 +18,17 @@ from .labels import (LOADED_MARK, TASK_NAMES, fail_label, first_line, int_or_das
 from .paper import PAPER_NAMES, PAPER_TABLE1
 
 
+#: record values a loaded host cannot change (memory, errors, attention-weight measures): never load-marked
+LOAD_FREE = ("peak_mem_mb", "approx_error", "approx_error_init", "entropy", "softmax_entropy", "monotonicity",
+             "weight_kl")
+
+
 def median_by(df: pd.DataFrame, keys: list[str], value: str, lo: str | None = None,
               hi: str | None = None) -> pd.DataFrame:
     """Per key: the median of the ok values of ``value``, a status ("ok" if any ok, else the failures),
     ``lo``/``hi`` (the lowest ``lo`` and highest ``hi`` of the ok rows: the widest spread recorded) and
-    ``loaded`` (any ok row measured on a loaded host). Columns: keys..., value, status, lo, hi, loaded."""
+    ``loaded`` (any ok row measured on a loaded host, for values the load can change: not
+    :data:`LOAD_FREE`). Columns: keys..., value, status, lo, hi, loaded."""
     rows = []
     for k, g in df.groupby(keys, dropna=False):
         ok = g[(g["status"] == "ok") & g[value].notna()]
@@ -31,7 +37,7 @@ def median_by(df: pd.DataFrame, keys: list[str], value: str, lo: str | None = No
                          status="ok" if len(ok) else fail_label(g["status"]),
                          lo=float(ok[lo].min()) if lo and ok[lo].notna().any() else np.nan,
                          hi=float(ok[hi].max()) if hi and ok[hi].notna().any() else np.nan,
-                         loaded=was_loaded(ok)))
+                         loaded=value not in LOAD_FREE and was_loaded(ok)))
     return pd.DataFrame(rows, columns=keys + ["value", "status", "lo", "hi", "loaded"])
 
 
@@ -48,11 +54,6 @@ def cell(r, fmt: Callable[[float], str] = sig, spread: bool = False) -> str:
     if spread and np.isfinite(r.lo) and np.isfinite(r.hi):
         text += f" ({fmt(r.lo)}–{fmt(r.hi)})"
     return text + (LOADED_MARK if r.loaded else "")
-
-
-def has_loaded_mark(table: pd.DataFrame) -> bool:
-    """Whether any cell of a display table carries the loaded-host mark (so it needs the footnote)."""
-    return bool(table.map(lambda c: isinstance(c, str) and c.endswith(LOADED_MARK)).to_numpy().any())
 
 
 # ---------------------------------------------------------------------------------------------- accuracy
@@ -247,7 +248,7 @@ def weights_table(rows: pd.DataFrame) -> tuple[pd.DataFrame, int | None]:
     out = pd.DataFrame(index=pd.Index(variant_order(at["variant"].unique()), name="variant"),
                        columns=[title for _, title, _ in WEIGHT_COLUMNS], dtype=object)
     for col, title, fmt in WEIGHT_COLUMNS:
-        for r in median_by(at, ["variant"], col).assign(loaded=False).itertuples():  # not timings: no load mark
+        for r in median_by(at, ["variant"], col).itertuples():
             out.loc[r.variant, title] = cell(r, fmt)
     ref = float(has[has["seq_len"] == n]["softmax_entropy"].median())
     out.loc["softmax"] = [f"{ref:.2f}" if np.isfinite(ref) else "—", "1", "0", "0", "0"]
