@@ -121,10 +121,10 @@ def train_plan(n: int, batch_size: int, seed: int, epoch: int, *, lengths: torch
     order = torch.sort(window_id * (seq_len + 1) + bucket, stable=True).indices
     index = perm[order].view(steps, batch_size)
     batch_lengths = padded_length(lengths[index].amax(dim=1), multiple, seq_len)
-    if (batch_lengths != batch_lengths[0]).any():  # one length: nothing to reorder
-        shuffle = torch.randperm(steps, generator=g)
-        index, batch_lengths = index[shuffle], batch_lengths[shuffle]
-    return Plan(index, batch_lengths.tolist())
+    if (batch_lengths == batch_lengths[0]).all():  # one length: the unbucketed batches, cut to it
+        return Plan(perm.view(steps, batch_size), batch_lengths.tolist())
+    shuffle = torch.randperm(steps, generator=g)
+    return Plan(index[shuffle], batch_lengths[shuffle].tolist())
 
 
 def eval_plan(n: int, batch_size: int, *, lengths: torch.Tensor | None = None, multiple: int = DEFAULT_MULTIPLE,

@@ -66,6 +66,16 @@ def test_one_bucket_gives_exactly_the_unbucketed_batches():
     assert torch.equal(plain.index, one.index) and one.lengths == [32] * 25
 
 
+def test_one_batch_length_gives_the_unbucketed_batches_though_examples_differ():
+    """Every batch pads to the task length (each holds a long example) while a few examples alone
+    would bucket shorter: still the unbucketed (shuffled) batches, not length-sorted ones."""
+    lengths = torch.full((640,), 200)
+    lengths[:5] = 10
+    plain = bucketing.train_plan(640, 32, seed=0, epoch=0, seq_len=256)
+    one = bucketing.train_plan(640, 32, seed=0, epoch=0, lengths=lengths, multiple=128, seq_len=256)
+    assert torch.equal(plain.index, one.index) and one.lengths == [256] * 20
+
+
 def test_bucketing_cuts_the_padded_tokens_of_listops_lengths():
     lengths = listops_like_lengths(20000)
     stats = bucketing.epoch_padding(lengths, lengths, batch_size=32, seq_len=2000)
