@@ -8,7 +8,6 @@ and O((N + m) d) in memory per head: linear in the sequence length N.
 """
 from __future__ import annotations
 
-import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -16,16 +15,9 @@ import torch.nn.functional as F
 from ._fast import CudaCompiled, check_backend, matmul_fp32, no_autocast, resolve_backend
 
 
-def fp32(device: torch.device):
-    """Context that disables autocast on ``device``'s type so the enclosed math runs in fp32.
-
-    Tensors must still be upcast explicitly (``.float()``); this only stops autocast from
-    downcasting the matmuls/einsums back to bf16/fp16.
-    """
-    try:
-        return torch.autocast(device_type=device.type, enabled=False)
-    except RuntimeError:  # a device type autocast does not know: nothing to disable
-        return contextlib.nullcontext()
+#: context that disables autocast on a device's type so the enclosed math runs in fp32; tensors must
+#: still be upcast explicitly (``.float()``): it only stops autocast from downcasting the matmuls
+fp32 = no_autocast
 
 
 def splitmix64(seed: int, index: int) -> int:
@@ -217,15 +209,15 @@ class _FastKernelAttention(torch.autograd.Function):
         num = torch.matmul(phi_q, kv.to(cd))                         # (B, H, N, D), fp32 accumulation
         den = _normalizer(phi_q, k_sum)                              # (B, H, N) in fp32
         out, den, ratio, state = _guarded_ratio(num, den, floor, v.dtype)
-        center = _value_center(v, mask, acc)
-        ctx.save_for_backward(phi_q, phi_k, v, mask, kv, k_sum, den, ratio, state, center)
+        ctx.save_for_backward(phi_q, phi_k, v, mask, kv, k_sum, den, ratio, state)
         ctx.has_floor = floor is not None
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        phi_q, phi_k, v, mask, kv, k_sum, den, ratio, state, center = ctx.saved_tensors
+        phi_q, phi_k, v, mask, kv, k_sum, den, ratio, state = ctx.saved_tensors
         cd = phi_q.dtype
+        center = _value_center(v, mask, kv.dtype)                    # (B, H, 1, D) in fp32
         kv_c = (kv - k_sum.unsqueeze(-1) * center).to(cd)             # phi_k^T (v - center), (B, H, F, D)
         num_c = torch.matmul(phi_q, kv_c)                            # recomputed: (B, H, N, D)
         g_aug, g_floor = _ratio_backward(grad, num_c, center, den, ratio, state, cd)  # (B, H, N, D + 1)
@@ -271,10 +263,7 @@ def _masked_keys_values(phi_k, v, mask, cd, center=None):
     """``phi_k`` and ``v`` (minus ``center`` if given, in fp32) in ``cd``, with padded keys' rows
     zeroed (masked_fill: no inf/NaN from padded rows)."""
     v = v.to(cd) if center is None else (v.to(center.dtype) - center).to(cd)
-    if mask is None:
-        return phi_k, v
-    keep = mask[:, None, :, None]
-    return phi_k.masked_fill(~keep, 0), v.masked_fill(~keep, 0)
+    return mask_keys(phi_k, mask), mask_keys(v, mask)
 
 
 def quadratic_kernel_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor,

@@ -47,7 +47,8 @@ from torch import nn
 
 from ._fast import check_backend, compute_dtype, no_autocast, resolve_backend
 from .base import Attention, AttentionConfig
-from .masking import normalize_key_padding_mask, pad_mask_to_multiple, pad_to_multiple
+from ._kernel import _value_center
+from .masking import additive_mask, normalize_key_padding_mask, pad_mask_to_multiple, pad_to_multiple
 from .registry import register
 
 
@@ -165,19 +166,15 @@ class NystromAttention(Attention):
         rounding: gradients 24% off the fp32 path at an offset of 3 x the values' spread
         (the reference path: 2%); centred, on a par with the reference (measured)."""
         cd, scale = qp.dtype, 1.0 / math.sqrt(qp.shape[-1])
-        neg = torch.finfo(cd).min
         q_l, empty = self.landmarks_of(qp, full_mask, m)
         k_l, _ = self.landmarks_of(kp, full_mask, m)
         key_bias = lm_bias = None
         if padded:  # additive biases: the reference's masked value finfo.min, never -inf (no NaN rows)
-            key_bias = torch.zeros(full_mask.shape, dtype=cd, device=qp.device).masked_fill(~full_mask, neg)
-            lm_bias = torch.zeros(empty.shape, dtype=cd, device=qp.device).masked_fill(empty, neg)
-            key_bias, lm_bias = key_bias[:, None, None, :], lm_bias[:, None, None, :]
+            key_bias, lm_bias = additive_mask(full_mask, cd), additive_mask(~empty, cd)
         acc = torch.promote_types(cd, torch.float32)
         d = qp.shape[-1]
         keep = full_mask[:, None, :, None]
-        with torch.no_grad():  # the mean real value: a constant, see below
-            center = vp.sum(dim=-2, keepdim=True, dtype=acc) / full_mask.sum(-1).clamp(min=1).to(acc)[:, None, None, None]
+        center = _value_center(vp, full_mask, acc)  # the mean real value: a constant, see below
         v_c = (vp.to(acc) - center).to(cd).masked_fill(~keep, 0)
         ctx3 = F.scaled_dot_product_attention(q_l, kp, v_c, attn_mask=key_bias)     # kernel_3 (V - c): (B, H, m, D)
         s2 = (q_l.to(acc) @ k_l.to(acc).transpose(-2, -1)) * scale                     # (B, H, m, m) fp32

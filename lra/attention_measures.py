@@ -115,9 +115,6 @@ class WeightMeasures:
     monotonicity: float       #: Spearman(weights, q . k); 1 = monotone
     weight_kl: float          #: KL(softmax || variant) (nats): the weight-level mimicry gap
 
-    def as_metrics(self, prefix: str = "") -> dict[str, float]:
-        return {f"{prefix}{key}": round(float(value), 6) for key, value in vars(self).items()}
-
 
 def weight_measures(attn: torch.nn.Module, q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None = None,
                     num_queries: int = 64, generator: torch.Generator | None = None) -> WeightMeasures:

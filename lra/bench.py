@@ -121,7 +121,7 @@ from .results import flatten, git_commit, host_info, loaded_warning, make_record
 from .schema import ConfigError
 from .smoothness import growth_exponent
 from .smoothness import measure as smoothness
-from .timing import (FLOPS_COUNTED, PeakMemory, attention_flops, count_flops, exact_kernel, flops_convention,
+from .timing import (FLOPS_COUNTED, MAX_REPEATS, PeakMemory, attention_flops, count_flops, exact_kernel, flops_convention,
                      free_memory, is_oom, peak_bf16_tflops, tflops, time_fn, time_interleaved)
 
 MODES = ("op_fwd", "op_fwd_bwd", "model_step", "exactness", "smoothness", "train_overhead")
@@ -392,7 +392,20 @@ def _speed_metrics(timing, prefix_metric: str, flops: int | None, device_name: s
 def _timing_kw(s: dict) -> dict:
     """Keyword arguments of :func:`lra.timing.time_fn` from the settings."""
     return {"warmup": int(s["warmup"]), "repeats": int(s["repeats"]), "min_time_s": float(s.get("min_time_s") or 0),
-            "max_repeats": int(s.get("max_repeats") or 1000)}
+            "max_repeats": int(s.get("max_repeats") or MAX_REPEATS)}
+
+
+def _encoder_facts(enc_cfg) -> dict:
+    """The encoder shape (an :class:`lra.model.EncoderConfig`) of a model_step / train_overhead case."""
+    return {"heads": enc_cfg.heads, "head_dim": enc_cfg.d_model // enc_cfg.heads, "layers": enc_cfg.layers,
+            "d_model": enc_cfg.d_model, "mlp_dim": enc_cfg.mlp_dim}
+
+
+def _encoder_variant_config(variant: str, enc_cfg, n: int, knobs: dict) -> dict:
+    """The record's ``variant_config`` of the attention inside an encoder at length ``n`` (one
+    more position for the CLS token)."""
+    return variant_config(variant, heads=enc_cfg.heads, head_dim=enc_cfg.d_model // enc_cfg.heads,
+                          max_length=n + (enc_cfg.pooling == "cls"), **knobs)
 
 
 def _device_name(device: torch.device) -> str | None:
@@ -502,13 +515,10 @@ def measure_model_step(case: Case, s: dict, device: torch.device) -> Measurement
                "steps_per_s": None if steps_per_s is None else round(steps_per_s, 4),
                "tokens_per_s": None if steps_per_s is None else round(steps_per_s * b * n, 1),
                "peak_mem_mb": mem.peak_mb, "params": sum(p.numel() for p in model.parameters())}
-    facts = {"heads": enc_cfg.heads, "head_dim": enc_cfg.d_model // enc_cfg.heads, "layers": enc_cfg.layers,
-             "d_model": enc_cfg.d_model, "mlp_dim": enc_cfg.mlp_dim, **_timing_facts(timing),
+    facts = {**_encoder_facts(enc_cfg), **_timing_facts(timing),
              "backend": getattr(model.blocks[0].attn.attention, "last_backend", None),
              "autocast": dtype in (torch.bfloat16, torch.float16), "optimizer": "AdamW", "input_seed": seed}
-    m = Measurement(metrics, facts, variant_config(case.variant, heads=enc_cfg.heads,
-                                                   head_dim=enc_cfg.d_model // enc_cfg.heads,
-                                                   max_length=n + (enc_cfg.pooling == "cls"), **knobs),
+    m = Measurement(metrics, facts, _encoder_variant_config(case.variant, enc_cfg, n, knobs),
                     timings_ms=timing.times_ms)
     if last_loss and not bool(torch.isfinite(last_loss[0])):
         m.status, m.message = "nan", "non-finite training loss in the timed steps"
@@ -617,30 +627,26 @@ def measure_train_overhead(case: Case, s: dict, device: torch.device) -> Measure
                     "loop_pct": round(100 * (full - fbo) / fb, 3),
                     "steps_per_s": round(1e3 / full, 4), "tokens_per_s": round(1e3 / full * b * n, 1),
                     "peak_mem_mb": mem.peak_mb, "params": sum(p.numel() for p in model.parameters())})
+    bucket_lengths = None
     if bucketed is not None:  # real (non-padding) tokens per second: mean over the steps run / mean timed step
         rates = {}
         for name, db in (("train_step", batches), ("train_step_bucketed", bucketed)):
-            positions, real, _ = db.token_counts(steps_run[name])
+            positions, real, bucket_lengths = db.token_counts(steps_run[name])  # the bucketed one's stays
             mean_ms = sum(timings[name].times_ms) / len(timings[name].times_ms) / per_call
             rates[name] = real / steps_run[name] / mean_ms * 1e3
             metrics["padded_fraction" + name[len("train_step"):]] = round(1 - real / positions, 4)
         metrics["real_tokens_per_s"] = round(rates["train_step"], 1)
         metrics["real_tokens_per_s_bucketed"] = round(rates["train_step_bucketed"], 1)
         metrics["bucketing_speedup"] = round(rates["train_step_bucketed"] / rates["train_step"], 4)
-    facts = {"heads": enc_cfg.heads, "head_dim": enc_cfg.d_model // enc_cfg.heads, "layers": enc_cfg.layers,
-             "d_model": enc_cfg.d_model, "mlp_dim": enc_cfg.mlp_dim, **_timing_facts(timings["train_step"]),
+    facts = {**_encoder_facts(enc_cfg), **_timing_facts(timings["train_step"]),
              "steps_per_call": per_call, "examples": examples, "input_seed": seed,
              "trainer_task": to.get("task"), "grad_clip": clip, "schedule": tr.get("schedule"),
              "compile": step_fn.facts() if isinstance(step_fn, CompiledModel) else False,
              "autocast": amp is not None, "optimizer": "AdamW",
              "bucketing": bool(to.get("bucketing")),
-             **({"bucket_lengths": sorted(set(bucketed.token_counts(steps_run["train_step_bucketed"])[2]))}
-                if bucketed is not None else {}),
+             **({"bucket_lengths": sorted(bucket_lengths)} if bucket_lengths is not None else {}),
              "backend": getattr(model.blocks[0].attn.attention, "last_backend", None)}
-    m = Measurement(metrics, facts, variant_config(case.variant, heads=enc_cfg.heads,
-                                                   head_dim=enc_cfg.d_model // enc_cfg.heads,
-                                                   max_length=n + (enc_cfg.pooling == "cls"),
-                                                   **{**knobs, "seed": seed}),
+    m = Measurement(metrics, facts, _encoder_variant_config(case.variant, enc_cfg, n, {**knobs, "seed": seed}),
                     timings_ms=[x / per_call for x in timings["train_step"].times_ms],
                     timings_ms_by_part={name: [x / per_call for x in t.times_ms] for name, t in timings.items()})
     if first_bad[0] >= 0:

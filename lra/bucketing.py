@@ -127,16 +127,12 @@ def train_plan(n: int, batch_size: int, seed: int, epoch: int, *, lengths: torch
     return Plan(index[shuffle], batch_lengths[shuffle].tolist())
 
 
-def eval_plan(n: int, batch_size: int, *, lengths: torch.Tensor | None = None, multiple: int = DEFAULT_MULTIPLE,
-              seq_len: int | None = None, limit: int | None = None) -> Plan:
-    """Evaluation batches over the first ``limit`` examples (all when None): in stored order
-    (unbucketed), or sorted by length and cut to each batch's padded length (bucketed)."""
+def eval_plan(n: int, batch_size: int, *, lengths: torch.Tensor, seq_len: int, multiple: int = DEFAULT_MULTIPLE,
+              limit: int | None = None) -> Plan:
+    """Bucketed evaluation batches over the first ``limit`` examples (all when None): sorted by length
+    and cut to each batch's padded length (unbucketed splits are read in stored order by
+    :meth:`lra.data.DeviceBatches.iterate`)."""
     count = n if limit is None else min(n, limit)
-    if lengths is None:
-        index = [torch.arange(lo, min(lo + batch_size, count)) for lo in range(0, count, batch_size)]
-        return Plan(index, [int(seq_len or 0)] * len(index))
-    if seq_len is None:
-        raise ValueError("eval_plan: seq_len is needed with lengths")
     order = torch.sort(lengths[:count], stable=True).indices
     index = list(order.split(batch_size))
     return Plan(index, [padded_length(int(lengths[i].max()), multiple, seq_len) for i in index])

@@ -185,9 +185,10 @@ class DeviceBatches:
         return x, mask, self.labels[idx]
 
     def batch(self, step: int):
+        """Training batch ``step`` (epochs follow one another: step // steps_per_epoch is the epoch)."""
         if not self.shuffle:
-            lo = step * self.batch_size
-            return self._take(slice(lo, lo + self.batch_size), self.seq_len)
+            raise ValueError("DeviceBatches.batch(step) draws training batches (shuffle=True); read an "
+                             "evaluation split with iterate()")
         epoch, i = divmod(step, self.steps_per_epoch)
         if epoch != self._plan_epoch:
             self._plan = self.plan(epoch)
@@ -206,8 +207,9 @@ class DeviceBatches:
             return
         plan = bucketing.eval_plan(len(self.labels), self.batch_size, lengths=self.lengths,
                                    multiple=self.bucket_multiple, seq_len=self.seq_len, limit=limit)
-        for idx, length in zip(plan.index, plan.lengths):
-            yield self._take(idx.to(self.labels.device), length)
+        on_device = torch.cat(plan.index).to(self.labels.device)   # one copy (a GPU sync), not one per batch
+        for idx, length in zip(on_device.split([len(i) for i in plan.index]), plan.lengths):
+            yield self._take(idx, length)
 
     def __iter__(self):
         return self.iterate()

@@ -19,6 +19,7 @@ thread each instead of four threads fighting over two cores.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import fcntl
 import os
 import tempfile
@@ -67,10 +68,8 @@ def set_job_threads(setting: int | str = "auto") -> int:
     returns the intra-op count. See the module docstring for ``auto``."""
     n = job_threads(setting)
     torch.set_num_threads(n)
-    try:
+    with contextlib.suppress(RuntimeError):  # only possible before the first parallel work of the process
         torch.set_num_interop_threads(n)
-    except RuntimeError:  # only possible before the first parallel work of the process
-        pass
     return n
 
 

@@ -144,14 +144,17 @@ def _binned(x: np.ndarray, bins: int) -> np.ndarray:
     return np.eye(len(edges) + 1)[np.searchsorted(edges, x, side="right")]
 
 
-def simple_features(images: np.ndarray, markers: np.ndarray) -> dict[str, np.ndarray]:
-    """Named (n, f) feature sets that carry no path information beyond their summary."""
+def simple_features(images: np.ndarray, markers: np.ndarray,
+                    blobs: dict[int, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Named (n, f) feature sets that carry no path information beyond their summary (``blobs``:
+    :func:`blob_counts` per threshold of :data:`THRESHOLDS`, when already counted)."""
     x = images.reshape(len(images), -1)
     counts = np.concatenate([_binned((x >= t).sum(1), 5) for t in (1, 16, 64, 128, 192)], 1)
     hist = np.stack([((x >= lo) & (x < lo + 16)).mean(1) for lo in range(0, 256, 16)], 1)
     dist = np.linalg.norm((markers[:, 0] - markers[:, 1]).astype(np.float64), axis=1)
-    blobs = np.concatenate([_binned(blob_counts(images, t), 5) for t in THRESHOLDS], 1)
-    feats = {"pixel_counts": counts, "histogram": hist, "marker_distance": _binned(dist, 8), "blob_counts": blobs}
+    blobs = blobs or {t: blob_counts(images, t) for t in THRESHOLDS}
+    feats = {"pixel_counts": counts, "histogram": hist, "marker_distance": _binned(dist, 8),
+             "blob_counts": np.concatenate([_binned(blobs[t], 5) for t in THRESHOLDS], 1)}
     feats["all"] = np.concatenate(list(feats.values()), 1)
     return feats
 
@@ -195,12 +198,13 @@ def summary(images: np.ndarray, labels: np.ndarray, markers: np.ndarray | None =
     markers = np.asarray(markers, np.int64)
     ff = flood_fill(images, labels, markers)
     accs = [v["accuracy"] for v in ff.values()]
-    feats = simple_features(images, markers)
+    blobs = {t: blob_counts(images, t) for t in THRESHOLDS}
+    feats = simple_features(images, markers, blobs)
     return {
         "images": int(len(images)),
         "flood_fill": ff,
         "flood_fill_max_accuracy": max(accs),
-        "blobs": {f"t{t}": float(blob_counts(images, t).mean()) for t in THRESHOLDS},
+        "blobs": {f"t{t}": float(blobs[t].mean()) for t in THRESHOLDS},
         "gray_levels": float(gray_levels(images).mean()),
         "pixels": pixel_stats(images, markers),
         "feature_accuracy": {k: logistic_accuracy(v, labels) for k, v in feats.items()},

@@ -49,7 +49,6 @@ batch_size)``. ``GENERATOR_VERSION`` changes whenever the images of a given seed
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from functools import lru_cache
@@ -800,7 +799,8 @@ def _generate_batch(n: int, size: int, p: PathfinderParams, rng: np.random.Gener
     """
     C, D, K = p.contour_length, p.distractor_length, p.num_distractors
     tp = _Paths(n, 2, C)
-    bt = None
+    bt = _Batch(n, size, p, np.zeros(n, np.int64), rng)   # the batch's state; draws nothing
+    max_rows = max(320, max_bytes // (bt.W * bt.W * (2 if bt.track else 1)))   # fewer steps for Path-X
     filled, rate = 0, 0.05
     tried = 0
     while filled < n:
@@ -808,9 +808,6 @@ def _generate_batch(n: int, size: int, p: PathfinderParams, rng: np.random.Gener
         if tried >= 100_000 and filled == 0 or tried >= 100_000 * n:
             raise RuntimeError(f"Pathfinder: could not place the target paths in {n - filled} of {n} images after "
                                f"{tried} attempts; parameters {p} do not fit a {size}x{size} image")
-        if bt is None:
-            bt = _Batch(n, size, p, np.zeros(n, np.int64), rng)
-            max_rows = max(320, max_bytes // (bt.W * bt.W * (2 if bt.track else 1)))   # fewer steps for Path-X
         m = int(min(max_rows, math.ceil(want / rate * 1.2) + 8))
         att = _Batch(m, size, p, rng.integers(0, len(p.paddle_margin), m), rng)
         ok, paths = _targets(att, np.arange(m))
@@ -866,12 +863,11 @@ def _batch_job(job) -> tuple:
 
 
 def default_workers(n_batches: int) -> int:
-    """Processes worth starting for ``n_batches`` batches: the CPUs this process may use, at most 8."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(cpus, 8, n_batches))
+    """Processes worth starting for ``n_batches`` batches: the CPUs this process may use
+    (:func:`lra.devices.cpus_available`), at most 8."""
+    from .devices import cpus_available  # noqa: PLC0415 - here, so that spawned workers need not load torch
+
+    return max(1, min(cpus_available(), 8, n_batches))
 
 
 def generate(n: int, seed: int, size: int = 32, params: PathfinderParams | None = None, *,

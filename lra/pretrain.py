@@ -51,10 +51,9 @@ from tqdm.auto import tqdm
 from . import schema
 from .data import DeviceBatches
 from .model import Encoder, TokenPredictor
-from .schema import ConfigError
+from .schema import OBJECTIVES, ConfigError
 from .tasks import TaskData
 
-OBJECTIVES = ("none", "mlm", "causal")
 #: target value of positions without a loss (unmasked, padding, no next token)
 IGNORE = -100
 CHECKPOINT = "pretrain_checkpoint.pt"
@@ -138,16 +137,11 @@ def finetune_settings(spt: dict | None, model: dict, trainer: dict) -> tuple[dic
 
 # ----------------------------------------------------------------------------- data and targets
 
-def pretraining_inputs(data: TaskData) -> torch.Tensor:
+def pretraining_inputs(data: TaskData, split: str = "train") -> torch.Tensor:
     """The token sequences pretraining may see: the training split's inputs, ``(n, L)`` (a dual-input
-    task's two documents as separate rows, ``(2n, L)``). Labels, validation and test are not read."""
-    inputs, _labels = data.splits["train"]
-    return inputs.flatten(0, 1) if data.dual else inputs
-
-
-def validation_inputs(data: TaskData) -> torch.Tensor:
-    """The validation split's inputs (no labels), for checkpoint selection only."""
-    inputs, _labels = data.splits["val"]
+    task's two documents as separate rows, ``(2n, L)``). Labels, validation and test are not read.
+    ``split="val"``: the validation split's inputs (no labels), for checkpoint selection only."""
+    inputs, _labels = data.splits[split]
     return inputs.flatten(0, 1) if data.dual else inputs
 
 
@@ -299,7 +293,7 @@ def pretrain(spt: dict, model: Encoder, data: TaskData, device: torch.device, am
     """The pretraining loop (see the module docstring); returns :func:`summary` with the status.
     ``batching``: length bucketing as in fine-tuning (padding is never masked or predicted, so cutting
     a batch to its longest example changes nothing but the time)."""
-    from .train import (Preempted, PreemptionSignals, _rng_state, _set_rng_state, loop_failure,  # noqa: PLC0415
+    from .train import (PreemptionSignals, _rng_state, _set_rng_state, loop_failure,  # noqa: PLC0415
                         make_optimizer, save_checkpoint)
 
     lm = TokenPredictor(model).to(device)
@@ -309,7 +303,7 @@ def pretrain(spt: dict, model: Encoder, data: TaskData, device: torch.device, am
     batching = batching or {}
     train_b = DeviceBatches(inputs, ids, int(spt["batch_size"]), device, data.pad_id, shuffle=True, seed=seed,
                             **batching)
-    val_in = validation_inputs(data)
+    val_in = pretraining_inputs(data, "val")
     val_b = DeviceBatches(val_in, torch.arange(len(val_in)), int(spt["batch_size"]), device, data.pad_id,
                           shuffle=False, **batching)
     ckpt_path, best_path, steps = job_dir / CHECKPOINT, job_dir / BEST, int(spt["steps"])
@@ -390,8 +384,6 @@ def pretrain(spt: dict, model: Encoder, data: TaskData, device: torch.device, am
                 if signals.received is not None:
                     signals.hand_over(f"at pretraining step {step}; checkpoint written to {ckpt_path}")
                 t0 = time.perf_counter()
-    except Preempted:
-        raise
     except RuntimeError as err:  # torch.cuda.OutOfMemoryError included
         status, message = loop_failure(err, f"pretraining step {state['step']}")
     finally:

@@ -25,6 +25,7 @@ from typing import Any, Iterable
 from omegaconf import OmegaConf
 
 from . import model as _model
+from .compiled import MODES as COMPILE_MODES
 
 
 class ConfigError(ValueError):
@@ -198,7 +199,7 @@ MODEL = [
     Int("mlp_dim", means="MLP hidden width", example=128),
     Int("layers", means="encoder blocks", example=2),
     Float("dropout", low=0, high=1, open_high=True, means="dropout rate", example=0.1),
-    Choice("pooling", ("cls", "mean"), optional=True),
+    Choice("pooling", _model.POOLINGS, optional=True),
     Choice("pos_emb", _model.POS_EMBEDDINGS, optional=True),
     Bool("tied_weights", optional=True),
     Int("qkv_dim", optional=True, means="total q/k/v width; must divide by heads; null = d_model", example=64),
@@ -219,6 +220,11 @@ MODEL = [
 
 #: learning-rate schedules of ``trainer.schedule`` and ``pretrain.schedule`` (lra.train.lr_factor)
 SCHEDULES = ("rsqrt", "linear", "cosine", "onecycle", "constant")
+#: which parameters weight decay applies to (lra.train.make_optimizer): every one (both references) |
+#: matrices other than position embeddings (this suite's earlier choice)
+DECAY_SCOPES = ("all", "matrices")
+#: ``pretrain.objective`` (lra.pretrain)
+OBJECTIVES = ("none", "mlm", "causal")
 
 #: ``trainer.*`` (after task defaults, recipe and the trainer preset)
 TRAINER = [
@@ -230,7 +236,7 @@ TRAINER = [
     Float("weight_decay", low=0, optional=True, means="AdamW weight decay", example=0.01),
     Rule("betas", "floats", low=0, high=1, open_high=True, length=2, means="AdamW betas", example="[0.9,0.98]"),
     Float("eps", low=0, open_low=True, optional=True, means="Adam epsilon", example=1e-9),
-    Choice("weight_decay_params", ("all", "matrices"), optional=True),
+    Choice("weight_decay_params", DECAY_SCOPES, optional=True),
     Float("grad_clip", low=0, optional=True, means="gradient-norm clipping; 0 or null = off", example=1.0),
     Int("eval_every", means="steps between validations", example=500),
     Int("eval_batches", optional=True, means="cap on validation batches; null = all", example=10),
@@ -238,8 +244,7 @@ TRAINER = [
     Int("log_every", means="steps between progress/NaN checks", example=50),
     Choice("precision", ("auto", "bf16", "fp32")),
     Bool("compile"), Bool("progress"),
-    Choice("compile_mode", ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
-           optional=True),
+    Choice("compile_mode", COMPILE_MODES, optional=True),
     Rule("compile_backend", "str", optional=True, means="torch.compile backend", example="inductor"),
     Rule("bucketing", "str", choices=("auto", True, False), optional=True,
          means="length bucketing: auto = where the padded length cannot change what the model computes"),
@@ -251,7 +256,7 @@ TRAINER = [
 #: ``pretrain.*`` of a self-pretraining run (pretrain=mlm|causal), after the task's defaults
 #: (conf/pretrain/mlm.yaml ``tasks.<task>``), ``shared``, the trainer preset and the command line
 PRETRAIN = [
-    Choice("objective", ("none", "mlm", "causal")),
+    Choice("objective", OBJECTIVES),
     Float("mask_rate", low=0, high=1, open_low=True, open_high=True,
           means="share of real positions masked (the paper: 0.1 ListOps, 0.15 text, 0.5 pixels)", example=0.15),
     Int("steps", means="pretraining optimizer steps", example=200),
@@ -262,7 +267,7 @@ PRETRAIN = [
     Float("weight_decay", low=0, means="AdamW weight decay", example=0.0),
     Rule("betas", "floats", low=0, high=1, open_high=True, length=2, means="AdamW betas", example="[0.9,0.999]"),
     Float("eps", low=0, open_low=True, means="Adam epsilon", example=1e-8),
-    Choice("weight_decay_params", ("all", "matrices")),
+    Choice("weight_decay_params", DECAY_SCOPES),
     Choice("select", ("loss", "accuracy")),
     Choice("budget", ("extra", "shared")),
     Int("eval_every", means="steps between pretraining validations", example=50),
@@ -329,7 +334,7 @@ _BENCH_MODEL = [Ints("lengths", example="[256]"), Int("layers", example=2), Int(
                 Int("heads", example=4), Int("mlp_dim", example=128), Int("batch_size", example=2),
                 Int("vocab_size", low=2, example=257), Int("num_classes", low=2, example=2),
                 Float("dropout", low=0, high=1, open_high=True, example=0.1),
-                Choice("pooling", ("cls", "mean")), Choice("pos_emb", ("learned", "sinusoidal"))]
+                Choice("pooling", _model.POOLINGS), Choice("pos_emb", ("learned", "sinusoidal"))]
 BENCH_SECTIONS = {
     "model_step": _BENCH_MODEL + [Float("lr", low=0, open_low=True, example=1e-4)],
     "train_overhead": _BENCH_MODEL + [

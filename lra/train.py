@@ -134,8 +134,8 @@ def distill_settings(cfg: DictConfig) -> dict[str, Any]:
 def _check_trainer(trainer: dict) -> None:
     """Optimizer knobs that only make_optimizer reads: fail before any data is prepared."""
     scope = trainer.get("weight_decay_params", "matrices")
-    if scope not in DECAY_SCOPES:
-        raise ConfigError(f"trainer.weight_decay_params={scope!r} is not one of {DECAY_SCOPES}")
+    if scope not in schema.DECAY_SCOPES:
+        raise ConfigError(f"trainer.weight_decay_params={scope!r} is not one of {schema.DECAY_SCOPES}")
     if trainer.get("schedule") == "onecycle" and int(trainer.get("warmup") or 0) < 2:
         raise ConfigError(f"trainer.schedule=onecycle needs trainer.warmup >= 2 (torch's OneCycleLR), "
                           f"got {trainer.get('warmup')}")
@@ -240,12 +240,6 @@ def check_task_data(task_cfg: DictConfig) -> None:
             check(task_cfg)
         except ValueError as err:
             raise ConfigError(str(err)) from None
-
-
-SCHEDULES = schema.SCHEDULES
-#: which parameters weight decay applies to: every one (both references) | matrices other than
-#: position embeddings (this suite's earlier choice)
-DECAY_SCOPES = ("all", "matrices")
 
 
 def lr_factor(schedule: str, warmup: int, steps: int):
@@ -458,10 +452,11 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
     task_cfg, model_kw, tr, knobs = resolve(cfg)
     spt = pretrain.settings(cfg, task_cfg.name, tr)  # None: trained from scratch
     model_kw, tr = pretrain.finetune_settings(spt, model_kw, tr)
-    device = device_of(tr.get("device", "auto"), acquire=True, jobs_per_gpu=int(tr.get("jobs_per_gpu") or 4))
+    jobs_per_gpu = int(tr.get("jobs_per_gpu") or 4)
+    device = device_of(tr.get("device", "auto"), acquire=True, jobs_per_gpu=jobs_per_gpu)
     packed = tr.get("device") == "packed"
     if packed:  # at most jobs_per_gpu jobs per GPU run at once, whatever the launcher started
-        share_gpu(int(tr.get("jobs_per_gpu") or 4), torch.cuda.device_count())
+        share_gpu(jobs_per_gpu, torch.cuda.device_count())
     set_job_threads(cfg.get("threads", "auto"))
     host = host_info()  # at the start (after any wait for a GPU): threads, cores, load
     amp = autocast_dtype(tr.get("precision", "auto"), device)
@@ -575,9 +570,6 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         train_time += time.perf_counter() - t0
-    except Preempted:
-        bar.close()
-        raise
     except RuntimeError as err:  # torch.cuda.OutOfMemoryError included
         status, message = loop_failure(err, f"step {step}")
     finally:
@@ -596,7 +588,7 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
     if status == "ok":
         status, message = _trained_and_evaluated(metrics)
     speed, case = throughput_facts(train_b, step, train_time, {"on": bucket_on, "reason": bucket_why, **batching},
-                                   step_fn, {"jobs_per_gpu": int(tr.get("jobs_per_gpu") or 4), "gpu": device.index}
+                                   step_fn, {"jobs_per_gpu": jobs_per_gpu, "gpu": device.index}
                                    if packed else None)
     metrics.update(speed)
     if device.type == "cuda":

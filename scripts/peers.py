@@ -27,7 +27,7 @@ import torch
 
 from lra.model import EncoderConfig, MultiHeadAttention
 from lra.results import device_info, versions
-from lra.timing import time_interleaved
+from lra.timing import PeakMemory, time_interleaved
 
 D_MODEL, HEADS = 512, 8
 DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
@@ -108,14 +108,9 @@ def fwd_bwd(fn, x):
 
 def working_memory_mb(step, device) -> float | None:
     """The most allocated during one ``step()`` above what was allocated before it (CUDA), MiB."""
-    if device.type != "cuda":
-        return None
-    torch.cuda.synchronize()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    step()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
+    with PeakMemory(device) as mem:
+        step()
+    return mem.peak_mb
 
 
 def compare(name, n, args, device, dtype) -> list[dict]:

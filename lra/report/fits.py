@@ -11,8 +11,9 @@ from .labels import length_label, variant_order
 from .tables import median_by
 
 
-def fit_exponent(seq_lens: Sequence[float], values: Sequence[float]) -> float:
-    """Log-log least-squares slope of ``values`` against ``seq_lens`` over the upper half of the lengths.
+def fit_exponent(seq_lens: Sequence[float], values: Sequence[float], upper_half: bool = True) -> float:
+    """Log-log least-squares slope of ``values`` against ``seq_lens`` over the upper half of the lengths
+    (``upper_half=False``: over every length).
 
     Duplicate lengths are reduced to their median; non-finite or non-positive values are ignored.
     The upper half is the largest ``ceil(k/2)`` of the ``k`` usable lengths (at least 2).
@@ -23,7 +24,8 @@ def fit_exponent(seq_lens: Sequence[float], values: Sequence[float]) -> float:
     s = s.groupby("n")["y"].median().sort_index()
     if len(s) < 2:
         return float("nan")
-    s = s.iloc[-max(2, math.ceil(len(s) / 2)):]
+    if upper_half:
+        s = s.iloc[-max(2, math.ceil(len(s) / 2)):]
     return float(np.polyfit(np.log(s.index.to_numpy(float)), np.log(s.to_numpy(float)), 1)[0])
 
 

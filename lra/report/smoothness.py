@@ -28,6 +28,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from .fits import fit_exponent
 from .frame import _flag
 from .labels import TASK_NAMES, is_exact, length_label, sig, slug, variant_order
 from .plotting import (FigureDir, FigureResult, coinciding, exponent_label, legend_outside, length_axis, log_y,
@@ -106,10 +107,9 @@ def _curve(rows: pd.DataFrame, value: str = "lipschitz") -> pd.Series:
 
 
 def slope(curve: pd.Series) -> float:
-    """alpha of ``value ~ N^alpha``: least squares in log-log over every N; NaN below two lengths."""
-    if len(curve) < 2:
-        return math.nan
-    return float(np.polyfit(np.log(curve.index.to_numpy(float)), np.log(curve.to_numpy(float)), 1)[0])
+    """alpha of ``value ~ N^alpha``: least squares in log-log over every N (as ``lra-bench``'s summary
+    fits it, :func:`lra.smoothness.growth_exponent`); NaN below two lengths."""
+    return fit_exponent(curve.index, curve.to_numpy(float), upper_half=False)
 
 
 def _one_device(rows: pd.DataFrame, device: str | None) -> pd.DataFrame:
@@ -448,7 +448,8 @@ def _bound_finding(rows: pd.DataFrame, ref: str) -> str | None:
         text += (f" Exact softmax ({_names(set(ex['label']))}), over all {len(ex)} records: largest L / bound "
                  f"{_num(worst['bound_ratio'])} ({worst['label']}, {worst['pattern']}, N = {length_label(worst['seq_len'])}): "
                  f"{verdict}.")
-        adv = _main(ex)[(_main(ex)["label"] == ref) & (_main(ex)["pattern"] == "adversarial")]
+        main = _main(ex)
+        adv = main[(main["label"] == ref) & (main["pattern"] == "adversarial")]
         if len(adv) > 1:
             b, lv = _curve(adv, "softmax_bound"), _curve(adv)
             close = abs(slope(b) - slope(lv)) < 0.1
@@ -608,8 +609,9 @@ def smoothness_figures(rows: pd.DataFrame, device: str, colors: dict[str, Any], 
     rows = smoothness_rows(rows)
     s = slug(device)
     figs = []
-    for p in pattern_order(_main(rows)["pattern"].unique()):
-        g = _main(rows).loc[lambda r: r["pattern"] == p]
+    main = _main(rows)
+    for p in pattern_order(main["pattern"].unique()):
+        g = main[main["pattern"] == p]
         r = f", R = {_radius(g)}" if g["radius"].notna().any() else ""
         figs.append((f"smoothness: L vs N, {p} inputs{r}", pattern_figure(rows, p, device, colors, out,
                                                                           f"smoothness_{slug(p)}_{s}")))

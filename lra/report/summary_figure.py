@@ -29,8 +29,8 @@ def summary_points(df: pd.DataFrame, device: str) -> tuple[pd.DataFrame, str]:
     ok = tr[(tr["status"] == "ok") & tr["accuracy"].notna() & tr["steps_per_s"].notna() & tr["seq_len"].notna()]
     if ok.empty:
         return pd.DataFrame(columns=cols), "no training run on this device finished ok with an accuracy and a speed"
-    protocol = ok["protocol"].fillna("scratch") if "protocol" in ok else "scratch"
-    ok = ok.assign(recipe=ok["recipe"].fillna("lra").where(protocol == "scratch", ok["recipe"].fillna("lra") + " + spt"))
+    recipe = ok["recipe"].fillna("lra")   # normalize() gives every train row its protocol
+    ok = ok.assign(recipe=recipe.where(ok["protocol"] == "scratch", recipe + " + spt"))
     pts = ok.groupby(["task", "seq_len", "recipe", "variant"], as_index=False).agg(
         accuracy=("accuracy", "mean"), steps_per_s=("steps_per_s", "median"), peak_mem_mb=("peak_mem_mb", "median"))
     pts["accuracy"] *= 100

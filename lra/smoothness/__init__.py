@@ -19,9 +19,8 @@ Modules, one job each:
 The exponent table, findings and figures from the records are :mod:`lra.report.smoothness`.
 """
 from .estimate import exact_lipschitz, growth_exponent, lipschitz_estimate, power_iteration
-from .inputs import adversarial_rows, search_rows, sphere_rows, unit_rows
-from .maps import Projections, attention_map, projected_map, random_projections, softmax_bound
+from .inputs import adversarial_rows, search_rows, sphere_rows
+from .maps import Projections, projected_map, random_projections, softmax_bound
 
-__all__ = ["Projections", "adversarial_rows", "attention_map", "exact_lipschitz", "growth_exponent",
-           "lipschitz_estimate", "power_iteration", "projected_map", "random_projections", "search_rows",
-           "softmax_bound", "sphere_rows", "unit_rows"]
+__all__ = ["Projections", "adversarial_rows", "exact_lipschitz", "growth_exponent", "lipschitz_estimate",
+           "power_iteration", "projected_map", "random_projections", "search_rows", "softmax_bound", "sphere_rows"]

@@ -159,9 +159,15 @@ def trained_encoder(path: str | Path, task_overrides: dict | None = None):
     data = task_data(task_cfg)
     variant = str(cfg.attention.name)
     model = build_model(data, model_kw, variant, {**knobs, "seed": int(cfg.get("seed", 0))})
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    model.load_state_dict(state["model"] if "model" in state else state)
+    state = _checkpoint(str(ckpt), ckpt.stat().st_mtime_ns)
+    model.load_state_dict(state["model"] if "model" in state else state)   # copies: the cached state stays
     return model.eval(), task_cfg, variant, knobs, int(state.get("step", -1))
+
+
+@functools.lru_cache(maxsize=2)
+def _checkpoint(path: str, _mtime_ns: int) -> dict:
+    """A checkpoint file's contents, read once per file version (a grid measures it at every N)."""
+    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def attention_input(model, tokens: torch.Tensor, layer: int = 0) -> torch.Tensor:

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 
-from .estimate import Map, power_iteration
+from .estimate import Map, PowerResult, power_iteration
 from .maps import Projections
 
 
@@ -33,9 +32,6 @@ def sphere_rows(n: int, d: int, *, radius: float = 1.0, seed: int = 0, dtype: to
     x = torch.randn(n, d, generator=gen, dtype=torch.float64)
     x = radius * x / x.norm(dim=-1, keepdim=True)
     return x.to(device=device, dtype=dtype)
-
-
-unit_rows = sphere_rows  # the name before patterns existed
 
 
 @dataclass
@@ -121,26 +117,27 @@ class SearchResult:
 
 def search_rows(fn: Map, starts: dict[str, torch.Tensor], *, radius: float, steps: int = 20,
                 step_size: float = 0.1, iters: int = 20, iters_per_step: int = 3, seed: int = 0,
-                start_values: dict[str, float] | None = None) -> SearchResult:
+                start_results: dict[str, PowerResult] | None = None) -> SearchResult:
     """Projected gradient ascent of ``||J_fn(x)||_2`` over tokens ``||x_i|| <= radius``.
 
-    From each start: the power iteration (``iters`` steps, seed ``seed``; or ``start_values[name]``
-    if given, e.g. the adversarial pattern's own measurement) gives the start's value; then
+    From each start: the power iteration (``iters`` steps, seed ``seed``; or ``start_results[name]``
+    if given, e.g. the adversarial pattern's own measurement, not run again) gives the start's value
+    and right vector; then
     ``steps`` times: ``iters_per_step`` power iterations warm-started from the previous right
     vector give ``sigma`` and its singular pair ``u, v``; ``x`` moves along the normalized gradient
     of ``<u, J v>`` by ``step_size * radius * sqrt(n)`` in Frobenius norm (each token ~``step_size *
     radius``), shrinking linearly to 0 over the steps, and is projected back onto the ball.
     Every ``sigma`` seen is a lower bound of the Lipschitz constant at a point of the ball; the
     best one is returned, so the result is at least every start's value.
-    Cost per start: ``iters + steps * (iters_per_step + 2)`` Jacobian products.
+    Cost per start: ``iters + steps * (iters_per_step + 2)`` Jacobian products (no ``iters`` for a
+    start in ``start_results``).
     """
     best: SearchResult | None = None
     start_sigma, best_sigma = {}, {}
     for name, x0 in starts.items():
         x = project_to_ball(x0.detach(), radius)
-        res = power_iteration(fn, x, iters, seed=seed)
-        s0 = float(start_values[name]) if start_values and name in start_values else res.sigma
-        start_sigma[name] = s0
+        res = (start_results or {}).get(name) or power_iteration(fn, x, iters, seed=seed)
+        s0 = start_sigma[name] = res.sigma
         top, top_x = s0, x
         v = res.v
         scale = radius * math.sqrt(x.shape[0])
@@ -167,11 +164,3 @@ def search_rows(fn: Map, starts: dict[str, torch.Tensor], *, radius: float, step
         raise ValueError("search_rows needs at least one start")
     best.start_sigma, best.best_sigma = start_sigma, best_sigma
     return best
-
-
-def starts_for(names: Sequence[str], make: dict[str, Callable[[], torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """``{name: make[name]()}`` for the requested start names; unknown names fail with the choices."""
-    bad = [s for s in names if s not in make]
-    if bad:
-        raise ValueError(f"unknown search start(s) {bad}; starts are {sorted(make)}")
-    return {s: make[s]() for s in names}

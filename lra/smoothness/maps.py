@@ -91,27 +91,19 @@ def projected_map(attention: Callable, proj: Projections) -> Callable[[torch.Ten
     return fn
 
 
-def attention_map(attention: Callable, d: int, *, seed: int = 0, weight_std: float = 1.0,
-                  dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
-    """One head with fixed ``N(0, weight_std^2)`` projections ``(d, d)``: ``X (n, d) -> (n, d)``."""
-    proj = random_projections(d, d, seed=seed, weight_std=weight_std, dtype=dtype, device=device)
-    return projected_map(attention, proj)
-
-
 def softmax_bound(x: torch.Tensor, proj: Projections) -> float:
     """Upper bound on ``||J||_2`` of softmax self-attention with ``proj`` at ``x (n, d)``
     (the reference code's ``compute_bound``; see the module docstring). Cost O(n^2 d + H n d^2)."""
-    p = proj.augmented()
     x = x.detach().double()
+    p = proj.augmented().to(dtype=x.dtype, device=x.device)
     if proj.b is not None:
         x = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype, device=x.device)], dim=1)
-    w = p.w.double().to(x.device)
     n = x.shape[0]
     r = float(torch.cdist(x, x).max()) if n > 1 else 0.0
     total = 0.0
     for h in range(p.heads):
-        a = w[1, h] @ w[0, h].T / math.sqrt(p.head_dim)        # (d, d)
+        a = p.score_matrix(h)                                  # (d, d)
         r_a = float((x @ a.T).norm(dim=-1).max())             # max_i ||A x_i||
-        v_norm = float(torch.linalg.matrix_norm(w[2, h], ord=2))
+        v_norm = float(torch.linalg.matrix_norm(p.w[2, h], ord=2))
         total += v_norm * math.sqrt(r_a ** 2 * r ** 2 * (n + 1) + n)
     return total

@@ -184,24 +184,24 @@ def _synthetic(variant, knobs, pattern, n, sm, radius, seed, dtype, device) -> O
         x_adv, adv = adversarial_rows(proj, n, radius=radius, dtype=dtype)
         facts.update({"adversarial_case": adv.case, "adversarial_eigenvalue": adv.eigenvalue,
                       "adversarial_source": adv.source, "score_gap": adv.score_gap})
-        sigma, rel = _estimate(fn, x_adv, iters, seed)
         if pattern == "adversarial":
+            sigma, rel = _estimate(fn, x_adv, iters, seed)
             metrics = _summary([sigma], [softmax_bound(x_adv, proj)])
             metrics["rel_change"] = rel
-        else:
+        else:   # the starts' power iterations are the search's first ones (search_rows does not redo them)
             se = dict(sm.get("search") or {})
             names = list(se.get("starts") or ("adversarial", "random"))
-            starts, values = {}, {}
+            starts, found = {}, {}
             if "adversarial" in names:
-                starts["adversarial"], values["adversarial"] = x_adv, sigma
+                starts["adversarial"], found["adversarial"] = x_adv, power_iteration(fn, x_adv, iters, seed=seed)
             if "random" in names:   # the best of the random pattern's draws
                 draws = [random_draw(i) for i in range(max(1, int(sm.get("samples", 1))))]
-                sigmas = [_estimate(fn, x, iters, seed)[0] for x in draws]
-                best = max(range(len(draws)), key=lambda i: sigmas[i])
-                starts["random"], values["random"] = draws[best], sigmas[best]
+                results = [power_iteration(fn, x, iters, seed=seed) for x in draws]
+                best = max(range(len(draws)), key=lambda i: results[i].sigma)
+                starts["random"], found["random"] = draws[best], results[best]
             res = search_rows(fn, starts, radius=radius, steps=int(se.get("steps", 12)),
                               step_size=float(se.get("step_size", 0.1)), iters=iters,
-                              iters_per_step=int(se.get("iters_per_step", 3)), seed=seed, start_values=values)
+                              iters_per_step=int(se.get("iters_per_step", 3)), seed=seed, start_results=found)
             metrics = _summary([res.sigma], [softmax_bound(res.x, proj)])
             metrics.update({f"search_start_{k}": v for k, v in res.start_sigma.items()})
             metrics.update({f"search_best_{k}": v for k, v in res.best_sigma.items()})

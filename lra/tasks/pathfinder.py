@@ -158,7 +158,7 @@ def prepare_pathfinder(cfg, name: str, size: int, res_dir: str) -> TaskData:
         meta.update(generator_version=pathfinder_gen.GENERATOR_VERSION, params=pathfinder_gen.params_dict(params))
     elif cfg.source == "release":
         if not cfg.get("data_dir"):
-            raise DataNotFoundError(f"task.source=release needs task.data_dir. "
+            raise DataNotFoundError("task.source=release needs task.data_dir. "
                                     + missing_message(name, Path("<data_dir>"), res_dir, difficulty))
         data_dir = Path(str(cfg.data_dir)).expanduser()
         d = release_dir(data_dir, res_dir, difficulty)

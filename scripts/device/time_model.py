@@ -1,7 +1,7 @@
 """CPU inputs of the device time model (scripts/device/TIME_MODEL.md) and the table built from them.
 
     python scripts/device/time_model.py measure [--out time_model_cpu.json] [--repeats 3]
-    python scripts/device/time_model.py table time_model_cpu.json [--jobs 6]
+    python scripts/device/time_model.py table time_model_cpu.json [--us-per-op 10]
 
 ``measure`` (CPU, one thread; minutes): for the stop-9 H100 ListOps model (4 x 512, mlp 1024, flash,
 batch 32 x 2,000 tokens: 22.9 steps/s there) and the small recipe's model (2 x 64) of every variant on
@@ -108,19 +108,6 @@ def count_ops(build, vocab, classes, n) -> int:
     return c.n
 
 
-def count_flops(build, vocab, classes, n) -> float:
-    """FLOPs of one training step per token (torch's FlopCounterMode: matmuls and attention kernels)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    model = build(n)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
-    x, y = _inputs(vocab, classes, 1, n)
-    with FlopCounterMode(display=False) as counter:
-        _step(model, opt, x, y)
-    return counter.get_total_flops() / n
-
-
 def _cases():
     cases = {"ref/listops/flash": (lambda n: _ref_model(n), 18, 10, REF["n"])}
     for task, t in TASKS.items():
@@ -132,6 +119,8 @@ def _cases():
 
 def measure(repeats: int) -> dict:
     import torch
+
+    from lra.timing import count_flops
 
     torch.set_num_threads(1)
     cases = _cases()
@@ -150,7 +139,8 @@ def measure(repeats: int) -> dict:
             _step(tiny_model, tiny_opt, tx, ty)
         built[key] = (model, opt, x, y, tiny_model, tiny_opt, tx, ty, n)
         out[key] = {"n": n, "ops": count_ops(build, vocab, classes, 256),
-                    "flops_per_token": count_flops(build, vocab, classes, n), "times_ms": [], "tiny_ms": []}
+                    # FLOPs of one training step per token (FlopCounterMode: matmuls and attention kernels)
+                    "flops_per_token": count_flops(lambda: _step(model, opt, x, y)) / n, "times_ms": [], "tiny_ms": []}
         print(f"[time-model] built {key}: {out[key]['ops']} ops per step", flush=True)
     for r in range(repeats):                                          # interleaved rounds
         for key, (model, opt, x, y, tiny_model, tiny_opt, tx, ty, n) in built.items():
@@ -175,7 +165,6 @@ def measure(repeats: int) -> dict:
 #: tokens per step with bucketing (multiple 128) / without: measured per epoch on the generated ListOps
 #: (96K, 48.3% -> 6.8% padding) and the IMDb train split (16.4% -> 4.3%); Pathfinder has no padding
 BUCKETED_TOKENS = {"listops": 35483 / 64000, "text": 27940 / 32000, "pathfinder": 1.0}
-UNBUCKETED = {"bigbird", "reformer", "nystrom"}   # auto leaves these unbucketed (lra.bucketing)
 
 
 def estimates(data: dict, us_per_op: float, bucketing: bool = True) -> dict:
@@ -185,6 +174,8 @@ def estimates(data: dict, us_per_op: float, bucketing: bool = True) -> dict:
     stop-9 model, that it has on the CPU (tokens/s = stop-9's x CPU ms/token ratio); ``ms_flop``: if it
     ran at the stop-9 model's FLOP rate; ``ms_launch``: the eager launch floor, ops x ``us_per_op``.
     """
+    from lra.bucketing import PADDING_INVARIANT
+
     cases = data["cases"]
     ref = cases["ref/listops/flash"]
     ref_tokens_per_s = REF["steps_per_s"] * REF["batch"] * REF["n"]
@@ -193,7 +184,7 @@ def estimates(data: dict, us_per_op: float, bucketing: bool = True) -> dict:
     for task, t in TASKS.items():
         for v in VARIANTS:
             c = cases[f"small/{task}/{v}"]
-            frac = BUCKETED_TOKENS[task] if bucketing and v not in UNBUCKETED else 1.0
+            frac = BUCKETED_TOKENS[task] if bucketing and v in PADDING_INVARIANT else 1.0  # as auto buckets
             tokens = t["batch"] * t["n"] * frac
             out[(task, v)] = {"tokens": tokens,
                               "ms_cpu": tokens / (ref_tokens_per_s * ref["cpu_ms_per_token"] / c["cpu_ms_per_token"]) * 1e3,
