@@ -23,6 +23,21 @@ SMALL_KNOBS = {
 }
 
 
+def _in_tree():
+    import attention_variants as av
+
+    return [name for name in av.available() if av.get(name)[0].__module__.startswith("attention_variants.")]
+
+
+#: the in-tree variants (not a plugin or a test's own registration), in registry order
+IN_TREE = _in_tree()
+
+
+def rel(a, b) -> float:
+    """Relative Frobenius error ``||a - b|| / ||b||``, in float64."""
+    return float((a.detach().double() - b.detach().double()).norm() / b.detach().double().norm())
+
+
 def small_variant(name, **overrides):
     import attention_variants as av
 
@@ -44,14 +59,29 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def compose_train(*overrides):
-    """The lra-train config composed as the CLI would, with overrides."""
+def _compose(config: str, overrides):
     from hydra import compose, initialize_config_dir
 
     import lra
 
     with initialize_config_dir(config_dir=str(lra.conf_dir()), version_base="1.3"):
-        return compose("train", overrides=list(overrides))
+        return compose(config, overrides=list(overrides))
+
+
+def compose_train(*overrides):
+    """The lra-train config composed as the CLI would, with overrides."""
+    return _compose("train", overrides)
+
+
+def compose_bench(*overrides):
+    """The lra-bench config composed as the CLI would, with overrides."""
+    return _compose("bench", overrides)
+
+
+@pytest.fixture
+def no_git(monkeypatch):
+    """Records say git_commit "test" (no git call per record)."""
+    monkeypatch.setenv("LRA_GIT_COMMIT", "test")
 
 
 def tiny_train_overrides(cache_dir, *extra):

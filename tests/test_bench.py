@@ -11,16 +11,15 @@ import pytest
 import torch
 
 import attention_variants as av
-from lra import bench, conf_dir
+from lra import bench
 from lra.results import load
 from lra.smoothness import growth_exponent, lipschitz_estimate
 from lra.timing import (FLOP_CONVENTIONS, FLOPS_COUNTED, PerfCounterClock, attention_flops, count_flops, is_oom,
                         peak_bf16_tflops, time_fn, time_interleaved)
+from conftest import compose_bench
 
 
-@pytest.fixture(autouse=True)
-def _no_git(monkeypatch):
-    monkeypatch.setenv("LRA_GIT_COMMIT", "test")
+pytestmark = pytest.mark.usefixtures("no_git")
 
 
 # ----------------------------------------------------------------------------- timing
@@ -110,9 +109,11 @@ def test_event_clocks_keep_exactly_repeats_calls():
 
 def test_interleaved_rounds_run_until_every_function_has_the_minimum_time():
     fns = {"fast": lambda: None, "slow": lambda: time.sleep(0.01)}
-    timings = time_interleaved(fns, warmup=0, repeats=2, min_time_s=0.05)
-    assert timings["slow"].repeats == timings["fast"].repeats and timings["fast"].repeats > 2
-    assert timings["fast"].repeats <= 1000
+    timings = time_interleaved(fns, warmup=0, repeats=2, min_time_s=0.05, max_repeats=20)
+    assert timings["slow"].repeats == timings["fast"].repeats == 20   # fast never adds up to 0.05 s: the cap
+    both = time_interleaved({"a": lambda: time.sleep(0.005), "b": lambda: time.sleep(0.005)}, warmup=0, repeats=2,
+                            min_time_s=0.03, max_repeats=100)
+    assert 2 < both["a"].repeats == both["b"].repeats < 100 and min(t.total_s for t in both.values()) >= 0.03
 
 
 def test_flops_and_peaks():
@@ -229,10 +230,11 @@ def test_measure_on_cpu_uses_the_minimum_time_rule():
 
 # ----------------------------------------------------------------------------- exactness
 
-def _exactness_error(variant, n=64, pattern="random", seeds=1, random_scale=1.0, **knobs):
+def _exactness_error(variant, n=64, pattern="random", seeds=1, random_scale=1.0, dtype="float32", **knobs):
     s = _settings(exactness={"heads": 2, "head_dim": 16, "seeds": seeds, "concentrated_scale": 3.0,
                              "concentrated_keys": 4, "random_scale": random_scale}, knobs={variant: knobs})
-    m = bench.measure_exactness(bench.Case("exactness", variant, n, 1, "float32", pattern), s, torch.device("cpu"))
+    m = bench.measure_exactness(bench.Case("exactness", variant, n, 1, dtype, pattern), s, torch.device("cpu"))
+    assert m.facts["reference"] == bench.REFERENCE
     return m.metrics["approx_error"]
 
 
@@ -265,16 +267,8 @@ def test_exactness_reference_is_float64_end_to_end(score_std):
 def test_exactness_of_an_exact_float64_kernel_is_float64_rounding():
     """SDPA's math path in float64 computes exact attention to ~1e-16; against a reference that
     takes softmax in float32 it showed ~1e-7 (the reference's own error)."""
-    err = _exactness_error_dtype("flash", "float64", backend="math")
+    err = _exactness_error("flash", pattern="concentrated", dtype="float64", backend="math")
     assert err < 1e-12
-
-
-def _exactness_error_dtype(variant, dtype, **knobs):
-    s = _settings(exactness={"heads": 2, "head_dim": 16, "seeds": 1, "concentrated_scale": 3.0,
-                             "concentrated_keys": 4, "random_scale": 1.0}, knobs={variant: knobs})
-    m = bench.measure_exactness(bench.Case("exactness", variant, 64, 1, dtype, "concentrated"), s, torch.device("cpu"))
-    assert m.facts["reference"] == bench.REFERENCE
-    return m.metrics["approx_error"]
 
 
 def test_performer_error_decreases_with_features():
@@ -316,17 +310,14 @@ def test_lipschitz_estimate_of_attention_is_finite_and_exponent_fit():
 # ----------------------------------------------------------------------------- the Hydra app
 
 def test_tiny_end_to_end_run_via_compose(tmp_path):
-    from hydra import compose, initialize_config_dir
-
     variants = [v for v in ("full", "linear") if v in av.available()]
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = compose("bench", overrides=[
-            f"variants=[{','.join(variants)}]", "device=cpu", "lengths=[64,128]", "batch_size=1", "heads=2",
-            "head_dim=16", "repeats=2", "warmup=1", "model_step.lengths=[64]", "model_step.layers=1",
-            "model_step.d_model=32", "model_step.heads=2", "model_step.mlp_dim=32", "model_step.batch_size=1",
-            "exactness.lengths=[64]", "exactness.heads=2", "exactness.head_dim=16", "smoothness.lengths=[16,32]",
-            "smoothness.dim=8", "smoothness.iters=3", "smoothness.patterns=[random]", "smoothness.radius_sweep=[]",
-            "progress=false", f"results_dir={tmp_path / 'results'}"])
+    cfg = compose_bench(
+        f"variants=[{','.join(variants)}]", "device=cpu", "lengths=[64,128]", "batch_size=1", "heads=2",
+        "head_dim=16", "repeats=2", "warmup=1", "model_step.lengths=[64]", "model_step.layers=1",
+        "model_step.d_model=32", "model_step.heads=2", "model_step.mlp_dim=32", "model_step.batch_size=1",
+        "exactness.lengths=[64]", "exactness.heads=2", "exactness.head_dim=16", "smoothness.lengths=[16,32]",
+        "smoothness.dim=8", "smoothness.iters=3", "smoothness.patterns=[random]", "smoothness.radius_sweep=[]",
+        "progress=false", f"results_dir={tmp_path / 'results'}")
     records = bench.run(cfg, tmp_path / "job")
     per_variant = 2 * 2 + 1 + 2 + 2   # op_fwd + op_fwd_bwd, model_step, exactness x 2 patterns, smoothness
     assert len(records) == per_variant * len(variants)
@@ -347,19 +338,16 @@ def test_tiny_end_to_end_run_via_compose(tmp_path):
 def test_train_overhead_times_the_real_train_step(tmp_path, monkeypatch):
     """The mode runs lra.train.TrainStep itself (so it cannot drift from lra-train) and records
     forward+backward, forward+backward+optimizer and train-step times and the overhead."""
-    from hydra import compose, initialize_config_dir
-
     from lra.train import TrainStep
 
     calls = []
     real_call = TrainStep.__call__
     monkeypatch.setattr(TrainStep, "__call__", lambda self, step: (calls.append(step), real_call(self, step))[1])
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = compose("bench", overrides=[
-            "variants=[full]", "modes=[train_overhead]", "device=cpu", "train_overhead.lengths=[32]",
-            "train_overhead.layers=1", "train_overhead.d_model=16", "train_overhead.heads=2",
-            "train_overhead.mlp_dim=32", "train_overhead.batch_size=2", "train_overhead.steps_per_call=2",
-            "train_overhead.warmup=1", "train_overhead.repeats=2", "min_time_s=0", "progress=false"])
+    cfg = compose_bench(
+        "variants=[full]", "modes=[train_overhead]", "device=cpu", "train_overhead.lengths=[32]",
+        "train_overhead.layers=1", "train_overhead.d_model=16", "train_overhead.heads=2",
+        "train_overhead.mlp_dim=32", "train_overhead.batch_size=2", "train_overhead.steps_per_call=2",
+        "train_overhead.warmup=1", "train_overhead.repeats=2", "min_time_s=0", "progress=false")
     records = bench.run(cfg, tmp_path / "job")
     assert len(records) == 1
     rec = records[0]
@@ -379,23 +367,17 @@ def test_train_overhead_times_the_real_train_step(tmp_path, monkeypatch):
 
 
 def test_unknown_variant_is_a_config_error():
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = compose("bench", overrides=["variants=[nope]", "device=cpu"])
+    cfg = compose_bench("variants=[nope]", "device=cpu")
     with pytest.raises(bench.ConfigError, match="available"):
         bench.resolve_settings(cfg, torch.device("cpu"))
 
 
 def test_exactness_knobs_apply_to_that_mode_only(tmp_path):
     """Default: nystrom's exactness runs without its conv on V (the Nystrom approximation itself)."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = compose("bench", overrides=[
-            "variants=[nystrom]", "device=cpu", "modes=[op_fwd,exactness]", "lengths=[64]", "batch_size=1",
-            "heads=2", "head_dim=16", "repeats=1", "warmup=0", "exactness.lengths=[64]", "exactness.heads=2",
-            "exactness.head_dim=16", "exactness.patterns=[random]", "progress=false", "summary=false"])
+    cfg = compose_bench(
+        "variants=[nystrom]", "device=cpu", "modes=[op_fwd,exactness]", "lengths=[64]", "batch_size=1",
+        "heads=2", "head_dim=16", "repeats=1", "warmup=0", "exactness.lengths=[64]", "exactness.heads=2",
+        "exactness.head_dim=16", "exactness.patterns=[random]", "progress=false", "summary=false")
     records = {r["case"]["mode"]: r for r in bench.run(cfg, tmp_path / "job")}
     assert records["exactness"]["variant_config"]["conv_kernel"] == 0
     assert records["op_fwd"]["variant_config"]["conv_kernel"] == 35
@@ -404,10 +386,7 @@ def test_exactness_knobs_apply_to_that_mode_only(tmp_path):
 # ----------------------------------------------------------------------------- bad input, exit status, load
 
 def _compose_bench(*overrides):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return compose("bench", overrides=["device=cpu", "progress=false", "summary=false", *overrides])
+    return compose_bench("device=cpu", "progress=false", "summary=false", *overrides)
 
 
 BAD_BENCH = [

@@ -27,6 +27,7 @@ from attention_variants import _fast
 from attention_variants._kernel import kernel_attention, quadratic_kernel_attention
 from test_kernel_scale import DIMS, SCORE_STDS, TOL, float64_estimator, scaled_inputs
 from test_kernel_scale import CASES as SCALE_CASES
+from conftest import rel
 
 BF16_RTOL = 1.6e-2                  # torch.testing.assert_close's default rtol for bfloat16
 BF16_ULP = 2.0 ** -8
@@ -41,10 +42,6 @@ CASES = {                           # name -> (variant, knobs), tiny CPU shapes
     "reformer_own_bucket": ("reformer", {"bucket_size": 16, "n_hashes": 3, "attend_across_buckets": False}),
 }
 VARIANTS = sorted({name for name, _ in CASES.values()})
-
-
-def rel(a, b) -> float:
-    return float((a.detach().double() - b.detach().double()).norm() / b.detach().double().norm())
 
 
 def pair(case, seed=0, max_length=256, **extra):

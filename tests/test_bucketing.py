@@ -9,9 +9,7 @@ from lra import bucketing
 from lra.data import DeviceBatches
 from lra.model import Encoder, EncoderConfig
 from lra.train import evaluate, run
-from conftest import SMALL_KNOBS, compose_train, tiny_train_overrides
-
-IN_TREE = [name for name in av.available() if av.get(name)[0].__module__.startswith("attention_variants.")]
+from conftest import IN_TREE, SMALL_KNOBS, compose_bench, compose_train, tiny_train_overrides
 
 
 def padded_tokens(lengths, seq_len, pad=0, vocab=17, seed=0, dual=False):
@@ -229,17 +227,14 @@ def test_auto_leaves_length_dependent_variants_unbucketed(tmp_path):
 
 
 def test_train_overhead_times_bucketed_and_unbucketed_steps_interleaved(tmp_path):
-    from hydra import compose, initialize_config_dir
+    from lra import bench
 
-    from lra import bench, conf_dir
-
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = compose("bench", overrides=[
-            "variants=[full]", "modes=[train_overhead]", "device=cpu", "train_overhead.lengths=[64]",
-            "train_overhead.layers=1", "train_overhead.d_model=16", "train_overhead.heads=2",
-            "train_overhead.mlp_dim=32", "train_overhead.batch_size=4", "train_overhead.steps_per_call=4",
-            "train_overhead.warmup=1", "train_overhead.repeats=2", "train_overhead.bucketing=true",
-            "train_overhead.bucket_multiple=8", "min_time_s=0", "progress=false"])
+    cfg = compose_bench(
+        "variants=[full]", "modes=[train_overhead]", "device=cpu", "train_overhead.lengths=[64]",
+        "train_overhead.layers=1", "train_overhead.d_model=16", "train_overhead.heads=2",
+        "train_overhead.mlp_dim=32", "train_overhead.batch_size=4", "train_overhead.steps_per_call=4",
+        "train_overhead.warmup=1", "train_overhead.repeats=2", "train_overhead.bucketing=true",
+        "train_overhead.bucket_multiple=8", "min_time_s=0", "progress=false")
     rec = bench.run(cfg, tmp_path / "job")[0]
     assert rec["status"] == "ok", rec["message"]
     m = rec["metrics"]

@@ -9,7 +9,6 @@ import os
 import pytest
 import torch
 
-import attention_variants as av
 from lra.compiled import CompiledModel, resolve_mode
 from lra.train import run
 from conftest import SMALL_KNOBS, compose_train, tiny_train_overrides
@@ -93,14 +92,15 @@ def test_inductor_compiled_run_matches_eager_within_noise(tmp_path):
 
 @slow
 @pytest.mark.parametrize("name", sorted(SMALL_KNOBS))
-def test_every_variant_compiles_or_falls_back_with_a_reason(name):
-    """Forward and backward of the compiled encoder at two bucket lengths; a failure is a fallback
-    with a reason, never a crash."""
+def test_every_variant_compiles_and_matches_eager(name):
+    """Forward and backward of the compiled encoder at two bucket lengths: every in-tree variant compiles
+    (no fallback; a failure would say why) and gives the eager model's logits."""
     from lra.model import Encoder, EncoderConfig
 
     torch.manual_seed(0)
     model = Encoder(EncoderConfig(vocab_size=17, num_classes=3, max_length=64, d_model=32, heads=2, mlp_dim=32,
-                                  layers=1, attention=name, attention_cfg=SMALL_KNOBS[name], mask_zero_tokens=True))
+                                  layers=1, dropout=0.0, attention=name, attention_cfg=SMALL_KNOBS[name],
+                                  mask_zero_tokens=True))
     step = CompiledModel(model, backend=os.environ.get("LRA_COMPILE_BACKEND", "inductor"))
     for n in (48, 64):
         x = torch.randint(1, 17, (4, n))
@@ -109,8 +109,7 @@ def test_every_variant_compiles_or_falls_back_with_a_reason(name):
             out.sum().backward()
         except Exception as err:  # noqa: BLE001 - what TrainStep does
             step.fall_back(err)
-            model(x, x != 0).sum().backward()
+            out = model(x, x != 0)
+        torch.testing.assert_close(out, model(x, x != 0), rtol=1e-4, atol=1e-5)
     facts = step.facts()
-    assert facts["status"] in ("compiled", "fallback") and (facts["status"] == "compiled" or facts["reason"])
-    print(name, facts)
-    assert name in av.available()
+    assert facts["status"] == "compiled", facts.get("reason")

@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import attention_variants as av
@@ -12,6 +11,7 @@ from lra.attention_measures import (attention_entropy, average_ranks, fit_to_sof
                                     probe_weights, weight_measures)
 from lra.bench import exactness_inputs
 from lra.distill import distillation_loss, sample_queries, soft_kl, softmax_weights, variant_weights
+from conftest import compose_bench
 
 
 def inputs(score_std=1.0, b=2, h=2, n=48, d=16, seed=0, dtype=torch.float32):
@@ -353,16 +353,13 @@ def test_train_distillation_config_errors(tmp_path):
 def test_bench_exactness_reports_fitted_error_and_weight_measures(tmp_path, monkeypatch):
     """lra-bench exactness: a learned map is fitted (error at init and after, fit losses), every
     variant gets entropy / monotonicity / KL; exact attention is monotone with softmax's entropy."""
-    from hydra import compose, initialize_config_dir
-
-    from lra import bench, conf_dir
+    from lra import bench
 
     monkeypatch.setenv("LRA_GIT_COMMIT", "0123abc")
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = compose("bench", overrides=[
-            "variants=[hedgehog,linear,full]", "device=cpu", "modes=[exactness]", "exactness.lengths=[64]",
-            "exactness.heads=2", "exactness.head_dim=16", "exactness.patterns=[random]", "exactness.fit_steps=5",
-            "exactness.weight_queries=16", "progress=false", "summary=false"])
+    cfg = compose_bench(
+        "variants=[hedgehog,linear,full]", "device=cpu", "modes=[exactness]", "exactness.lengths=[64]",
+        "exactness.heads=2", "exactness.head_dim=16", "exactness.patterns=[random]", "exactness.fit_steps=5",
+        "exactness.weight_queries=16", "progress=false", "summary=false")
     records = {r["variant"]: r for r in bench.run(cfg, tmp_path / "job")}
     hh = records["hedgehog"]["metrics"]
     assert hh["fit_steps"] == 5 and hh["approx_error_init"] > 0 and hh["fit_loss_first"] > 0

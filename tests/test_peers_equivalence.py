@@ -29,13 +29,10 @@ import pytest
 import torch
 
 import attention_variants as av
+from conftest import rel
 
 BACKENDS = ["reference", "fast"]
 FP32_TOL = 1e-5
-
-
-def rel(a, b) -> float:
-    return float((a.detach().double() - b.detach().double()).norm() / b.detach().double().norm())
 
 
 def peer_module(name: str):

@@ -3,9 +3,8 @@ before the variant sees them, and every registered variant training with them.""
 import pytest
 import torch
 
-import attention_variants as av
 from lra.model import Encoder, EncoderConfig, rotary_tables, rotate
-from conftest import SMALL_KNOBS
+from conftest import IN_TREE, SMALL_KNOBS
 
 
 def test_scores_depend_on_the_offset_only():
@@ -87,10 +86,8 @@ def test_variant_receives_rotated_q_and_k():
     torch.testing.assert_close(seen["v"], v)  # values are not rotated
 
 
-@pytest.mark.parametrize("name", av.available())
+@pytest.mark.parametrize("name", IN_TREE)
 def test_every_variant_trains_with_rotary(name):
-    if name not in SMALL_KNOBS:
-        pytest.skip(f"no small knobs for {name}")
     for pooling in ("cls", "mean"):
         model = _encoder(name, pooling=pooling)
         tokens = torch.randint(1, 20, (2, 48))

@@ -9,13 +9,13 @@ import torch
 
 import attention_variants as av
 from attention_variants.full import softmax_attention
-from lra.smoothness import estimate, inputs, maps
+from lra.smoothness import estimate, inputs
 from lra.smoothness.estimate import exact_lipschitz, growth_exponent, power_iteration
 from lra.smoothness.inputs import adversarial_rows, project_to_ball, search_rows, sphere_rows
 from lra.smoothness.maps import Projections, projected_map, random_projections, softmax_bound
 from lra.smoothness.measure import measure
 
-from conftest import SMALL_KNOBS
+from conftest import IN_TREE, SMALL_KNOBS
 
 LENGTHS = [8, 16, 32, 64, 128, 256]
 # the bench defaults: one head, d = 64, N(0, 1) projections, R = 2
@@ -210,7 +210,7 @@ def test_measured_softmax_values_stay_under_the_bound(pattern):
 
 # ----------------------------------------------------------------------------- every variant, causal
 
-@pytest.mark.parametrize("variant", sorted(av.available()))
+@pytest.mark.parametrize("variant", sorted(IN_TREE))
 def test_every_variant_runs_every_synthetic_pattern(variant):
     settings = {**DEFAULT, "dim": 8, "iters": 3, "samples": 1, "search": {"steps": 1, "iters_per_step": 1}}
     knobs = dict(SMALL_KNOBS.get(variant, {}))
@@ -228,7 +228,3 @@ def test_causal_setting_is_checked_and_recorded():
     assert out.facts["causal"] is True
     with pytest.raises(ValueError, match="not causal"):
         measure("random_feature", {"num_features": 16}, "adversarial", 16, settings, causal=True)
-
-
-def test_inputs_module_exports_the_old_name():
-    assert inputs.unit_rows is inputs.sphere_rows and maps.attention_map is not None

@@ -4,21 +4,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lra import bench, conf_dir
+from lra import bench
 from lra.results import load
 from lra.report.smoothness import exponent_table
+from conftest import compose_bench
 
 
-@pytest.fixture(autouse=True)
-def _no_git(monkeypatch):
-    monkeypatch.setenv("LRA_GIT_COMMIT", "test")
+pytestmark = pytest.mark.usefixtures("no_git")
 
 
 def _compose(*overrides):
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return compose("bench", overrides=["modes=[smoothness]", "device=cpu", "progress=false", *overrides])
+    return compose_bench("modes=[smoothness]", "device=cpu", "progress=false", *overrides)
 
 
 def test_default_plan_has_every_pattern_the_radius_sweep_and_the_causal_case():

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 import lra
 from lra import tasks
 from lra.tasks import DataNotFoundError
+from conftest import compose_train
 
 
 def task_cfg(name: str, tmp_path: Path, **kw):
@@ -20,20 +21,13 @@ def task_cfg(name: str, tmp_path: Path, **kw):
     return OmegaConf.merge(cfg, {"cache_dir": str(tmp_path / "cache"), **kw})
 
 
-def compose(overrides):
-    from hydra import compose as hydra_compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(lra.conf_dir()), version_base="1.3"):
-        return hydra_compose("train", overrides=overrides)
-
-
 def train_two_steps(tmp_path: Path, task: str, *extra):
     from lra.train import train
 
-    cfg = compose([f"task={task}", "trainer=quick", "attention=full", "trainer.steps=2", "trainer.progress=false",
-                   "trainer.batch_size=2", "trainer.eval_every=1000", "trainer.checkpoint_every=1000",
-                   f"task.cache_dir={tmp_path / 'cache'}", "model.d_model=16", "model.heads=2", "model.mlp_dim=16",
-                   "model.layers=1", *extra])
+    cfg = compose_train(f"task={task}", "trainer=quick", "attention=full", "trainer.steps=2", "trainer.progress=false",
+                        "trainer.batch_size=2", "trainer.eval_every=1000", "trainer.checkpoint_every=1000",
+                        f"task.cache_dir={tmp_path / 'cache'}", "model.d_model=16", "model.heads=2", "model.mlp_dim=16",
+                        "model.layers=1", *extra)
     (tmp_path / "job").mkdir()
     record = train(cfg, tmp_path / "job")
     assert record["status"] == "ok", record.get("message")
@@ -143,7 +137,7 @@ def write_aan(root: Path, n: int = 4, bad_line: str | None = None):
 
 
 def test_retrieval_reader_dual(tmp_path):
-    root = write_aan(tmp_path / "lra_release" / "tsv_data")
+    write_aan(tmp_path / "lra_release" / "tsv_data")
     data = tasks.prepare(task_cfg("retrieval", tmp_path, data_dir=str(tmp_path), seq_len=24))
     x, y = data.splits["train"]
     assert data.dual and data.pad_id == 0 and data.vocab_size == 257
