@@ -398,15 +398,3 @@ def threads_problems(value: Any, key: str = "threads") -> list[str]:
         return []
     return [f"{key}={_show(value)} is invalid: it must be auto (the cores available to this job divided among "
             f"the jobs running at once) or an integer >= 1; fix: {key}=auto"]
-
-
-def exit_2_on_composition_errors(hydra_main, started: list) -> None:
-    """Run a ``@hydra.main`` function; when Hydra itself rejects the command line (an unknown
-    config group option or key, bad override syntax: it prints the error and exits 1 before the
-    app starts, i.e. before ``started`` gets an item) exit 2 instead, the CLIs' config-error code."""
-    try:
-        hydra_main()
-    except SystemExit as stop:
-        if stop.code == 1 and not started:
-            raise SystemExit(2) from None
-        raise

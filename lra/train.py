@@ -29,7 +29,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import sys
 import time
 import traceback
 from pathlib import Path
@@ -42,7 +41,7 @@ from tqdm.auto import tqdm
 
 import attention_variants as av
 
-from . import bucketing, conf_dir, pretrain, schema, tasks
+from . import bucketing, pretrain, schema, tasks
 from .compiled import CompiledModel
 from .data import DeviceBatches
 from .devices import set_job_threads, share_gpu
@@ -810,46 +809,3 @@ def run(cfg: DictConfig, job_dir: Path, raise_config_errors: bool = True,
           f"{' (' + record['message'].splitlines()[0] + ')' if record['message'] else ''}; {summary}")
     print(f"[lra] result record: {path}")
     return record
-
-
-def _hydra_main():
-    """``lra-train``. Exit status of a single run: 0 = status ok; 1 = the run ended with status
-    nan, oom or error; 2 = a config or data error, found before any work (also Hydra's own
-    composition errors); 143 = preempted (checkpoint written; run it again to resume). A
-    ``-m`` sweep exits 0 whatever its jobs' statuses: each job's record says how it ended."""
-    import hydra
-
-    from . import register_resolvers
-
-    register_resolvers()
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    started = []
-
-    @hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="train")
-    def main(cfg: DictConfig) -> None:
-        started.append(True)
-        hc = HydraConfig.get()
-        multirun = hc.mode == RunMode.MULTIRUN
-        try:
-            record = run(cfg, Path(hc.runtime.output_dir), raise_config_errors=not multirun,
-                         cli_overrides=list(hc.overrides.task))
-        except Preempted as err:
-            print(f"[lra] preempted: {err}. Run the same job directory again "
-                  f"(hydra.run.dir={hc.runtime.output_dir}) to resume.", file=sys.stderr)
-            sys.exit(143)
-        except (ConfigError, tasks.DataNotFoundError, ValueError, KeyError, TypeError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
-        if record["status"] != "ok" and not multirun:
-            why = (record.get("message") or "").splitlines()[:1]
-            print(f"error: the run ended with status {record['status']}{': ' + why[0] if why else ''}",
-                  file=sys.stderr)
-            sys.exit(1)
-
-    schema.exit_2_on_composition_errors(main, started)
-
-
-if __name__ == "__main__":
-    _hydra_main()

@@ -12,6 +12,7 @@ import torch
 
 import attention_variants as av
 from lra import bench
+from lra.cli import bench as cli_bench
 from lra.results import load
 from lra.smoothness import growth_exponent, lipschitz_estimate
 from lra.timing import (FLOP_CONVENTIONS, FLOPS_COUNTED, PerfCounterClock, attention_flops, count_flops, is_oom,
@@ -420,7 +421,7 @@ def test_bad_bench_grids_are_config_errors(overrides, message):
 
 
 def test_bench_cli_rejects_non_positive_lengths_with_exit_2(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "lra.bench", f"hydra.run.dir={tmp_path}", "variants=[full]",
+    p = subprocess.run([sys.executable, "-m", "lra.cli.bench", f"hydra.run.dir={tmp_path}", "variants=[full]",
                         "device=cpu", "lengths=[-8]"], cwd=Path(__file__).resolve().parent.parent,
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-2000:]
@@ -447,7 +448,7 @@ def test_bench_cli_exits_1_when_a_case_fails(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["lra-bench", f"hydra.run.dir={tmp_path}", "variants=[full]", "device=cpu",
                                       "modes=[op_fwd]", "lengths=[8]", "progress=false", "summary=false"])
     with pytest.raises(SystemExit) as stop:
-        bench._hydra_main()
+        cli_bench.main()
     assert stop.value.code == 1
     assert load(tmp_path / "records")["status"].tolist() == ["error"]
 

@@ -29,7 +29,7 @@ def _cli_overrides(cache, steps):
 
 def _train_cli(job_dir, overrides):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "lra.train", f"hydra.run.dir={job_dir}", *overrides],
+    return subprocess.Popen([sys.executable, "-m", "lra.cli.train", f"hydra.run.dir={job_dir}", *overrides],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -140,7 +140,7 @@ def test_bad_input_fails_before_training_with_a_clear_message(tmp_path, override
 
 
 def test_cli_error_is_one_paragraph_not_a_traceback(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "lra.train", f"hydra.run.dir={tmp_path}", "attention=full",
+    p = subprocess.run([sys.executable, "-m", "lra.cli.train", f"hydra.run.dir={tmp_path}", "attention=full",
                         "attention.name=perfromer", "trainer=quick"], cwd=REPO, capture_output=True, text=True,
                        timeout=120)
     assert p.returncode == 2
@@ -154,7 +154,7 @@ def test_submitit_local_sweep_end_to_end(tmp_path):
     from lra.devices import cpus_available
 
     sweep = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "lra.train", "-m", "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}",
+    cmd = [sys.executable, "-m", "lra.cli.train", "-m", "hydra/launcher=submitit_local", f"hydra.sweep.dir={sweep}",
            "attention=full,linear", *tiny_train_overrides(tmp_path / "cache")]
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "LRA_CONCURRENT_JOBS")}
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)

@@ -90,7 +90,7 @@ def test_packed_launcher_sweep_runs_its_jobs_at_once_with_complete_records(tmp_p
     """The packed launcher on CPU: the jobs run concurrently; each record is complete."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     sweep = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "lra.train", "-m", "hydra/launcher=packed", "trainer.device=cpu",
+    cmd = [sys.executable, "-m", "lra.cli.train", "-m", "hydra/launcher=packed", "trainer.device=cpu",
            f"hydra.sweep.dir={sweep}", "attention=full,linear", *tiny_train_overrides(tmp_path / "cache")]
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "LRA_CONCURRENT_JOBS")}
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)

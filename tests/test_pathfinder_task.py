@@ -40,7 +40,7 @@ def test_generator_overrides_reach_the_images(tmp_path):
 
 
 def test_show_prints_the_difficulty_checks(tmp_path, capsys, monkeypatch):
-    from lra.cli_data import main
+    from lra.cli.data import main
 
     monkeypatch.setenv("LRA_CACHE_DIR", str(tmp_path / "cache"))
     out = tmp_path / "grid.png"

@@ -337,7 +337,7 @@ def test_sweep_over_protocols_end_to_end(tmp_path):
     and the gain table."""
     sweep = tmp_path / "sweep"
     extra = [o for o in spt_overrides(tmp_path / "cache") if not o.startswith(("pretrain=", "attention="))]
-    cmd = [sys.executable, "-m", "lra.train", "-m", "pretrain=none,mlm", "attention=full", "pretrain.budget=shared",
+    cmd = [sys.executable, "-m", "lra.cli.train", "-m", "pretrain=none,mlm", "attention=full", "pretrain.budget=shared",
            "trainer.steps=12", f"hydra.sweep.dir={sweep}", *[o for o in extra if not o.startswith("trainer.steps")]]
     p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})

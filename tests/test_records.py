@@ -17,6 +17,7 @@ import torch
 from omegaconf import OmegaConf
 
 from lra import callbacks, devices, results, train
+from lra.cli import train as cli_train
 from lra.tasks import listops
 from lra.train import ConfigError, run
 from conftest import compose_train, tiny_train_overrides
@@ -112,7 +113,7 @@ def test_sweep_records_a_config_error_and_goes_on(tmp_path):
 def test_seq_len_zero_at_lra_settings_exits_2_within_seconds(tmp_path):
     """Used to hang at "ListOps: generating 0%" with its worker processes left behind."""
     t0 = time.time()
-    p = subprocess.run([sys.executable, "-m", "lra.train", f"hydra.run.dir={tmp_path}", "task.seq_len=0",
+    p = subprocess.run([sys.executable, "-m", "lra.cli.train", f"hydra.run.dir={tmp_path}", "task.seq_len=0",
                         f"task.cache_dir={tmp_path / 'cache'}"], cwd=REPO, capture_output=True, text=True,
                        timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-2000:]
@@ -154,12 +155,12 @@ def nan_variant():
 
 def test_single_run_exits_1_unless_ok_and_2_on_config_errors(tmp_path, monkeypatch, nan_variant):
     base = [*tiny_train_overrides(tmp_path / "cache"), "trainer.model_overrides.layers=1"]
-    assert _hydra_main(monkeypatch, train._hydra_main, tmp_path / "a", *base, "attention=full",
+    assert _hydra_main(monkeypatch, cli_train.main, tmp_path / "a", *base, "attention=full",
                        f"attention.name={nan_variant}") == 1
     assert json.loads((tmp_path / "a" / "run" / "record.json").read_text())["status"] == "nan"
-    assert _hydra_main(monkeypatch, train._hydra_main, tmp_path / "b", *base, "trainer.steps=-1") == 2
-    assert _hydra_main(monkeypatch, train._hydra_main, tmp_path / "c", *base, "task=nope") == 2  # Hydra's own error
-    assert _hydra_main(monkeypatch, train._hydra_main, tmp_path / "d", *base, "attention=full") == 0
+    assert _hydra_main(monkeypatch, cli_train.main, tmp_path / "b", *base, "trainer.steps=-1") == 2
+    assert _hydra_main(monkeypatch, cli_train.main, tmp_path / "c", *base, "task=nope") == 2  # Hydra's own error
+    assert _hydra_main(monkeypatch, cli_train.main, tmp_path / "d", *base, "attention=full") == 0
 
 
 def test_a_run_that_trained_or_evaluated_nothing_is_not_ok():
@@ -230,7 +231,7 @@ def test_explicit_command_line_value_beats_the_preset(tmp_path, capsys):
     cfg = train.explicit_beats_presets(compose_train(*both), both)
     assert train.resolve(cfg)[0].seq_len == 32
     # lra-data composes the same way
-    from lra import cli_data
+    from lra.cli import data as cli_data
 
     assert cli_data.compose(["task=listops", "trainer=quick", "task.seq_len=64"])[1].seq_len == 64
 
@@ -355,7 +356,7 @@ def test_listops_progress_moves_as_chunks_finish(monkeypatch):
                                          ("seq_len=2", "task.seq_len=2 is too short for ListOps"),
                                          ("num_train=0", "task.num_train=0 is invalid")])
 def test_lra_data_checks_values_before_preparing(tmp_path, capsys, arg, message):
-    from lra import cli_data
+    from lra.cli import data as cli_data
 
     with pytest.raises(SystemExit) as stop, deadline(30):
         cli_data.main(["prepare", "task=listops", f"cache_dir={tmp_path}", arg])

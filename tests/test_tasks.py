@@ -288,7 +288,7 @@ def test_pathx_trains(tmp_path):
 # ----------------------------------------------------------------------------- lra-data
 
 def test_cli_errors_are_one_paragraph(tmp_path, capsys):
-    from lra.cli_data import main
+    from lra.cli.data import main
 
     with pytest.raises(SystemExit) as exit_:
         main(["info", "task=text", f"data_dir={tmp_path}"])
@@ -301,7 +301,7 @@ def test_cli_errors_are_one_paragraph(tmp_path, capsys):
 
 
 def test_cli_prepare_info_show(tmp_path, capsys, monkeypatch):
-    from lra.cli_data import main
+    from lra.cli.data import main
 
     monkeypatch.setenv("LRA_CACHE_DIR", str(tmp_path / "cache"))
     args = ["task=pathfinder", "num_images=40", "progress=false"]

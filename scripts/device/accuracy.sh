@@ -3,7 +3,7 @@
 #
 #   [JOBS=k] bash scripts/device/accuracy.sh TASK BUDGET_S VARIANT [VARIANT...] [-- hydra overrides...]
 #
-# Runs `python3 -m lra.train task=TASK attention=V trainer.progress=false <overrides>` for each
+# Runs `python3 -m lra.cli.train task=TASK attention=V trainer.progress=false <overrides>` for each
 # variant, JOBS at a time (default 1: one after another). With JOBS=k > 1 the runs share the GPU
 # (`trainer.device=packed trainer.jobs_per_gpu=k`; $PACK_DEVICE replaces `packed`, e.g. `cpu` for a
 # test without a GPU) and the CPU cores (LRA_CONCURRENT_JOBS=k): for accuracy only; their records keep
@@ -143,7 +143,7 @@ for V in "${VARIANTS[@]}"; do
     echo "[accuracy] $TASK/$V: starting with ${left}s left"
     T0[$V]=$(date +%s)
     (
-        timeout -k 30 "$left" python3 -m lra.train "task=$TASK" "attention=$V" trainer.progress=false \
+        timeout -k 30 "$left" python3 -m lra.cli.train "task=$TASK" "attention=$V" trainer.progress=false \
             "hydra.run.dir=$job" ${PACKED[@]+"${PACKED[@]}"} ${OVERRIDES[@]+"${OVERRIDES[@]}"} >"$log" 2>&1
         echo $? >"$STAGE/rc/$V"
     ) &

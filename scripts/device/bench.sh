@@ -4,7 +4,7 @@
 #   bash scripts/device/bench.sh BUDGET_S [hydra overrides...]
 #   e.g. TAG=a bash scripts/device/bench.sh 480 'variants=[flash,full,local,bigbird]' repeats=10
 #
-# Runs `python3 -m lra.bench progress=false <overrides>` under `timeout` (BUDGET_S minus $PACK_S,
+# Runs `python3 -m lra.cli.bench progress=false <overrides>` under `timeout` (BUDGET_S minus $PACK_S,
 # default 15 s). Every case writes its record as soon as it is measured, so a run stopped by the
 # timeout still brings back the cases it finished. Output in $OUT (default ./out), two files:
 #   bench-<device>[-TAG].tgz   records/*.json (one per case, named mode-variant-N-B-dtype)
@@ -36,7 +36,7 @@ if [ "$LIMIT" -le 0 ]; then
 fi
 echo "[bench] $NAME: limit ${LIMIT}s, overrides: $*"
 set -o pipefail
-timeout -k 20 "$LIMIT" python3 -m lra.bench progress=false "hydra.run.dir=$STAGE/job" "$@" 2>&1 | tee "$OUT/$NAME.log"
+timeout -k 20 "$LIMIT" python3 -m lra.cli.bench progress=false "hydra.run.dir=$STAGE/job" "$@" 2>&1 | tee "$OUT/$NAME.log"
 rc=$?
 if [ "$rc" -eq 124 ]; then
     echo "[bench] stopped at the ${LIMIT}s limit: the records below are the cases it finished" | tee -a "$OUT/$NAME.log"

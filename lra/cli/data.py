@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import conf_dir, tasks
+from .. import conf_dir, tasks
 
 COMMANDS = ("prepare", "info", "show")
 SHOW_KEYS = ("n", "out", "split")
@@ -59,7 +59,7 @@ def compose(overrides: list[str]):
     from hydra import compose as hydra_compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from .train import explicit_beats_presets, resolve
+    from ..train import explicit_beats_presets, resolve
 
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
@@ -105,7 +105,7 @@ def difficulty_report(data: tasks.TaskData, split: str) -> str:
 
     1,000 images at 32x32 (a few seconds), 100 above; markers are found in the pixels.
     """
-    from . import pathfinder_difficulty, pathfinder_gen
+    from .. import pathfinder_difficulty, pathfinder_gen
 
     x, y = data.splits[split]
     side = int(data.meta.get("image_side") or round(x.shape[1] ** 0.5))
@@ -121,7 +121,7 @@ def difficulty_report(data: tasks.TaskData, split: str) -> str:
 
 
 def run(argv: list[str]) -> int:
-    from .train import ConfigError, check_task_data, task_problems
+    from ..train import ConfigError, check_task_data, task_problems
 
     command, task, overrides, show = parse(argv)
     _, task_cfg = compose(overrides)
@@ -133,7 +133,7 @@ def run(argv: list[str]) -> int:
     data = tasks.prepare(task_cfg)
     took = time.perf_counter() - t0
     if command == "prepare":
-        from .data import default_cache_dir
+        from ..data import default_cache_dir
 
         cache = Path(str(task_cfg.get("cache_dir") or default_cache_dir())).expanduser()
         sizes = ", ".join(f"{s} {len(y)}" for s, (_, y) in data.splits.items())
