@@ -7,6 +7,8 @@ machine and one torch build:
     python scripts/golden.py record golden-after.json      # on the new commit
     python scripts/golden.py compare golden-before.json golden-after.json
 
+Both take command names to run or compare only those (``record out.json bench-grid``).
+
 ``record`` runs each command of :data:`COMMANDS` in a fresh job directory (``lra-train`` with a
 fixed seed and two threads, ``lra-bench`` on a small grid of every mode), reads the records they
 write and keeps, per record, every field with its value. ``compare`` says, per record, whether
@@ -103,8 +105,11 @@ def record(out: Path, names: list[str] | None = None) -> int:
     return 0
 
 
-def compare(a_path: Path, b_path: Path) -> int:
+def compare(a_path: Path, b_path: Path, names: list[str] | None = None) -> int:
+    """Compare two saved sets (only the records of the commands ``names``, when given)."""
     a, b = json.loads(a_path.read_text()), json.loads(b_path.read_text())
+    if names:
+        a, b = ({k: v for k, v in x.items() if k.split("/", 1)[0] in names} for x in (a, b))
     problems = [f"only in {a_path.name}: {k}" for k in sorted(set(a) - set(b))]
     problems += [f"only in {b_path.name}: {k}" for k in sorted(set(b) - set(a))]
     same = 0
@@ -128,8 +133,8 @@ def compare(a_path: Path, b_path: Path) -> int:
 def main(argv: list[str]) -> int:
     if len(argv) >= 2 and argv[0] == "record":
         return record(Path(argv[1]), argv[2:] or None)
-    if len(argv) == 3 and argv[0] == "compare":
-        return compare(Path(argv[1]), Path(argv[2]))
+    if len(argv) >= 3 and argv[0] == "compare":
+        return compare(Path(argv[1]), Path(argv[2]), argv[3:] or None)
     print(__doc__)
     return 2
 
