@@ -44,6 +44,7 @@ COMMANDS: dict[str, list[str]] = {
     "train-flash": [*TRAIN, "attention=flash"],
     "train-performer": [*TRAIN, "attention=performer"],
     "train-bigbird": [*TRAIN, "attention=bigbird"],
+    "train-linear": [*TRAIN, "attention=linear"],
     "pretrain-mlm": [*TRAIN, "attention=flash", "pretrain=mlm", "trainer.steps=200", "pretrain.steps=100"],
     "bench-grid": BENCH_GRID,
 }
