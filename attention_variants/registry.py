@@ -78,7 +78,7 @@ def get(name: str) -> tuple[type[Attention], type[AttentionConfig]]:
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise UnknownVariantError(
             f"unknown attention variant {name!r}.{hint} Available: {', '.join(sorted(_REGISTRY))}. "
-            f"Choose one with attention=<name>, or register your own (README: 'Add a variant').") from None
+            f"Choose one with attention=<name>, or register your own (docs/variants.md: 'Add a variant').") from None
 
 
 def make_config(name: str, **cfg) -> AttentionConfig:

@@ -179,11 +179,11 @@ TASK_EXTRA = {
                    Int("gen_batch_size", optional=True, means="images per generator batch", example=2048),
                    Int("gen_workers", optional=True, means="generator processes; null = the CPUs available",
                        example=2),
-                   Int("generator_version", means="lra.pathfinder_gen.GENERATOR_VERSION expected", example=2)],
+                   Int("generator_version", means="lra.pathfinder.GENERATOR_VERSION expected", example=2)],
     "pathx": [Int("num_images", means="generated images", example=20000),
               Int("gen_batch_size", optional=True, means="images per generator batch", example=128),
               Int("gen_workers", optional=True, means="generator processes; null = the CPUs available", example=2),
-              Int("generator_version", means="lra.pathfinder_gen.GENERATOR_VERSION expected", example=2)],
+              Int("generator_version", means="lra.pathfinder.GENERATOR_VERSION expected", example=2)],
 }
 
 def task_rules(name: str) -> list[Rule]:

@@ -1,12 +1,18 @@
 """The Pathfinder generator: labels follow its own geometry, the reference's geometry and rendering, seeded, fast."""
 from __future__ import annotations
 
+import dataclasses
+import os
+import subprocess
+import sys
+import textwrap
 import time
 
 import numpy as np
 import pytest
 
-from lra import pathfinder_gen as pg
+from lra.pathfinder import generate as pg
+from lra.pathfinder import params_for
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +46,7 @@ def test_labels_follow_geometry(sample):
 
 def test_paths_are_chains_of_dashes_with_two_margin_gaps(sample):
     _, _, geo = sample
-    p = pg.params_for(32)
+    p = params_for(32)
     seg = geo["target_paddles"]
     lengths = np.linalg.norm(seg[..., 2:] - seg[..., :2], axis=-1)
     assert np.allclose(lengths, p.paddle_length)
@@ -68,8 +74,8 @@ def test_reference_seed_search(sample):
     assert deg.min() >= -150.5 and deg.max() <= -120.5  # the first target path starts up-left
     drawn = (~np.isnan(geo["distractor_paddles"][:, :, 0, 0])).sum(1).mean()
     assert 0.7 <= drawn <= 1.7  # of 5 distractors; the reference run drew 1.16 per image (200 images)
-    assert pg._seed_ok(pg.params_for(32), 32).sum() == 30
-    assert pg._seed_ok(pg.params_for(32, seed_border_quirk=False), 32).all()
+    assert pg._seed_ok(params_for(32), 32).sum() == 30
+    assert pg._seed_ok(params_for(32, seed_border_quirk=False), 32).all()
     _, _, g = pg.generate(64, seed=3, size=32, return_geometry=True, seed_border_quirk=False)
     assert (~np.isnan(g["distractor_paddles"][:, :, 0, 0])).sum(1).mean() >= 4
 
@@ -87,8 +93,8 @@ def test_markers_are_drawn(sample):
 def test_contrast_per_contour_type():
     """Targets at 1.5, distractors at 2.0: where a distractor is drawn it is the image's brightest paddle."""
     images, _, geo = pg.generate(64, seed=5, size=32, return_geometry=True)
-    p = pg.params_for(32)
-    no_stretch = pg.generate(64, seed=5, size=32, params=pg.replace(p, stretch=False))[0]
+    p = params_for(32)
+    no_stretch = pg.generate(64, seed=5, size=32, params=dataclasses.replace(p, stretch=False))[0]
     has = ~np.isnan(geo["distractor_paddles"][:, :, 0, 0]).all(1)
     assert has.any() and (~has).any()
     paths = no_stretch.copy()   # the markers are 255 in every image: blank them, look at the paths
@@ -120,21 +126,21 @@ def test_pathx_size():
 
 
 def test_params_for_difficulties():
-    assert pg.params_for(32, "curv_baseline").contour_length == 6
-    p = pg.params_for(32)
+    assert params_for(32, "curv_baseline").contour_length == 6
+    p = params_for(32)
     assert (p.contour_length, p.distractor_length, p.num_distractors, p.seed_distance) == (14, 4, 5, 7)
     assert (p.target_contrast, p.distractor_contrast, p.antialias_scale, p.resample) == (1.5, 2.0, 2, "lanczos")
-    q = pg.params_for(128)
+    q = params_for(128)
     assert q.paddle_margin == (2, 3) and (q.target_contrast, q.distractor_contrast) == (0.9, 0.9)
     assert (q.paddle_tries, q.stretch, q.seed_border_quirk) == (p.paddle_tries, p.stretch, p.seed_border_quirk)
     with pytest.raises(ValueError, match="difficulty"):
-        pg.params_for(32, "hardest")
+        params_for(32, "hardest")
     with pytest.raises(ValueError, match="contrast.*parameters:.*target_contrast"):
-        pg.params_for(32, contrast=1.0)  # version 1's single contrast
+        params_for(32, contrast=1.0)  # version 1's single contrast
     with pytest.raises(ValueError, match="whole number"):
-        pg.params_for(32, paddle_thickness=0.3)
+        params_for(32, paddle_thickness=0.3)
     with pytest.raises(ValueError, match="resample"):
-        pg.params_for(32, resample="bicubic")
+        params_for(32, resample="bicubic")
 
 
 def test_resampling_matches_pil():
@@ -176,3 +182,33 @@ def test_speed_smoke():
     rate = n / (time.process_time() - t0)
     print(f"pathfinder 32x32: {rate:.0f} images per CPU-second")
     assert rate >= 500, f"{rate:.0f} images/s"  # ~2,500 per CPU-second measured on a shared machine
+
+
+# torch made unimportable: ``sys.modules["torch"] = None`` in the process itself, and a stub package on
+# PYTHONPATH that raises for the spawned workers (fresh interpreters that do not inherit sys.modules)
+WITHOUT_TORCH = textwrap.dedent("""
+    import sys
+    sys.modules["torch"] = None
+    import numpy as np
+    import lra.pathfinder
+    from lra.pathfinder import difficulty, generate
+    x, y = generate.generate(8, seed=1, size=32, batch_size=4, workers=2)
+    assert difficulty.blob_counts(x).shape == (8,)
+    assert "torch" not in {name.split(".")[0] for name, module in sys.modules.items() if module is not None}
+    np.savez(sys.argv[1], x=x, y=y)
+""")
+
+
+def test_generates_without_torch(tmp_path):
+    """The package and the worker processes it spawns run with torch unimportable, and draw the same images."""
+    stub = tmp_path / "no_torch" / "torch"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text("raise ImportError('torch is blocked in this test')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(stub.parent), os.environ.get("PYTHONPATH", "")]))
+    out = tmp_path / "images.npz"
+    p = subprocess.run([sys.executable, "-c", WITHOUT_TORCH, str(out)], env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    got = np.load(out)
+    x, y = pg.generate(8, seed=1, size=32, batch_size=4, workers=None)  # None: default_workers (lra.devices)
+    assert np.array_equal(got["x"], x) and np.array_equal(got["y"], y)

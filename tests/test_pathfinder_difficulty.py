@@ -15,8 +15,8 @@ from collections import deque
 import numpy as np
 import pytest
 
-from lra import pathfinder_difficulty as pd
-from lra import pathfinder_gen as pg
+from lra.pathfinder import difficulty as pd
+from lra.pathfinder import generate as pg
 
 N = 400  # images per check: the standard error of an accuracy is 2.5 points
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lra import pathfinder_gen, tasks
+from lra import pathfinder, tasks
 from conftest import compose_train
 from test_tasks import task_cfg
 
@@ -16,16 +16,16 @@ def test_configs_name_the_generator_version(name):
     cfg = compose_train(f"task={name}")
     # train records hold the resolved config, so each record says which generator drew its images
     record_config = OmegaConf.to_container(cfg, resolve=True)
-    assert record_config["task"]["generator_version"] == pathfinder_gen.GENERATOR_VERSION == 2
+    assert record_config["task"]["generator_version"] == pathfinder.GENERATOR_VERSION == 2
 
 
 def test_generated_data_carries_the_version(tmp_path):
     data = tasks.prepare(task_cfg("pathfinder", tmp_path, progress=False, num_images=20))
-    assert data.meta["generator_version"] == pathfinder_gen.GENERATOR_VERSION
+    assert data.meta["generator_version"] == pathfinder.GENERATOR_VERSION
     assert data.meta["params"]["seed_border_quirk"] is True and data.meta["params"]["target_contrast"] == 1.5
     (cached,) = (tmp_path / "cache").glob("pathfinder-*.pt")
     key = torch.load(cached, weights_only=False)["key"]
-    assert key["generator_version"] == pathfinder_gen.GENERATOR_VERSION  # old caches (version 1) are not reused
+    assert key["generator_version"] == pathfinder.GENERATOR_VERSION  # old caches (version 1) are not reused
     with pytest.raises(ValueError, match="generator_version=1.*version 2"):
         tasks.prepare(task_cfg("pathfinder", tmp_path, progress=False, num_images=20, generator_version=1))
 

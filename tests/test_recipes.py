@@ -1,5 +1,5 @@
 """Recipes reproduce their reference code: composed values, initialisation, masking, pooling,
-attention dropout, optimizer and schedules (README "Recipes"; conf/recipe/, conf/task/)."""
+attention dropout, optimizer and schedules (docs/recipes.md; conf/recipe/, conf/task/)."""
 import math
 
 import pytest

@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 from .. import conf_dir, tasks
+from ..pathfinder import difficulty as pathfinder_difficulty
+from ..pathfinder import params_for as pathfinder_params
 
 COMMANDS = ("prepare", "info", "show")
 SHOW_KEYS = ("n", "out", "split")
@@ -101,19 +103,17 @@ def show_grid(data: tasks.TaskData, split: str, n: int, out: Path) -> Path:
 
 
 def difficulty_report(data: tasks.TaskData, split: str) -> str:
-    """The difficulty checks of :mod:`lra.pathfinder_difficulty` on the first images of a Pathfinder split.
+    """The difficulty checks of :mod:`lra.pathfinder.difficulty` on the first images of a Pathfinder split.
 
     1,000 images at 32x32 (a few seconds), 100 above; markers are found in the pixels.
     """
-    from .. import pathfinder_difficulty, pathfinder_gen
-
     x, y = data.splits[split]
     side = int(data.meta.get("image_side") or round(x.shape[1] ** 0.5))
     n = min(len(y), 1000 if side <= 64 else 100)
     if n < 20:
         return f"[lra] {data.name} {split}: {n} images, too few for the difficulty checks"
     images = x[:n].numpy().reshape(n, side, side)
-    radius = pathfinder_gen.params_for(side).marker_radius
+    radius = pathfinder_params(side).marker_radius
     summary = pathfinder_difficulty.summary(images, y[:n].numpy(), marker_radius=radius)
     version = data.meta.get("generator_version")
     source = f"generator version {version}" if version else str(data.meta.get("source"))

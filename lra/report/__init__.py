@@ -14,7 +14,7 @@ Data flows one way through the package::
     answer.py           "Which attention?": per device and length, from the frames above
     compare.py          against a baseline: every (case, metric) pair and its regression flag
     provenance.py       devices, threads and load, versions
-    smoothness.py       smoothness tables and figures (the place to add more of them)
+    smoothness/         smoothness rows, tables, findings and figures (the place to add more of them)
     plotting.py         seaborn/matplotlib plumbing;  lines.py: line figures vs N
     summary_figure.py   the one-figure summary: accuracy vs time per step, memory as size (LRA Figure 3)
     figures.py          which evidence figures are drawn, per device

@@ -7,8 +7,9 @@ from typing import Sequence
 
 import pandas as pd
 
+from ..io import write_text
 from .compare import compare_display, compare_frames
-from .document import Document, atomic_write_text
+from .document import Document
 from .frame import load_frame
 from .provenance import counts_text, device_table, host_table, time_span
 from .tables import failures_table
@@ -58,7 +59,7 @@ def compare(doc: Document, df: pd.DataFrame, baseline: Path | None, tolerance: f
         return None
     base = load_frame([baseline])
     cmp = compare_frames(df, base, tolerance)
-    atomic_write_text(out_dir / "compare.csv", cmp.to_csv(index=False))
+    write_text(out_dir / "compare.csv", cmp.to_csv(index=False))
     nreg = int(cmp["regression"].sum()) if len(cmp) else 0
     doc.p(f"Baseline: `{baseline}` ({len(base)} records). Tolerance {tolerance:.0%}: a regression is time or "
           f"memory up, or accuracy/throughput down, by more than that fraction of the baseline, or a case that "

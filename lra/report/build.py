@@ -6,8 +6,9 @@ import shlex
 from pathlib import Path
 from typing import Sequence
 
+from ..io import write_text
 from . import appendix, sections
-from .document import Document, atomic_write_text
+from .document import Document
 from .figures import make_figures
 from .frame import NoRecordsError, load_frame, tidy
 from .labels import devices, link
@@ -63,7 +64,7 @@ def build_report(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
     if df.empty:
         raise _no_records(inputs, skipped)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "tidy.csv", tidy(df).to_csv(index=False))
+    write_text(out_dir / "tidy.csv", tidy(df).to_csv(index=False))
     if command is None:
         command = rebuild_command(inputs, out_dir, name, compare, tolerance, bool(figure_formats))
 
@@ -91,8 +92,8 @@ def build_report(inputs: Sequence[str | os.PathLike], out_dir: str | os.PathLike
         doc.insert(2, f"**⚠ {int(cmp['regression'].sum())} regression(s) against the baseline "
                       f"({link('section 8', 'compare')}).**")
     md_path = out_dir / name
-    atomic_write_text(md_path, doc.markdown())
-    atomic_write_text(md_path.with_suffix(".html"), doc.html())
+    write_text(md_path, doc.markdown())
+    write_text(md_path.with_suffix(".html"), doc.html())
     return md_path
 
 

@@ -40,6 +40,11 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """``lra-report``'s arguments (``key=value`` or ``--key value``); exits with status 2 on bad ones."""
+    return parser().parse_args(_hydra_style(list(argv)))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``lra-report [inputs...] out=DIR [name=report.md] [compare=BASELINE] [tolerance=0.05]``.
 
@@ -47,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     that hold no record), with a one-line error on stderr and nothing written.
     The committed report: ``lra-report results out=results name=REPORT.md``.
     """
-    args = parser().parse_args(_hydra_style(list(sys.argv[1:] if argv is None else argv)))
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         path = build_report(args.inputs, args.out, args.compare, args.tolerance,
                             figure_formats=() if args.no_figures else ("png", "svg"), name=args.name,

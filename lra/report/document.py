@@ -2,8 +2,6 @@
 (tabulate), HTML rendered from the same markdown (Python-Markdown), both written atomically."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
@@ -15,19 +13,6 @@ HTML_STYLE = ("body{font-family:system-ui,sans-serif;max-width:1280px;margin:aut
               "table{border-collapse:collapse;margin:8px 0;font-size:14px}"
               "td,th{padding:3px 8px;border-bottom:1px solid #ddd;vertical-align:top}"
               "th{background:#f4f4f4}img{max-width:100%}code{background:#f4f4f4;padding:0 3px}")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _cell(value) -> str:

@@ -78,7 +78,7 @@ def _as_list(value: Any) -> Any:
     return value
 
 
-def _flag(value: Any) -> bool | None:
+def as_flag(value: Any) -> bool | None:
     """A recorded yes/no (a bool, or its text in a CSV) as a bool; None where not recorded."""
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
@@ -147,7 +147,7 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
     if "distill" in df:
         distilled = df["distill"].map(lambda d: isinstance(d, dict) and bool(d.get("on")))
         df.loc[distilled, "variant"] = df.loc[distilled, "variant"].astype(str) + "+distill"
-    df["host_loaded"] = pd.array([_flag(v) for v in df["host_loaded"]], dtype="boolean")
+    df["host_loaded"] = pd.array([as_flag(v) for v in df["host_loaded"]], dtype="boolean")
     for col in LIST_COLUMNS:
         if col in df:
             df[col] = df[col].astype(object).map(_as_list)

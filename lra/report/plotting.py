@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -11,6 +9,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ..io import atomic_write
 from .labels import length_label, variant_order
 
 #: what a figure function returns: the first-format path (None when not drawn) and a note for the report
@@ -52,16 +51,10 @@ class FigureDir:
         paths = []
         for ext in self.formats:
             path = self.path / f"{stem}.{ext}"
-            fd, tmp = tempfile.mkstemp(dir=self.path, prefix=f".{path.name}.", suffix=".part")
-            os.close(fd)
-            try:
-                # no date and fixed ids in SVGs, so a rebuild from the same records changes no file
-                fig.savefig(tmp, format=ext, dpi=130, bbox_inches="tight",
-                            metadata={"Date": None} if ext in ("svg", "pdf") else None)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            # no date and fixed ids in SVGs, so a rebuild from the same records changes no file
+            metadata = {"Date": None} if ext in ("svg", "pdf") else None
+            atomic_write(path, lambda tmp: fig.savefig(tmp, format=ext, dpi=130, bbox_inches="tight",
+                                                       metadata=metadata))
             paths.append(path)
         plt.close(fig)
         return paths[0]

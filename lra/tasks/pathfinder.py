@@ -6,13 +6,13 @@ and splits its 200,000 images 80/10/10: 160,000 / 20,000 / 20,000.
 
 Sources (``task.source``):
 
-* ``generate`` (default): :mod:`lra.pathfinder_gen`, a seeded vectorized reimplementation
+* ``generate`` (default): :mod:`lra.pathfinder.generate`, a seeded vectorized reimplementation
   of the release's generator (drewlinsley/pathfinder ``snakes2``) with its parameters for the
   size and ``difficulty`` (``task.generator`` overrides single parameters; ``task.gen_workers``
   processes, default the CPUs available up to 8); a minute or two for 200,000 images on one
   core. ``task.generator_version`` names the generator the config expects (recorded with
   every run; a mismatch with the code is an error, so a record's images are known). The
-  images pass the difficulty checks of :mod:`lra.pathfinder_difficulty` as the reference's
+  images pass the difficulty checks of :mod:`lra.pathfinder.difficulty` as the reference's
   do (flood fill at chance, dash and grey-level statistics; see tests/test_pathfinder*.py).
 * ``release``: the LRA release's ``pathfinder32/<difficulty>/`` (``lra_release.gz``): PNGs under
   ``imgs/<batch>/`` listed by ``metadata/<batch>.npy``, which are *text* files, one line per
@@ -33,8 +33,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import pathfinder_gen
 from ..data import cached_tensors, default_cache_dir, source_fingerprint
+from ..pathfinder import DIFFICULTIES, GENERATOR_VERSION, PathfinderParams, params_dict, params_for
+from ..pathfinder.generate import generate as generate_images
+from ..progress import progress as progress_bar
 from . import DataNotFoundError, TaskData
 from .image import square_splits
 
@@ -74,8 +76,6 @@ def read_release(d: Path, size: int, progress: bool = True) -> tuple[torch.Tenso
     except ImportError:
         raise DataNotFoundError("reading the Pathfinder release needs Pillow (pip install pillow); or use "
                                 "task.source=generate") from None
-    from tqdm.auto import tqdm
-
     metas = _metadata_files(d)
     if not metas:
         raise DataNotFoundError(f"{d / 'metadata'} holds no *.npy metadata files")
@@ -92,8 +92,8 @@ def read_release(d: Path, size: int, progress: bool = True) -> tuple[torch.Tenso
     images = np.zeros((len(entries), size * size), dtype=np.uint8)
     labels = np.zeros(len(entries), dtype=np.int64)
     n = skipped = 0
-    for path, label in tqdm(entries, desc=f"Pathfinder: reading {len(entries)} images", disable=not progress,
-                            unit="img", mininterval=2):
+    for path, label in progress_bar(entries, desc=f"Pathfinder: reading {len(entries)} images", disable=not progress,
+                                    unit="img", mininterval=2):
         if not path.is_file() or path.stat().st_size == 0:
             skipped += 1
             continue
@@ -111,41 +111,39 @@ def read_release(d: Path, size: int, progress: bool = True) -> tuple[torch.Tenso
     return torch.from_numpy(images[:n]), torch.from_numpy(labels[:n]), skipped
 
 
-def generator_params(cfg, size: int) -> pathfinder_gen.PathfinderParams:
+def generator_params(cfg, size: int) -> PathfinderParams:
     overrides = dict(cfg.get("generator") or {})
     if "paddle_margin" in overrides and overrides["paddle_margin"] is not None:
         overrides["paddle_margin"] = tuple(np.atleast_1d(overrides["paddle_margin"]).tolist())
-    return pathfinder_gen.params_for(size, str(cfg.difficulty), **overrides)
+    return params_for(size, str(cfg.difficulty), **overrides)
 
 
 def prepare_pathfinder(cfg, name: str, size: int, res_dir: str) -> TaskData:
     cache_dir = cfg.get("cache_dir") or default_cache_dir()
     difficulty = str(cfg.get("difficulty", "curv_contour_length_14"))
-    if difficulty not in pathfinder_gen.DIFFICULTIES:
-        raise ValueError(f"task.difficulty={difficulty!r} is not one of {', '.join(pathfinder_gen.DIFFICULTIES)}")
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"task.difficulty={difficulty!r} is not one of {', '.join(DIFFICULTIES)}")
     sizes = _sizes(cfg)
     meta: dict = {"source": cfg.source, "difficulty": difficulty}
     if cfg.source == "generate":
         want = cfg.get("generator_version")
-        if want is not None and int(want) != pathfinder_gen.GENERATOR_VERSION:
+        if want is not None and int(want) != GENERATOR_VERSION:
             raise ValueError(f"task.generator_version={want!r}, but this lra-bench generates version "
-                             f"{pathfinder_gen.GENERATOR_VERSION} images (version 1: easier, unbroken strokes; "
-                             f"retired); set task.generator_version={pathfinder_gen.GENERATOR_VERSION} or use "
-                             f"task.source=release")
+                             f"{GENERATOR_VERSION} images (version 1: easier, unbroken strokes; retired); set "
+                             f"task.generator_version={GENERATOR_VERSION} or use task.source=release")
         params = generator_params(cfg, size)
         total = int(cfg.get("num_images", 200_000))
         n = {s: (v if v is not None else int(round(total * f))) for (s, v), f in zip(sizes.items(), SPLIT_FRACTIONS)}
         batch = int(cfg.get("gen_batch_size") or (2048 if size <= 32 else 128))
         key = {"task": name, "source": "generate", "seed": int(cfg.data_seed), "sizes": n, "size": size,
-               "params": pathfinder_gen.params_dict(params), "batch": batch,
-               "generator_version": pathfinder_gen.GENERATOR_VERSION}
+               "params": params_dict(params), "batch": batch, "generator_version": GENERATOR_VERSION}
         key = json.loads(json.dumps(key))  # tuples -> lists, as the cache compares keys after a JSON round trip
 
         def build():
             workers = cfg.get("gen_workers")
-            x, y = pathfinder_gen.generate(sum(n.values()), int(cfg.data_seed), size, params, batch_size=batch,
-                                           progress=bool(cfg.get("progress", True)),
-                                           workers=None if workers is None else int(workers))
+            x, y = generate_images(sum(n.values()), int(cfg.data_seed), size, params, batch_size=batch,
+                                progress=bool(cfg.get("progress", True)),
+                                workers=None if workers is None else int(workers))
             x = torch.from_numpy(x.reshape(len(x), -1))
             y = torch.from_numpy(y)
             out, lo = {}, 0
@@ -155,7 +153,7 @@ def prepare_pathfinder(cfg, name: str, size: int, res_dir: str) -> TaskData:
             return out
 
         tensors = cached_tensors(cache_dir, name, key, build)
-        meta.update(generator_version=pathfinder_gen.GENERATOR_VERSION, params=pathfinder_gen.params_dict(params))
+        meta.update(generator_version=GENERATOR_VERSION, params=params_dict(params))
     elif cfg.source == "release":
         if not cfg.get("data_dir"):
             raise DataNotFoundError("task.source=release needs task.data_dir. "
