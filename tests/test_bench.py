@@ -371,6 +371,23 @@ def test_train_overhead_times_the_real_train_step(tmp_path, monkeypatch):
     assert "train_overhead" in bench.summary(records)
 
 
+def test_a_new_mode_needs_only_its_registered_mode(tmp_path, monkeypatch):
+    """Registering a Mode is all a mode needs: the settings accept its name, the grid plans its
+    cases (N ascending), the runner measures and records them and the summary shows its table."""
+    def measure(case, s, device):
+        return bench.Measurement({"answer": float(case.seq_len)}, {"timer": "none"}, {})
+
+    toy = bench.Mode("toy", order=99, axes=lambda variant, s: [{"batch_size": 1}], measure=measure,
+                     metric="answer", title="a toy metric")
+    monkeypatch.setitem(bench.MODES, "toy", toy)
+    records = bench.run(_compose_bench("variants=[full]", "modes=[toy]", "lengths=[16,8]"), tmp_path / "job")
+    assert [(r["case"]["mode"], r["seq_len"], r["status"], r["metrics"]["answer"]) for r in records] == \
+        [("toy", 8, "ok", 8.0), ("toy", 16, "ok", 16.0)]
+    assert sorted(p.name for p in (tmp_path / "job" / "records").glob("*.json")) == \
+        ["toy-full-N16-B1.json", "toy-full-N8-B1.json"]
+    assert "== toy: a toy metric ==" in bench.summary(records)
+
+
 def test_unknown_variant_is_a_config_error():
     cfg = compose_bench("variants=[nope]", "device=cpu")
     with pytest.raises(ConfigError, match="available"):

@@ -26,14 +26,21 @@ pieces: :mod:`lra.bench.case` (``Case``, ``Measurement``), :mod:`lra.bench.measu
 metrics, autocast), :mod:`lra.bench.encoder` (the encoder modes' model). How time, memory and
 FLOPs are measured, and how seeds and the host are recorded: ``docs/numerics.md``.
 
-Add a mode: write one module ``lra/bench/<name>.py`` that defines ``measure(case, settings,
-device) -> Measurement`` and the cases' ``axes(variant, settings)``, and calls
-``register(Mode(name, order=..., axes=..., measure=..., metric=..., title=...))`` -- with
-``section=`` (and ``rules=``) if it reads its own settings section, which then goes into
-``conf/bench.yaml`` under that name. Nothing else changes: every module of this package is
-imported when it is (:func:`lra.bench.registry.discover`), so the mode is known to
-``modes=[...]``, the grid, the runner and the summary. Its module docstring says what a case
-is and what it measures.
+Add a mode -- one new module, ``lra/bench/<name>.py``, and nothing else in the code:
+
+1. its docstring says what a case is and what it measures;
+2. ``measure(case, settings, device) -> Measurement`` measures one case
+   (helpers: :mod:`lra.bench.measuring`, :mod:`lra.timing`);
+3. ``axes(variant, settings) -> list[dict]`` gives the case axes besides N (``batch_size``,
+   ``dtype``, ``pattern``, ...); the grid adds the lengths;
+4. ``register(Mode(name, order=..., axes=axes, measure=measure, metric=..., title=...))``, with
+   ``section=`` and ``rules=`` if it reads its own settings section (and any hooks, tables or
+   columns :class:`lra.bench.registry.Mode` lists).
+
+Every module of this package is imported with it (:func:`lra.bench.registry.discover`), so the
+mode is then known to ``modes=[...]``, the settings checks, the grid, the runner and the summary.
+In config only, and only if wanted: its name in ``modes:`` of ``conf/bench.yaml`` runs it by
+default, and its section there shows its defaults (without one, ``+<name>.<key>=...`` sets them).
 
 Exit status of ``lra-bench``: 0; 1 when a case failed (status ``error`` or ``nan``; ``oom`` is a
 measured outcome); 2 on a config error (:func:`lra.bench.runner.exit_code`).

@@ -11,6 +11,8 @@ import torch
 from ..timing import MAX_REPEATS, Timing, peak_bf16_tflops, tflops
 
 REDUCED_PRECISION = (torch.bfloat16, torch.float16)
+#: a mode's extra summary table of peak memory (:attr:`lra.bench.registry.Mode.tables`)
+PEAK_MEMORY_TABLE = ("peak_mem_mb", "peak memory (MiB)")
 
 
 def autocast(device: torch.device, dtype: torch.dtype):

@@ -22,7 +22,7 @@ from ..timing import PeakMemory, time_fn
 from .case import Case, Measurement
 from .encoder import (ENCODER_RULES, divisibility_problems, dtype_axes, encoder_config, encoder_facts,
                       encoder_variant_config)
-from .measuring import REDUCED_PRECISION, autocast, time_metrics, timing_facts, timing_kw
+from .measuring import PEAK_MEMORY_TABLE, REDUCED_PRECISION, autocast, time_metrics, timing_facts, timing_kw
 from .registry import Mode, register
 from .settings import DTYPES
 
@@ -74,4 +74,4 @@ register(Mode("model_step", order=30, axes=dtype_axes("model_step"), measure=mea
               title="steps/s", section="model_step",
               rules=ENCODER_RULES + (Float("lr", low=0, open_low=True, example=1e-4),),
               problems=divisibility_problems("model_step"), task_shaped=True,
-              tables=(("peak_mem_mb", "peak memory (MiB)"),)))
+              tables=(PEAK_MEMORY_TABLE,)))

@@ -23,7 +23,8 @@ from ..results import variant_config
 from ..timing import (FLOPS_COUNTED, PeakMemory, attention_flops, count_flops, exact_kernel, flops_convention,
                       free_memory, is_oom, time_fn)
 from .case import Case, Measurement
-from .measuring import REDUCED_PRECISION, autocast, device_name, speed_metrics, timing_facts, timing_kw
+from .measuring import (PEAK_MEMORY_TABLE, REDUCED_PRECISION, autocast, device_name, speed_metrics, timing_facts,
+                        timing_kw)
 from .registry import Mode, register
 from .settings import DTYPES
 
@@ -99,4 +100,4 @@ def measure(case: Case, s: dict, device: torch.device) -> Measurement:
 
 register(Mode("op_fwd", order=10, axes=axes, measure=measure, metric="ms_fwd", title="ms (median)"))
 register(Mode("op_fwd_bwd", order=20, axes=axes, measure=measure, metric="ms_fwd_bwd",
-              title="ms (median)", tables=(("peak_mem_mb", "peak memory (MiB)"),)))
+              title="ms (median)", tables=(PEAK_MEMORY_TABLE,)))

@@ -28,7 +28,8 @@ TableColumns = Callable[[pd.DataFrame, pd.DataFrame, list, str], pd.DataFrame]
 class Mode:
     """One bench mode.
 
-    ``axes(variant, settings)``: the mode's case axes besides N for one variant, each a dict of
+    ``name`` is ``case.mode`` and the ``modes=[...]`` entry; ``order`` places it among the
+    modes (listings, the summary; the built-in ones are 10, 20, ... 60). ``axes(variant, settings)``: the mode's case axes besides N for one variant, each a dict of
     :class:`~lra.bench.case.Case` fields (``batch_size``, ``dtype``, ``pattern``, ``radius``,
     ``causal``); the grid takes every one at every length, N ascending innermost
     (:func:`lra.bench.grid.plan`). ``measure(case, settings, device)`` measures one case.
