@@ -20,7 +20,7 @@ import torch
 from ..schema import Rule
 from .case import Case, Measurement
 
-#: extra columns of a mode's main summary table: ``(table, ok_rows, index, metric) -> table``
+#: extra columns of a mode's main summary table: ``(table, mode_rows, index, metric) -> table``
 TableColumns = Callable[[pd.DataFrame, pd.DataFrame, list, str], pd.DataFrame]
 
 
@@ -29,7 +29,8 @@ class Mode:
     """One bench mode.
 
     ``name`` is ``case.mode`` and the ``modes=[...]`` entry; ``order`` places it among the
-    modes (listings, the summary; the built-in ones are 10, 20, ... 60). ``axes(variant, settings)``: the mode's case axes besides N for one variant, each a dict of
+    modes (listings, the summary; the built-in ones are 10, 20, ... 60).
+    ``axes(variant, settings)``: the mode's case axes besides N for one variant, each a dict of
     :class:`~lra.bench.case.Case` fields (``batch_size``, ``dtype``, ``pattern``, ``radius``,
     ``causal``); the grid takes every one at every length, N ascending innermost
     (:func:`lra.bench.grid.plan`). ``measure(case, settings, device)`` measures one case.
