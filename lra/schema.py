@@ -1,8 +1,9 @@
 """Valid values of every config value a run uses, checked once before any work.
 
 One table per config group (:data:`TASK`, :data:`MODEL`, :data:`TRAINER`, :data:`RUN` for
-``lra-train``; :data:`BENCH` for ``lra-bench``; :data:`KNOBS` for the attention variants'
-knobs), each a list of :class:`Rule` (key, type, range or choices, what the value means).
+``lra-train``; :data:`BENCH` for ``lra-bench``'s grid, and each bench mode's section in that
+mode's module; :data:`KNOBS` for the attention variants' knobs), each a list of :class:`Rule`
+(key, type, range or choices, what the value means).
 :func:`check` applies a table to a dict of *effective* values (after recipes, presets and
 command-line overrides) and raises one :class:`ConfigError` that names every bad value, the
 constraint it breaks and how to fix it, e.g.::
@@ -319,7 +320,8 @@ def knob_rules(name: str, config_cls: type) -> list[Rule]:
 
 # ----------------------------------------------------------------------------- lra-bench
 
-#: top-level op-grid keys of ``lra-bench`` (after device defaults)
+#: top-level grid keys of ``lra-bench`` (after device defaults); the rules of a mode's own section
+#: (``model_step:``, ``exactness:``, ...) are that mode's ``rules`` (:mod:`lra.bench.registry`)
 BENCH = [
     Ints("lengths", means="sequence lengths N", example="[256,512]"),
     Ints("batch_size", means="batch sizes", example=2),
@@ -330,29 +332,6 @@ BENCH = [
     Int("max_repeats", means="cap on timed calls per case", example=1000),
     Int("seed", low=0, example=0), Bool("count_flops"), Bool("progress"), Bool("summary"),
 ]
-_BENCH_MODEL = [Ints("lengths", example="[256]"), Int("layers", example=2), Int("d_model", example=64),
-                Int("heads", example=4), Int("mlp_dim", example=128), Int("batch_size", example=2),
-                Int("vocab_size", low=2, example=257), Int("num_classes", low=2, example=2),
-                Float("dropout", low=0, high=1, open_high=True, example=0.1),
-                Choice("pooling", _model.POOLINGS), Choice("pos_emb", ("learned", "sinusoidal"))]
-BENCH_SECTIONS = {
-    "model_step": _BENCH_MODEL + [Float("lr", low=0, open_low=True, example=1e-4)],
-    "train_overhead": _BENCH_MODEL + [
-        Float("min_fraction", low=0, high=1, open_low=True, means="shortest real length / N", example=0.25),
-        Int("examples", optional=True, example=1000), Int("steps_per_call", example=5),
-        Int("warmup", low=0, example=1), Int("repeats", example=3), Bool("compile"), Bool("bucketing"),
-        Int("bucket_multiple", example=128)],
-    "exactness": [Ints("lengths", example="[256]"), Int("batch_size", example=1), Int("heads", example=4),
-                  Int("head_dim", example=64), Int("seeds", example=1),
-                  Float("random_scale", low=0, open_low=True, example=1.0),
-                  Float("concentrated_scale", low=0, open_low=True, example=3.0),
-                  Int("concentrated_keys", example=4), Int("fit_steps", low=0, example=200),
-                  Float("fit_lr", low=0, open_low=True, example=3e-3), Int("fit_batch_size", example=2),
-                  Int("weight_queries", example=128)],
-    "smoothness": [Ints("lengths", example="[64,128]"), Int("dim", example=64),
-                   Float("radius", low=0, open_low=True, example=1.0),
-                   Float("weight_std", low=0, open_low=True, example=1.0), Int("iters", example=20)],
-}
 
 
 # ----------------------------------------------------------------------------- checking

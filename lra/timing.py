@@ -1,43 +1,16 @@
-"""Timing, memory and FLOP helpers for ``lra-bench``.
+"""Timing, memory and FLOP helpers for ``lra-bench`` (and ``lra-train``'s OOM check).
 
-Timing protocol (:func:`time_fn`), the same on every device:
+:func:`time_fn` times one function (warm-up, synchronize, timed calls, synchronize) with a clock
+per device (:class:`CudaEventClock` on CUDA, :class:`PerfCounterClock` elsewhere) and returns a
+:class:`Timing` (median, percentiles, every per-call time); :func:`time_interleaved` times
+several functions in rotated rounds. :class:`PeakMemory` measures a block's peak CUDA memory.
+:func:`attention_flops` is the analytic FLOP count of exact attention (:data:`FLOP_CONVENTIONS`,
+:func:`exact_kernel`), :func:`count_flops` asks ``FlopCounterMode``, :func:`peak_bf16_tflops`
+gives a device's dense BF16 peak. :func:`is_oom` and :func:`free_memory` handle out-of-memory.
 
-1. call ``fn`` ``warmup`` times (the first calls also compile any ``torch.compile`` path:
-   flex_attention kernels of ``local``/``bigbird`` on CUDA, cuDNN/SDPA autotuning, ...);
-2. ``sync()`` -- wait for all queued device work;
-3. ``start = clock.start(); fn(); stop = clock.stop()``, ``repeats`` times -- and, with a
-   clock read on the host as it goes (``perf_counter``, i.e. on CPU), more calls until the
-   timed calls add up to ``min_time_s`` (at most ``max_repeats`` calls): a CPU case is timed
-   for at least ~0.2 s whatever its speed, so one slow phase of the machine cannot be most of
-   its samples;
-4. ``sync()``, then read every (start, stop) pair; report the median, the 10th/25th/75th/90th
-   percentiles and every per-call time (``Timing.times_ms``) in milliseconds.
-
-:func:`time_interleaved` compares several functions: each warmed up, then rounds of one
-:func:`time_fn` call each, the order rotated per round, so drift hits all of them alike.
-
-Clocks:
-
-* :class:`CudaEventClock` (``timer: "cuda_event"``) -- CUDA events recorded on the current
-  stream around each call; elapsed times are read after the final synchronize, so the
-  measurement is device time and the host never stalls between repeats.
-* :class:`PerfCounterClock` (``timer: "perf_counter"``) -- ``time.perf_counter`` host wall
-  time with a ``sync()`` before start and before stop (a no-op on CPU, so CPU timings are
-  plain wall time of the call).
-
-Memory (:class:`PeakMemory`): on CUDA ``torch.cuda.reset_peak_memory_stats`` before the case
-and ``torch.cuda.max_memory_allocated`` after it (allocations made by PyTorch's caching
-allocator, i.e. tensors; not the allocator's reserve, not cuBLAS workspaces, not other
-processes). On CPU no memory is measured (``None``): tracemalloc cannot see torch's allocator.
-
-FLOPs: :func:`attention_flops` is the analytic count for exact attention, by what the kernel
-executes (:data:`FLOP_CONVENTIONS`): forward 4·B·H·N²·D (QKᵀ and PV, 2 FLOPs per
-multiply-add); backward 2x forward for the materialized math path (dV = PᵀdO, dP = dO Vᵀ,
-dQ = dS K, dK = dSᵀQ), so 3.0x forward+backward, and 2.5x for fused kernels
-(FlashAttention-style) that recompute QKᵀ in the backward pass, so 3.5x (FlashAttention's
-benchmark convention). :func:`exact_kernel` says which applies to a backend.
-:func:`count_flops` asks :class:`torch.utils.flop_counter.FlopCounterMode` (matmul-like ops
-only: mm/bmm/conv/SDPA; elementwise work such as ``exp`` is not counted).
+The rules these implement -- warm-up, synchronisation, CUDA events vs ``perf_counter``,
+``min_time_s``, medians and spread, peak memory, FLOP conventions, TFLOP/s fractions -- are
+written once in ``docs/numerics.md``.
 """
 from __future__ import annotations
 

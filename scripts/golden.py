@@ -53,8 +53,8 @@ COMMANDS: dict[str, list[str]] = {
 VOLATILE = re.compile(
     r"(^|\.)(started_at|finished_at|git_commit|host|timings_ms|timings_ms_by_part|checkpoint|command_line|"
     r"results_dir)(\.|$)"
-    r"|(^|\.)(ms|ms_\w+|\w+_ms|steps_per_s|\w*tokens_per_s\w*|train_time_s|pretrain_train_time_s|timed_s|repeats|"
-    r"tflops|tflops_fraction|overhead_pct|optimizer_pct|loop_pct|bucketing_speedup|packed|peak_mem_mb|"
+    r"|(^|\.)(ms|ms_\w+|\w+_ms|steps_per_s|\w*tokens_per_s\w*|train_time_s|pretrain_train_time_s|timed_s|wall_s|"
+    r"repeats|tflops|tflops_fraction|overhead_pct|optimizer_pct|loop_pct|bucketing_speedup|packed|peak_mem_mb|"
     r"input_mem_mb|gemm_\w+|calibration\.\w+)$")
 
 

@@ -1,6 +1,7 @@
 """lra-bench: timing protocol, OOM handling, exactness, the Lipschitz estimator, the Hydra app."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import subprocess
 import sys
@@ -12,8 +13,11 @@ import torch
 
 import attention_variants as av
 from lra import bench
+from lra.bench import exactness, op, runner
+from lra.bench import smoothness as smoothness_mode
 from lra.cli import bench as cli_bench
 from lra.results import load
+from lra.schema import ConfigError
 from lra.smoothness import growth_exponent, lipschitz_estimate
 from lra.timing import (FLOP_CONVENTIONS, FLOPS_COUNTED, PerfCounterClock, attention_flops, count_flops, is_oom,
                         peak_bf16_tflops, time_fn, time_interleaved)
@@ -156,7 +160,7 @@ def test_oom_is_recorded_larger_n_skipped_and_the_grid_goes_on():
                    ("other", 64, "ok"), ("other", 128, "ok"), ("other", 256, "error"), ("other", 512, "ok")]
     assert ("fake", 256) not in calls and ("fake", 512) not in calls  # skipped, not run
     assert "out of memory" in records[1]["message"].lower()
-    assert records[2]["message"] == bench.SKIPPED_OOM
+    assert records[2]["message"] == runner.SKIPPED_OOM
     assert "something else broke" in records[6]["message"]
     assert all(r["kind"] == "bench" and r["case"]["mode"] == "op_fwd" for r in records)
 
@@ -164,14 +168,14 @@ def test_oom_is_recorded_larger_n_skipped_and_the_grid_goes_on():
 def test_op_case_on_cpu_records_timer_flops_and_no_memory():
     s = _settings(heads=2, head_dim=16, repeats=2, warmup=1, count_flops=True,
                   knobs={"full": {}, "linear": {}})
-    m = bench.measure_op(bench.Case("op_fwd_bwd", "full", 64, 2, "float32"), s, torch.device("cpu"))
+    m = op.measure(bench.Case("op_fwd_bwd", "full", 64, 2, "float32"), s, torch.device("cpu"))
     assert m.facts["timer"] == "perf_counter" and m.facts["flops_source"] == "analytic"
     assert m.metrics["flops"] == attention_flops(2, 2, 64, 16, "fwd_bwd", kernel="materialized")
     assert m.metrics["ms_fwd_bwd"] > 0 and m.metrics["peak_mem_mb"] is None
-    fwd = bench.measure_op(bench.Case("op_fwd", "linear", 64, 2, "float32"), s, torch.device("cpu"))
+    fwd = op.measure(bench.Case("op_fwd", "linear", 64, 2, "float32"), s, torch.device("cpu"))
     assert fwd.facts["flops_source"] == "flop_counter" and fwd.metrics["flops"] > 0
     assert fwd.facts["flops_convention"] == FLOPS_COUNTED
-    both = bench.measure_op(bench.Case("op_fwd_bwd", "linear", 64, 2, "float32"), s, torch.device("cpu"))
+    both = op.measure(bench.Case("op_fwd_bwd", "linear", 64, 2, "float32"), s, torch.device("cpu"))
     assert both.facts["flops_source"] == "flop_counter" and both.metrics["flops"] > fwd.metrics["flops"]
 
 
@@ -191,17 +195,17 @@ def test_exact_flops_follow_what_the_kernel_executes():
     b, h, n, d = 2, 2, 64, 16
     assert _full_fwd_bwd_counted(b, h, n, d) == attention_flops(b, h, n, d, "fwd_bwd", kernel="materialized")
     s = _settings(heads=h, head_dim=d, repeats=1, warmup=0, knobs={"full": {}, "flash": {}, "flash_math": {}})
-    full = bench.measure_op(bench.Case("op_fwd_bwd", "full", n, b, "float32"), s, torch.device("cpu"))
+    full = op.measure(bench.Case("op_fwd_bwd", "full", n, b, "float32"), s, torch.device("cpu"))
     assert full.metrics["flops"] == 3 * 4 * b * h * n * n * d
     assert full.facts["flops_convention"] == "fwd+bwd = 3.0 x fwd (materialized math)"
-    flash = bench.measure_op(bench.Case("op_fwd_bwd", "flash", n, b, "float32"), s, torch.device("cpu"))
+    flash = op.measure(bench.Case("op_fwd_bwd", "flash", n, b, "float32"), s, torch.device("cpu"))
     kernel = "materialized" if flash.facts["backend"] == "math" else "fused"   # whichever SDPA backend ran
     assert flash.facts["flops_convention"] == FLOP_CONVENTIONS[kernel][1]
     assert flash.metrics["flops"] == attention_flops(b, h, n, d, "fwd_bwd", kernel=kernel)
     s["knobs"]["flash"] = {"backend": "math"}
-    math_path = bench.measure_op(bench.Case("op_fwd_bwd", "flash", n, b, "float32"), s, torch.device("cpu"))
+    math_path = op.measure(bench.Case("op_fwd_bwd", "flash", n, b, "float32"), s, torch.device("cpu"))
     assert math_path.facts["backend"] == "math" and math_path.metrics["flops"] == full.metrics["flops"]
-    fwd = bench.measure_op(bench.Case("op_fwd", "full", n, b, "float32"), s, torch.device("cpu"))
+    fwd = op.measure(bench.Case("op_fwd", "full", n, b, "float32"), s, torch.device("cpu"))
     assert fwd.metrics["flops"] == 4 * b * h * n * n * d and fwd.facts["flops_convention"].startswith("fwd = ")
 
 
@@ -224,7 +228,7 @@ def test_op_record_keeps_raw_times_spread_and_explicit_seed(tmp_path):
 
 def test_measure_on_cpu_uses_the_minimum_time_rule():
     s = _settings(heads=2, head_dim=16, repeats=2, warmup=0, min_time_s=0.05, knobs={"linear": {}})
-    m = bench.measure_op(bench.Case("op_fwd", "linear", 16, 1, "float32"), s, torch.device("cpu"))
+    m = op.measure(bench.Case("op_fwd", "linear", 16, 1, "float32"), s, torch.device("cpu"))
     assert sum(m.timings_ms) >= 50 or len(m.timings_ms) == 1000
     assert len(m.timings_ms) > 2 and m.facts["repeats"] == len(m.timings_ms)
 
@@ -234,8 +238,8 @@ def test_measure_on_cpu_uses_the_minimum_time_rule():
 def _exactness_error(variant, n=64, pattern="random", seeds=1, random_scale=1.0, dtype="float32", **knobs):
     s = _settings(exactness={"heads": 2, "head_dim": 16, "seeds": seeds, "concentrated_scale": 3.0,
                              "concentrated_keys": 4, "random_scale": random_scale}, knobs={variant: knobs})
-    m = bench.measure_exactness(bench.Case("exactness", variant, n, 1, dtype, pattern), s, torch.device("cpu"))
-    assert m.facts["reference"] == bench.REFERENCE
+    m = exactness.measure(bench.Case("exactness", variant, n, 1, dtype, pattern), s, torch.device("cpu"))
+    assert m.facts["reference"] == exactness.REFERENCE
     return m.metrics["approx_error"]
 
 
@@ -283,8 +287,8 @@ def test_performer_error_decreases_with_features():
 
 
 def test_concentrated_pattern_is_peaked():
-    q, k, _ = bench.exactness_inputs("concentrated", 1, 1, 64, 16, seed=0)
-    qr, kr, _ = bench.exactness_inputs("random", 1, 1, 64, 16, seed=0)
+    q, k, _ = exactness.exactness_inputs("concentrated", 1, 1, 64, 16, seed=0)
+    qr, kr, _ = exactness.exactness_inputs("random", 1, 1, 64, 16, seed=0)
     top = lambda a, b: torch.softmax(a @ b.transpose(-1, -2) / 4.0, -1).max(-1).values.mean()  # noqa: E731
     assert top(q, k) > 2 * top(qr, kr)
 
@@ -303,7 +307,7 @@ def test_lipschitz_estimate_recovers_spectral_norm_of_linear_map():
 
 def test_lipschitz_estimate_of_attention_is_finite_and_exponent_fit():
     s = _settings(smoothness={"dim": 8, "radius": 1.0, "weight_std": 1.0, "iters": 5}, knobs={"flash": {}})
-    m = bench.measure_smoothness(bench.Case("smoothness", "flash", 32, 1, "float32"), s, torch.device("cpu"))
+    m = smoothness_mode.measure(bench.Case("smoothness", "flash", 32, 1, "float32"), s, torch.device("cpu"))
     assert m.status == "ok" and math.isfinite(m.metrics["lipschitz"]) and m.metrics["lipschitz"] > 0
     assert growth_exponent([16, 64, 256], [2 * 4, 2 * 8, 2 * 16]) == pytest.approx(0.5)
 
@@ -367,9 +371,26 @@ def test_train_overhead_times_the_real_train_step(tmp_path, monkeypatch):
     assert "train_overhead" in bench.summary(records)
 
 
+def test_a_new_mode_needs_only_its_registered_mode(tmp_path, monkeypatch):
+    """Registering a Mode is all a mode needs: the settings accept its name, the grid plans its
+    cases (N ascending), the runner measures and records them and the summary shows its table."""
+    def measure(case, s, device):
+        return bench.Measurement({"answer": float(case.seq_len)}, {"timer": "none"}, {})
+
+    toy = bench.Mode("toy", order=99, axes=lambda variant, s: [{"batch_size": 1}], measure=measure,
+                     metric="answer", title="a toy metric")
+    monkeypatch.setitem(bench.MODES, "toy", toy)
+    records = bench.run(_compose_bench("variants=[full]", "modes=[toy]", "lengths=[16,8]"), tmp_path / "job")
+    assert [(r["case"]["mode"], r["seq_len"], r["status"], r["metrics"]["answer"]) for r in records] == \
+        [("toy", 8, "ok", 8.0), ("toy", 16, "ok", 16.0)]
+    assert sorted(p.name for p in (tmp_path / "job" / "records").glob("*.json")) == \
+        ["toy-full-N16-B1.json", "toy-full-N8-B1.json"]
+    assert "== toy: a toy metric ==" in bench.summary(records)
+
+
 def test_unknown_variant_is_a_config_error():
     cfg = compose_bench("variants=[nope]", "device=cpu")
-    with pytest.raises(bench.ConfigError, match="available"):
+    with pytest.raises(ConfigError, match="available"):
         bench.resolve_settings(cfg, torch.device("cpu"))
 
 
@@ -415,7 +436,7 @@ BAD_BENCH = [
 def test_bad_bench_grids_are_config_errors(overrides, message):
     import re
 
-    with pytest.raises(bench.ConfigError) as err:
+    with pytest.raises(ConfigError) as err:
         bench.resolve_settings(_compose_bench("variants=[full]", *overrides), torch.device("cpu"))
     assert re.search(message, str(err.value)), str(err.value)
 
@@ -444,7 +465,7 @@ def test_bench_cli_exits_1_when_a_case_fails(tmp_path, monkeypatch):
     def broken(case, s, device):
         raise RuntimeError("kernel exploded")
 
-    monkeypatch.setitem(bench.MEASURE, "op_fwd", broken)
+    monkeypatch.setitem(bench.MODES, "op_fwd", dataclasses.replace(bench.MODES["op_fwd"], measure=broken))
     monkeypatch.setattr(sys, "argv", ["lra-bench", f"hydra.run.dir={tmp_path}", "variants=[full]", "device=cpu",
                                       "modes=[op_fwd]", "lengths=[8]", "progress=false", "summary=false"])
     with pytest.raises(SystemExit) as stop:

@@ -9,7 +9,7 @@ import attention_variants as av
 from attention_variants.taylor import taylor_features
 from lra.attention_measures import (attention_entropy, average_ranks, fit_to_softmax, monotonicity,
                                     probe_weights, weight_measures)
-from lra.bench import exactness_inputs
+from lra.bench.exactness import exactness_inputs
 from lra.distill import distillation_loss, sample_queries, soft_kl, softmax_weights, variant_weights
 from conftest import compose_bench
 

@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from lra import bench
+from lra.bench import runner
 from lra.results import load
+from lra.schema import ConfigError
 from lra.report.smoothness import exponent_table
 from conftest import compose_bench
 
@@ -46,12 +48,12 @@ def test_checkpoint_adds_the_trained_data_pattern():
     ("smoothness.patterns=[data_trained]", "needs smoothness.data.checkpoint"),
 ])
 def test_bad_smoothness_settings_fail_with_the_choices(override, message):
-    with pytest.raises(bench.ConfigError, match=message):
+    with pytest.raises(ConfigError, match=message):
         bench.resolve_settings(_compose("variants=[full]", override), torch.device("cpu"))
 
 
 def test_tiny_smoothness_run_writes_a_record_per_case(tmp_path, monkeypatch):
-    monkeypatch.setattr(bench, "free_memory", lambda device=None: None)   # a full gc per case: slow, not tested here
+    monkeypatch.setattr(runner, "free_memory", lambda device=None: None)   # a full gc per case: slow, not tested here
     cfg = _compose("variants=[full,random_feature]", "smoothness.lengths=[8,16]", "smoothness.dim=8",
                    "smoothness.iters=3", "smoothness.samples=1", "smoothness.radius_sweep=[1.0]",
                    "smoothness.search.steps=1", "+knobs.random_feature.num_features=16",

@@ -1,6 +1,6 @@
 """One smoothness measurement: a variant, an input pattern, a length -> metrics and facts.
 
-``lra-bench``'s ``smoothness`` mode (:func:`lra.bench.measure_smoothness`) plans its cases with
+``lra-bench``'s ``smoothness`` mode (:mod:`lra.bench.smoothness`) plans its cases with
 :func:`plan_axes` and measures each with :func:`measure`. Settings are the ``smoothness:`` section
 of ``conf/bench.yaml`` (a plain dict here).
 
