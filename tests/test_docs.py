@@ -38,14 +38,10 @@ from lra.cli import data as cli_data
 from lra.report import cli as report_cli
 # -> lra.training.config after the merge
 from lra.train import explicit_beats_presets, validate
-# -> wherever lra/bench/ keeps the settings (resolve_settings) after the merge
 from lra.bench import resolve_settings
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "scripts" / "device" / "README.md"]
-#: pages linked from the docs that other branches of the layout refactor add: docs/numerics.md (the timing
-#: and FLOP rules) comes with the benchmark's move; once it is merged, the link checks below cover it too
-ELSEWHERE = {REPO / "docs" / "numerics.md"}
 SHELL_BLOCKS = {"bash", "sh", "console", "shell"}
 CONSOLE_SCRIPTS = ("lra-train", "lra-bench", "lra-data", "lra-report")
 NEEDS = re.compile(r"#\s*needs:\s*([\w ,-]+?)\s*$")
@@ -229,8 +225,6 @@ def _anchors(path: Path) -> set[str]:
 def test_relative_links_resolve(page):
     for file, fragment in _links(page):
         target = (page.parent / file).resolve() if file else page
-        if target in ELSEWHERE:
-            continue
         assert target.exists(), f"{page.relative_to(REPO)}: link to {file} does not resolve"
         if fragment and target.suffix == ".md":
             assert fragment in _anchors(target), f"{page.relative_to(REPO)}: no heading #{fragment} in {file}"
@@ -239,7 +233,7 @@ def test_relative_links_resolve(page):
 def test_readme_links_every_docs_page_and_stays_short():
     readme = REPO / "README.md"
     linked = {(REPO / file).resolve() for file, _ in _links(readme) if file}
-    pages = set((REPO / "docs").glob("*.md")) | ELSEWHERE
+    pages = set((REPO / "docs").glob("*.md"))
     assert not pages - linked, f"docs pages the README does not link: {sorted(p.name for p in pages - linked)}"
     lines = len(readme.read_text(encoding="utf-8").splitlines())
     assert lines <= README_MAX_LINES, f"README.md has {lines} lines; the depth belongs in docs/"
