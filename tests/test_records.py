@@ -342,7 +342,7 @@ def test_listops_progress_moves_as_chunks_finish(monkeypatch):
         def update(self, n=1):
             updates.append((time.perf_counter(), n))
 
-    monkeypatch.setattr(listops, "tqdm", Bar)
+    monkeypatch.setattr(listops, "progress_bar", Bar)
     monkeypatch.setattr(listops, "_generate_chunk", _slow_chunk)
     monkeypatch.setattr(listops, "CHUNK", 20)
     t0 = time.perf_counter()

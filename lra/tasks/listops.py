@@ -24,9 +24,9 @@ import sys
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from ..data import cached_tensors, default_cache_dir, source_fingerprint, subsample
+from ..progress import progress as progress_bar
 from . import DataNotFoundError, TaskData
 
 OPERATORS = ("[MAX", "[MIN", "[MED", "[SM")
@@ -193,8 +193,7 @@ def generate(n: int, seed: int, min_length: int, max_length: int, max_depth: int
     index = 0
     what = (f"{n} distinct ListOps expressions with {min_length} < tokens < {max_length} (max_depth {max_depth}, "
             f"max_args {max_args})")
-    with tqdm(total=n, desc=f"ListOps: generating {n} expressions", disable=not progress, unit="ex",
-              dynamic_ncols=True) as bar:
+    with progress_bar(total=n, desc=f"ListOps: generating {n} expressions", disable=not progress, unit="ex") as bar:
         while len(seen) < n:
             missing = n - len(seen)
             jobs = [(seed, index + i, CHUNK, min_length, max_length, max_depth, max_args)

@@ -35,6 +35,7 @@ import torch
 
 from .. import pathfinder_gen
 from ..data import cached_tensors, default_cache_dir, source_fingerprint
+from ..progress import progress as progress_bar
 from . import DataNotFoundError, TaskData
 from .image import square_splits
 
@@ -74,7 +75,6 @@ def read_release(d: Path, size: int, progress: bool = True) -> tuple[torch.Tenso
     except ImportError:
         raise DataNotFoundError("reading the Pathfinder release needs Pillow (pip install pillow); or use "
                                 "task.source=generate") from None
-    from tqdm.auto import tqdm
 
     metas = _metadata_files(d)
     if not metas:
@@ -92,8 +92,8 @@ def read_release(d: Path, size: int, progress: bool = True) -> tuple[torch.Tenso
     images = np.zeros((len(entries), size * size), dtype=np.uint8)
     labels = np.zeros(len(entries), dtype=np.int64)
     n = skipped = 0
-    for path, label in tqdm(entries, desc=f"Pathfinder: reading {len(entries)} images", disable=not progress,
-                            unit="img", mininterval=2):
+    for path, label in progress_bar(entries, desc=f"Pathfinder: reading {len(entries)} images", disable=not progress,
+                                    unit="img", mininterval=2):
         if not path.is_file() or path.stat().st_size == 0:
             skipped += 1
             continue
