@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..data import cached_tensors, default_cache_dir, source_fingerprint, subsample
-from . import DataNotFoundError, TaskData
+from . import DataNotFoundError, TaskData, find_or_download
 
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE = "test_batch"
@@ -125,12 +125,7 @@ def prepare(cfg) -> TaskData:
     if not cfg.get("data_dir"):
         raise DataNotFoundError("task image needs task.data_dir. " + missing_message(Path("<data_dir>")))
     data_dir = Path(str(cfg.data_dir)).expanduser()
-    d = find_dir(data_dir)
-    if d is None and cfg.get("download"):
-        download(data_dir)
-        d = find_dir(data_dir)
-    if d is None:
-        raise DataNotFoundError(missing_message(data_dir))
+    d = find_or_download(cfg, data_dir, find_dir, download, missing_message)
     files = [d / f for f in (*TRAIN_FILES, TEST_FILE)]
     val_fraction = float(cfg.get("val_fraction", 0.1))
     key = {"task": "image", "files": source_fingerprint(files), "val_fraction": val_fraction}
