@@ -76,7 +76,7 @@ def show_grid(data: tasks.TaskData, split: str, n: int, out: Path) -> Path:
     import matplotlib  # noqa: PLC0415 - the plotting stack loads only for `show`, not for prepare/info
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - after choosing the Agg backend
 
     if data.pad_id is not None or data.dual:
         raise ValueError(f"show draws image tasks (image, pathfinder, pathx); task {data.name!r} holds token "

@@ -18,11 +18,13 @@ splits tokens, so an expression is the token sequence ``[MAX 2 9 ]``. Id 0 is pa
 from __future__ import annotations
 
 import contextlib
+import multiprocessing as mp
 import random
 import statistics
 import sys
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from ..data import cached_tensors, default_cache_dir, source_fingerprint, subsample
@@ -230,8 +232,6 @@ def _chunk_results(jobs: list, workers: int):
     """An iterator over the chunks of ``jobs`` in order, each as soon as it is done; worker
     processes (if any) are stopped when the block ends, also on errors."""
     if workers > 1 and len(jobs) > 1:
-        import multiprocessing as mp
-
         ctx = mp.get_context("spawn" if sys.platform == "darwin" else "fork")
         with ctx.Pool(min(workers, len(jobs))) as pool:
             yield pool.imap(_generate_chunk, jobs)
@@ -263,8 +263,6 @@ def check_config(cfg) -> None:
 
 def read_tsv(path: Path, seq_len: int):
     """One split of the LRA release (``Source<TAB>Target`` with a header row)."""
-    import pandas as pd
-
     try:
         df = pd.read_csv(path, sep="\t", dtype={"Source": str}, keep_default_na=False)
     except Exception as err:

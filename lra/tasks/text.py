@@ -21,6 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from ..data import cached_tensors, default_cache_dir, source_fingerprint, subsample
@@ -69,8 +70,6 @@ def missing_message(data_dir: Path) -> str:
 
 
 def read_parquet(path: Path) -> tuple[list[str], np.ndarray]:
-    import pandas as pd
-
     try:
         df = pd.read_parquet(path, columns=["text", "label"])
     except ImportError as err:
@@ -96,7 +95,7 @@ def read_aclimdb(files: list[Path]) -> tuple[list[bytes], np.ndarray]:
 def download(data_dir: Path) -> None:
     """Fetch IMDb with the ``datasets`` library into the parquet layout."""
     try:
-        import datasets
+        import datasets  # noqa: PLC0415 - optional dependency, only for task.download=true
     except ImportError:
         raise DataNotFoundError(f"task.download=true needs the `datasets` library (pip install datasets); or put "
                                 f"the data in place by hand. {missing_message(data_dir)}") from None
