@@ -1,6 +1,6 @@
 """``trainer.compile``: the training forward pass compiled with ``torch.compile``, or eager with a reason.
 
-:class:`CompiledModel` wraps the encoder for :class:`lra.train.TrainStep`. Mode ``auto`` is
+:class:`CompiledModel` wraps the encoder for :class:`lra.training.step.TrainStep`. Mode ``auto`` is
 ``reduce-overhead`` on CUDA -- inductor kernels replayed as CUDA graphs, which removes the launch
 gaps that leave a GPU idle under a small model (the small recipe's 2 layers x 64) -- and
 ``default`` elsewhere (CPU: inductor's C++ kernels, no graphs). Shapes: with length bucketing
@@ -10,7 +10,7 @@ CUDA graph per length. Recompile limits are raised (:func:`raise_compile_limits`
 silently falls back to eager.
 
 Fallback: a step whose compiled forward or backward raises (an unsupported operation, a backend
-failure) is re-run eagerly from the same random state (:meth:`lra.train.TrainStep.__call__`), the
+failure) is re-run eagerly from the same random state (:meth:`lra.training.step.TrainStep.__call__`), the
 model stays eager for the rest of the run, and the reason is printed and recorded
 (:meth:`CompiledModel.facts` -> the record's ``case.compile``). Graph breaks are no failure (the
 pieces still compile); their count and first reasons are recorded, and so are CUDA-graph skips

@@ -14,7 +14,6 @@ import fcntl
 import hashlib
 import json
 import os
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable
@@ -22,6 +21,7 @@ from typing import Any, Callable
 import torch
 
 from . import bucketing
+from .io import atomic_write
 
 CACHE_FORMAT = 1
 
@@ -95,13 +95,7 @@ def cached_tensors(cache_dir: str | os.PathLike, name: str, key: dict[str, Any],
             return tensors
         tensors = build()
         blob = {"format": CACHE_FORMAT, "key": _plain(key), "checksum": tensors_checksum(tensors), "tensors": tensors}
-        fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{path.name}.", suffix=".part")
-        os.close(fd)
-        try:
-            torch.save(blob, tmp)
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        atomic_write(path, lambda tmp: torch.save(blob, tmp))
     return tensors
 
 

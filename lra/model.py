@@ -31,7 +31,7 @@ variant that consumes q and k gets it. What each variant then makes of it (``q_i
 
 The self-pretraining head (:class:`TokenPredictor`) reads the per-position states of the same
 encoder (:meth:`Encoder.hidden_states`); ``mask_token`` adds one embedding row (id ``vocab_size``)
-for the masked input positions of masked pretraining (:mod:`lra.pretrain`).
+for the masked input positions of masked pretraining (:mod:`lra.training.pretrain`).
 
 Every behaviour in which the two reference codes differ is a field of :class:`EncoderConfig`;
 the defaults are this suite's own choices, and ``conf/recipe/<name>.yaml`` sets the fields to a

@@ -8,7 +8,9 @@ or CI output then reads as a few dozen lines instead of one line of carriage-ret
 ``LRA_PROGRESS=bar|plain|off`` overrides the choice.
 
 Both kinds offer the subset of tqdm's API the suite uses: iteration, ``update(n)``,
-``set_postfix(**kw)``, ``write(msg)``, ``close()`` and use as a context manager.
+``set_postfix(**kw)``, ``write(msg)``, ``close()`` and use as a context manager. As with tqdm,
+``write(msg)`` prints a message line to standard output even when the progress itself is
+disabled (a run's evaluation lines do not depend on ``trainer.progress``).
 """
 from __future__ import annotations
 
@@ -68,8 +70,11 @@ class PlainProgress:
         self.desc = desc or ""
 
     def write(self, msg: str) -> None:
-        if not self.disable:
-            print(msg, file=self.stream, flush=True)
+        """Print a message line to standard output, as :meth:`tqdm.tqdm.write` does (also when disabled)."""
+        print(msg, file=sys.stdout, flush=True)
+
+    def _emit(self, line: str) -> None:
+        print(line, file=self.stream, flush=True)
 
     def line(self) -> str:
         """The current progress line."""
@@ -96,7 +101,7 @@ class PlainProgress:
         due_time = now - self._last_t >= self.interval_s
         due_work = step is None or self.n - self._last_n >= step
         if due_time and due_work:
-            self.write(self.line())
+            self._emit(self.line())
             self._last_t, self._last_n = now, self.n
 
     def close(self) -> None:
@@ -104,7 +109,7 @@ class PlainProgress:
             return
         self._closed = True
         if not self.disable and self.n != self._last_n:
-            self.write(self.line())
+            self._emit(self.line())
 
 
 def use_bar(stream=None) -> bool:

@@ -26,22 +26,26 @@ A record (``SCHEMA_VERSION`` 1) holds at least::
                     with every knob of the variant)
     started_at, finished_at   ISO-8601 UTC timestamps
 
-:func:`load` is the only way reports read records.
+:func:`load` is the only way reports read records. Reading records needs no torch: torch,
+:mod:`lra.devices` and :mod:`attention_variants` (which load it) are imported inside the functions
+that make a record, so that the report (:mod:`lra.report`) starts without loading torch.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import os
 import platform
 import subprocess
-import tempfile
 import uuid
 from importlib.metadata import PackageNotFoundError, version as _pkg_version
 from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
+
+from .io import write_json
 
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "oom", "nan", "error")
@@ -62,7 +66,7 @@ def _maybe_version(dist: str) -> str | None:
 
 def versions() -> dict[str, str | None]:
     """Versions of the software stack that affect results."""
-    import torch
+    import torch  # noqa: PLC0415 - here, so that reading records (the report) does not load torch
 
     return {
         "python": platform.python_version(),
@@ -77,7 +81,7 @@ def versions() -> dict[str, str | None]:
 
 def device_info(device: Any = None) -> dict[str, Any]:
     """Name, count and memory of the device a run used (CPU: processor and core count)."""
-    import torch
+    import torch  # noqa: PLC0415 - here, so that reading records (the report) does not load torch
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":
@@ -88,7 +92,7 @@ def device_info(device: Any = None) -> dict[str, Any]:
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
     except (ValueError, OSError, AttributeError):
         mem = None
-    from .devices import cpus_available  # noqa: PLC0415
+    from .devices import cpus_available  # noqa: PLC0415 - lra.devices loads torch: see the module docstring
 
     return {"type": device.type, "name": f"CPU {cpu_model()}", "count": cpus_available(), "memory_mb": mem}
 
@@ -104,9 +108,9 @@ def host_info() -> dict[str, Any]:
     than cores: timings are slowed by others); ``omp_num_threads``/``mkl_num_threads``: the
     environment settings (None if unset); ``affinity``: the CPU ids, or None where unknown.
     """
-    import torch  # noqa: PLC0415
+    import torch  # noqa: PLC0415 - here, so that reading records (the report) does not load torch
 
-    from .devices import concurrent_jobs, cpus_available  # noqa: PLC0415
+    from .devices import concurrent_jobs, cpus_available  # noqa: PLC0415 - loads torch: see the module docstring
 
     try:
         affinity = sorted(os.sched_getaffinity(0))
@@ -163,9 +167,7 @@ def git_commit() -> str | None:
 def variant_config(name: str, **cfg: Any) -> dict[str, Any]:
     """Every field of variant ``name``'s config dataclass (``heads``, ``head_dim``,
     ``max_length``, ``seed`` and each knob), defaults filled in: the record's ``variant_config``."""
-    import dataclasses  # noqa: PLC0415
-
-    import attention_variants as av  # noqa: PLC0415
+    import attention_variants as av  # noqa: PLC0415 - loads torch: see the module docstring
 
     return dataclasses.asdict(av.make_config(name, **cfg))
 
@@ -193,7 +195,8 @@ def make_record(kind: str, *, variant: str, task: str | None = None, status: str
 
 
 def write_record(record: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``record`` as JSON to ``path`` atomically (temp file in the same folder + rename).
+    """Write ``record`` as JSON (indent 1) to ``path`` atomically (:func:`lra.io.write_json`: a
+    temporary file in the same folder, then a rename).
 
     If ``path`` is a directory, the file gets a unique name inside it. Readers never see a
     partial file: the temp file's name does not end in ``.json``.
@@ -203,19 +206,7 @@ def write_record(record: dict[str, Any], path: str | os.PathLike) -> Path:
     if as_dir or path.is_dir():
         path.mkdir(parents=True, exist_ok=True)
         path = path / f"{record.get('kind', 'record')}-{record.get('variant', 'x')}-{uuid.uuid4().hex[:12]}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes owner-only files; records are meant to be shared
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=1, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_json(path, record, indent=1)
 
 
 def read_record(path: str | os.PathLike) -> dict[str, Any] | None:

@@ -219,12 +219,12 @@ MODEL = [
     Choice("pool_masked", _model.POOL_MASKED, optional=True),
 ]
 
-#: learning-rate schedules of ``trainer.schedule`` and ``pretrain.schedule`` (lra.train.lr_factor)
+#: learning-rate schedules of ``trainer.schedule`` and ``pretrain.schedule`` (lra.training.optim.lr_factor)
 SCHEDULES = ("rsqrt", "linear", "cosine", "onecycle", "constant")
-#: which parameters weight decay applies to (lra.train.make_optimizer): every one (both references) |
+#: which parameters weight decay applies to (lra.training.optim.make_optimizer): every one (both references) |
 #: matrices other than position embeddings (this suite's earlier choice)
 DECAY_SCOPES = ("all", "matrices")
-#: ``pretrain.objective`` (lra.pretrain)
+#: ``pretrain.objective`` (lra.training.pretrain)
 OBJECTIVES = ("none", "mlm", "causal")
 
 #: ``trainer.*`` (after task defaults, recipe and the trainer preset)

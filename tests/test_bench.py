@@ -341,9 +341,9 @@ def test_tiny_end_to_end_run_via_compose(tmp_path):
 
 
 def test_train_overhead_times_the_real_train_step(tmp_path, monkeypatch):
-    """The mode runs lra.train.TrainStep itself (so it cannot drift from lra-train) and records
+    """The mode runs lra.training.step.TrainStep itself (so it cannot drift from lra-train) and records
     forward+backward, forward+backward+optimizer and train-step times and the overhead."""
-    from lra.train import TrainStep
+    from lra.training.step import TrainStep
 
     calls = []
     real_call = TrainStep.__call__

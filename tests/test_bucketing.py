@@ -8,7 +8,8 @@ import attention_variants as av
 from lra import bucketing
 from lra.data import DeviceBatches
 from lra.model import Encoder, EncoderConfig
-from lra.train import evaluate, run
+from lra.training.job import run
+from lra.training.step import evaluate
 from conftest import IN_TREE, SMALL_KNOBS, compose_bench, compose_train, tiny_train_overrides
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lra.compiled import CompiledModel, resolve_mode
-from lra.train import run
+from lra.training.job import run
 from conftest import SMALL_KNOBS, compose_train, tiny_train_overrides
 
 slow = pytest.mark.skipif(not os.environ.get("LRA_SLOW_TESTS"), reason="inductor on CPU takes minutes: "

@@ -120,7 +120,7 @@ def test_every_queued_training_job_has_a_valid_config(call, overrides):
     """A typo in a queued override (a knob that does not exist, a value out of range) would cost a
     whole device window: every job's config passes lra-train's checks here, before any data."""
     from conftest import compose_train
-    from lra.train import validate
+    from lra.training.config import validate
 
     # a GPU shared by packed jobs is the device's business too ($PACK_DEVICE=cpu in accuracy.sh's own test)
     cfg = compose_train(*(o.replace("trainer.device=packed", "trainer.device=cpu") for o in overrides))

@@ -36,8 +36,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 import lra
 from lra.cli import data as cli_data
 from lra.report import cli as report_cli
-# -> lra.training.config after the merge
-from lra.train import explicit_beats_presets, validate
+from lra.training.config import explicit_beats_presets, validate
 from lra.bench import resolve_settings
 
 REPO = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ import torch
 
 from lra import results
 from lra.data import cached_tensors
-from lra.train import run
+from lra.training.job import run
 from conftest import compose_train, tiny_train_overrides
 
 REPO = Path(__file__).resolve().parent.parent

@@ -322,7 +322,7 @@ def test_train_with_distillation_records_it_and_lowers_the_loss(tmp_path):
     """lra-train attention=hedgehog attention.distill=W: the record says it was on with its weight,
     the history has one loss per layer, and the per-layer loss falls during the run; off by default."""
     from conftest import compose_train, tiny_train_overrides
-    from lra.train import run
+    from lra.training.job import run
 
     over = tiny_train_overrides(tmp_path / "cache", "attention=hedgehog", "trainer.steps=24", "trainer.eval_every=6",
                                 "trainer.checkpoint_every=24", "trainer.lr=1e-2")
@@ -341,7 +341,8 @@ def test_train_with_distillation_records_it_and_lowers_the_loss(tmp_path):
 
 def test_train_distillation_config_errors(tmp_path):
     from conftest import compose_train, tiny_train_overrides
-    from lra.train import ConfigError, run
+    from lra.schema import ConfigError
+    from lra.training.job import run
 
     with pytest.raises(ConfigError, match="kernel variant"):
         run(compose_train(*tiny_train_overrides(tmp_path / "c", "attention=full", "attention.distill=1")), tmp_path / "a")
@@ -373,7 +374,7 @@ def test_bench_exactness_reports_fitted_error_and_weight_measures(tmp_path, monk
 
 def test_train_distillation_under_compile_trains_eagerly_and_says_why(tmp_path):
     from conftest import compose_train, tiny_train_overrides
-    from lra.train import run
+    from lra.training.job import run
 
     over = tiny_train_overrides(tmp_path / "cache", "attention=hedgehog", "attention.distill=1.0", "trainer.compile=true",
                                 "trainer.steps=4", "trainer.checkpoint_every=4")

@@ -6,7 +6,7 @@ import torch
 from lra.tasks import DataNotFoundError
 from lra.tasks import listops
 from conftest import compose_train
-from lra.train import resolve
+from lra.training.config import resolve
 
 
 @pytest.mark.parametrize("source,value", [

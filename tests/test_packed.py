@@ -77,7 +77,7 @@ def test_an_exclusive_job_never_shares_its_gpu_with_packed_jobs(tmp_path):
 
 def test_packed_needs_a_gpu(tmp_path):
     from lra.schema import ConfigError
-    from lra.train import run
+    from lra.training.job import run
     from conftest import compose_train
 
     if os.environ.get("CUDA_VISIBLE_DEVICES") != "" and __import__("torch").cuda.is_available():
@@ -145,13 +145,14 @@ def test_a_packed_record_keeps_its_shared_timing_out_of_the_metrics(tmp_path, mo
     the CPU: the GPU slot is replaced by the CPU)."""
     import torch
 
-    from lra import train
+    from lra.training import config, finetune, job
     from conftest import compose_train
 
-    monkeypatch.setattr(train, "device_of", lambda *args, **kwargs: torch.device("cpu"))
+    for module in (config, finetune):  # validation checks the device, then the job acquires it
+        monkeypatch.setattr(module, "device_of", lambda *args, **kwargs: torch.device("cpu"))
     monkeypatch.setenv("LRA_CONCURRENT_JOBS", "7")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    rec = train.run(compose_train(*tiny_train_overrides(tmp_path / "cache", "trainer.device=packed",
+    rec = job.run(compose_train(*tiny_train_overrides(tmp_path / "cache", "trainer.device=packed",
                                                         "trainer.jobs_per_gpu=3")), tmp_path / "job")
     assert rec["status"] == "ok" and rec["host"]["concurrent_jobs"] == 3     # 3 of the 7 run at once
     assert not {"steps_per_s", "tokens_per_s", "real_tokens_per_s"} & set(rec["metrics"])

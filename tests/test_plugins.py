@@ -7,7 +7,7 @@ import pytest
 
 import attention_variants as av
 from attention_variants import registry
-from lra.train import run
+from lra.training.job import run
 from conftest import compose_train, tiny_train_overrides
 
 

@@ -11,10 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from lra import pretrain, results, tasks
+from lra import results, tasks
 from lra.data import DeviceBatches
 from lra.model import Encoder, EncoderConfig, TokenPredictor
-from lra.train import ConfigError, Preempted, TrainStep, build_model, resolve, run
+from lra.schema import ConfigError
+from lra.training import pretrain
+from lra.training.config import finetune_settings, pretrain_settings, resolve
+from lra.training.finetune import build_model
+from lra.training.job import run
+from lra.training.state import Preempted
+from lra.training.step import TrainStep
 from conftest import compose_train, tiny_train_overrides
 
 REPO = Path(__file__).resolve().parent.parent
@@ -104,8 +110,8 @@ class Poison:
 def _prepared(tmp_path, *extra):
     cfg = compose_train(*spt_overrides(tmp_path / "cache", *extra))
     task_cfg, model_kw, tr, knobs = resolve(cfg)
-    spt = pretrain.settings(cfg, task_cfg.name, tr)
-    model_kw, tr = pretrain.finetune_settings(spt, model_kw, tr)
+    spt = pretrain_settings(cfg, task_cfg.name, tr)
+    model_kw, tr = finetune_settings(spt, model_kw, tr)
     data = tasks.prepare(task_cfg)
     torch.manual_seed(0)
     model = Encoder(EncoderConfig(vocab_size=data.vocab_size, num_classes=data.num_classes, max_length=data.seq_len,
@@ -266,10 +272,10 @@ def test_finetuning_starts_from_the_best_pretrained_weights(tmp_path, monkeypatc
     matrices = [k for k in encoder if k.endswith("weight") and "norm" not in k]
     last = _load(tmp_path / "job" / pretrain.CHECKPOINT)["model"]  # the pretraining model after step 12
     assert all(not torch.equal(last[f"encoder.{k}"], first[k]) for k in matrices)
-    # ... nor the weights the job initialised (built as lra.train.train builds them): no silent scratch start
+    # ... nor the weights the job initialised (built as lra.training.finetune.train builds them): no silent scratch start
     cfg = compose_train(*overrides)
     task_cfg, model_kw, tr, knobs = resolve(cfg)
-    model_kw, _ = pretrain.finetune_settings(pretrain.settings(cfg, task_cfg.name, tr), model_kw, tr)
+    model_kw, _ = finetune_settings(pretrain_settings(cfg, task_cfg.name, tr), model_kw, tr)
     torch.manual_seed(cfg.seed)
     init = build_model(tasks.prepare(task_cfg), model_kw, "full", {**knobs, "seed": cfg.seed}).state_dict()
     assert init.keys() == first.keys()
@@ -305,11 +311,11 @@ def test_paper_defaults_per_task():
     for task, rate, lr in (("listops", 0.10, 1e-3), ("text", 0.15, 5e-4), ("retrieval", 0.15, 5e-3),
                            ("image", 0.50, 1e-3), ("pathfinder", 0.50, 1e-3), ("pathx", 0.50, 5e-4)):
         cfg = compose_train(f"task={task}", "pretrain=mlm")
-        spt = pretrain.settings(cfg, task, resolve(cfg)[2])
+        spt = pretrain_settings(cfg, task, resolve(cfg)[2])
         assert (spt["mask_rate"], spt["lr"], spt["schedule"], spt["batch_size"]) == (rate, lr, "constant", 32), task
     cfg = compose_train("trainer=quick", "pretrain=mlm", "pretrain.steps=30")  # explicit beats the preset
-    assert pretrain.settings(cfg, "listops", resolve(cfg)[2])["steps"] == 30
-    assert pretrain.settings(compose_train("pretrain=none"), "listops", {}) is None
+    assert pretrain_settings(cfg, "listops", resolve(cfg)[2])["steps"] == 30
+    assert pretrain_settings(compose_train("pretrain=none"), "listops", {}) is None
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -399,7 +405,7 @@ def test_pixel_task_pretrains_on_the_256_intensities(tmp_path):
 
 
 def test_constant_schedule_warms_up_then_stays():
-    from lra.train import lr_factor
+    from lra.training.optim import lr_factor
 
     f = lr_factor("constant", 10, 100)
     assert [f(s) for s in (0, 5, 10, 50, 99)] == [0.0, 0.5, 1.0, 1.0, 1.0]

@@ -9,7 +9,9 @@ import torch.nn.functional as F
 import attention_variants as av
 from attention_variants.full import FullAttention
 from lra.model import Encoder, EncoderConfig
-from lra.train import ConfigError, lr_factor, make_optimizer, resolve
+from lra.schema import ConfigError
+from lra.training.config import resolve
+from lra.training.optim import lr_factor, make_optimizer
 from conftest import compose_train
 
 # ------------------------------------------------------------------ the table

@@ -16,10 +16,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lra import callbacks, devices, results, train
+from lra import callbacks, devices, results, tasks
 from lra.cli import train as cli_train
 from lra.tasks import listops
-from lra.train import ConfigError, run
+from lra.schema import ConfigError
+from lra.training import config, state
+from lra.training.job import run
 from conftest import compose_train, tiny_train_overrides
 
 REPO = Path(__file__).resolve().parent.parent
@@ -94,7 +96,7 @@ def test_bad_values_fail_in_validation_before_any_data(tmp_path, monkeypatch, ov
     import re
 
     prepared = []
-    monkeypatch.setattr(train.tasks, "prepare", lambda cfg: prepared.append(cfg))
+    monkeypatch.setattr(tasks, "prepare", lambda cfg: prepared.append(cfg))
     cfg = compose_train(*tiny_train_overrides(tmp_path / "cache", *overrides))
     with pytest.raises(ConfigError) as err:
         run(cfg, tmp_path / "job")
@@ -164,15 +166,13 @@ def test_single_run_exits_1_unless_ok_and_2_on_config_errors(tmp_path, monkeypat
 
 
 def test_a_run_that_trained_or_evaluated_nothing_is_not_ok():
-    assert train._trained_and_evaluated({"steps": 0, "accuracy": 0.5, "val_accuracy": 0.5})[0] == "error"
-    status, message = train._trained_and_evaluated({"steps": 3, "accuracy": float("nan"), "val_accuracy": 0.5})
+    assert state.trained_and_evaluated({"steps": 0, "accuracy": 0.5, "val_accuracy": 0.5})[0] == "error"
+    status, message = state.trained_and_evaluated({"steps": 3, "accuracy": float("nan"), "val_accuracy": 0.5})
     assert status == "error" and "did not evaluate" in message
-    assert train._trained_and_evaluated({"steps": 3, "accuracy": 0.5, "val_accuracy": 0.5}) == ("ok", None)
+    assert state.trained_and_evaluated({"steps": 3, "accuracy": 0.5, "val_accuracy": 0.5}) == ("ok", None)
 
 
 def test_an_empty_split_is_a_data_error_before_training(tmp_path):
-    from lra import tasks
-
     data_dir = tmp_path / "tsv"
     data_dir.mkdir()
     for name in ("basic_train.tsv", "basic_val.tsv", "basic_test.tsv"):
@@ -228,8 +228,8 @@ def test_explicit_command_line_value_beats_the_preset(tmp_path, capsys):
     assert rec["config"]["command_line"] == overrides
     # an explicit trainer.task_overrides value is explicit too, and stays
     both = [*overrides, "trainer.task_overrides.seq_len=32"]
-    cfg = train.explicit_beats_presets(compose_train(*both), both)
-    assert train.resolve(cfg)[0].seq_len == 32
+    cfg = config.explicit_beats_presets(compose_train(*both), both)
+    assert config.resolve(cfg)[0].seq_len == 32
     # lra-data composes the same way
     from lra.cli import data as cli_data
 
@@ -342,7 +342,7 @@ def test_listops_progress_moves_as_chunks_finish(monkeypatch):
         def update(self, n=1):
             updates.append((time.perf_counter(), n))
 
-    monkeypatch.setattr(listops, "tqdm", Bar)
+    monkeypatch.setattr(listops, "progress_bar", Bar)
     monkeypatch.setattr(listops, "_generate_chunk", _slow_chunk)
     monkeypatch.setattr(listops, "CHUNK", 20)
     t0 = time.perf_counter()

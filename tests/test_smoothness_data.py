@@ -95,12 +95,13 @@ def test_data_pattern_reports_missing_lengths(tmp_path):
 
 
 def test_trained_checkpoint_is_loaded_and_every_variant_measured_on_it(tmp_path):
-    from lra import train
+    from lra.training.finetune import CHECKPOINT
+    from lra.training.job import run
 
     job = tmp_path / "job"
-    train.run(compose_train(*tiny_train_overrides(tmp_path / "cache")), job)
+    run(compose_train(*tiny_train_overrides(tmp_path / "cache")), job)
     model, task_cfg, variant, knobs, step = hidden.trained_encoder(job)
-    state = torch.load(job / train.CHECKPOINT, weights_only=False)["model"]
+    state = torch.load(job / CHECKPOINT, weights_only=False)["model"]
     assert variant == "flash" and step == 8 and int(task_cfg.seq_len) == 32
     torch.testing.assert_close(model.state_dict()["blocks.0.attn.qkv.weight"], state["blocks.0.attn.qkv.weight"])
 
@@ -119,7 +120,7 @@ def test_trained_checkpoint_is_loaded_and_every_variant_measured_on_it(tmp_path)
 def test_untrained_data_encoder_is_the_one_lra_train_builds(recipe):
     """The ``data`` pattern's encoder has lra-train's settings for the recipe: its recipe_defaults
     (init, qkv_bias, norm_eps, pooling of masked positions, ...) and the task's mask_zero_tokens too."""
-    from lra.train import resolve
+    from lra.training.config import resolve
 
     _, trained, _, _ = resolve(compose_train("task=text", f"recipe={recipe}"))
     assert hidden.model_kwargs(hidden.task_config("text"), recipe) == trained

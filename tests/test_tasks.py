@@ -16,13 +16,13 @@ from conftest import compose_train
 
 
 def task_cfg(name: str, tmp_path: Path, **kw):
-    """The task's own yaml with overrides (as lra.train.resolve would give)."""
+    """The task's own yaml with overrides (as lra.training.config.resolve would give)."""
     cfg = OmegaConf.load(lra.conf_dir() / "task" / f"{name}.yaml")
     return OmegaConf.merge(cfg, {"cache_dir": str(tmp_path / "cache"), **kw})
 
 
 def train_two_steps(tmp_path: Path, task: str, *extra):
-    from lra.train import train
+    from lra.training.finetune import train
 
     cfg = compose_train(f"task={task}", "trainer=quick", "attention=full", "trainer.steps=2", "trainer.progress=false",
                         "trainer.batch_size=2", "trainer.eval_every=1000", "trainer.checkpoint_every=1000",

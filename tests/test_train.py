@@ -8,7 +8,8 @@ import attention_variants as av
 from attention_variants.full import FullAttention
 from lra import results
 from lra.data import DeviceBatches
-from lra.train import ConfigError, run
+from lra.schema import ConfigError
+from lra.training.job import run
 from conftest import compose_train, tiny_train_overrides
 
 

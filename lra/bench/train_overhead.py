@@ -38,7 +38,9 @@ from ..data import DeviceBatches
 from ..model import Encoder
 from ..schema import Bool, ConfigError, Float, Int
 from ..timing import PeakMemory, time_interleaved
-from ..train import TrainStep, _merge, make_optimizer  # -> lra.training.* after the merge
+from ..training.config import merge_layers
+from ..training.optim import make_optimizer
+from ..training.step import TrainStep
 from .case import Case, Measurement
 from .encoder import (ENCODER_RULES, divisibility_problems, dtype_axes, encoder_config, encoder_facts,
                       encoder_variant_config)
@@ -83,7 +85,7 @@ def overhead_trainer(task: str, overrides: dict | None = None) -> dict[str, Any]
     trainer = OmegaConf.load(conf_dir() / "trainer" / "lra.yaml")
     trainer = {k: v for k, v in OmegaConf.to_container(trainer, resolve=True).items()
                if k not in ("defaults", "task_overrides", "model_overrides")}
-    tr = _merge(OmegaConf.load(path).get("trainer"), trainer, plain(overrides) or {})
+    tr = merge_layers(OmegaConf.load(path).get("trainer"), trainer, plain(overrides) or {})
     for key in ("lr", "schedule", "warmup", "steps"):
         if key not in tr:
             raise ConfigError(f"train_overhead: trainer.{key} is not set for task {task!r}")
@@ -217,4 +219,4 @@ register(Mode("train_overhead", order=60, axes=dtype_axes("train_overhead"), mea
               problems=divisibility_problems("train_overhead"), finish=finish, task_shaped=True,
               tables=(("ms_model_fwd_bwd", "model forward+backward (ms per step, median)"),
                       ("ms_model_fwd_bwd_opt", "model forward+backward+clip+AdamW (ms per step, median)"),
-                      ("ms_train_step", "lra-train step (lra.train.TrainStep) (ms per step, median)"))))
+                      ("ms_train_step", "lra-train step (lra.training.step.TrainStep) (ms per step, median)"))))

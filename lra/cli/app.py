@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from .. import conf_dir, register_resolvers, tasks
 from ..schema import ConfigError
-from ..train import Preempted
+from ..training.state import Preempted
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_PREEMPTED = 0, 1, 2, 143
 #: errors that mean "bad config or data, found before any work": exit status 2

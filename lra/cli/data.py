@@ -14,13 +14,20 @@ beats ``trainer=quick``'s 128 here too), so both see the same data.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
+from hydra import compose as hydra_compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
 from .. import conf_dir, tasks
+from ..data import default_cache_dir
 from ..pathfinder import difficulty as pathfinder_difficulty
 from ..pathfinder import params_for as pathfinder_params
+from ..schema import ConfigError
+from ..training.config import check_task_data, explicit_beats_presets, resolve, task_problems
 
 COMMANDS = ("prepare", "info", "show")
 SHOW_KEYS = ("n", "out", "split")
@@ -58,11 +65,6 @@ def parse(argv: list[str]) -> tuple[str, str, list[str], dict[str, str]]:
 
 def compose(overrides: list[str]):
     """The ``lra-train`` config for these overrides and its effective task config."""
-    from hydra import compose as hydra_compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from ..train import explicit_beats_presets, resolve
-
     if GlobalHydra.instance().is_initialized():
         GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
@@ -73,12 +75,10 @@ def compose(overrides: list[str]):
 
 def show_grid(data: tasks.TaskData, split: str, n: int, out: Path) -> Path:
     """A PNG grid of the first ``n`` examples of a pixel task, titled with their labels."""
-    import math
-
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 - the plotting stack loads only for `show`, not for prepare/info
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - after choosing the Agg backend
 
     if data.pad_id is not None or data.dual:
         raise ValueError(f"show draws image tasks (image, pathfinder, pathx); task {data.name!r} holds token "
@@ -121,8 +121,6 @@ def difficulty_report(data: tasks.TaskData, split: str) -> str:
 
 
 def run(argv: list[str]) -> int:
-    from ..train import ConfigError, check_task_data, task_problems
-
     command, task, overrides, show = parse(argv)
     _, task_cfg = compose(overrides)
     found = task_problems(task_cfg)  # every value checked before any data is prepared, as lra-train does
@@ -133,8 +131,6 @@ def run(argv: list[str]) -> int:
     data = tasks.prepare(task_cfg)
     took = time.perf_counter() - t0
     if command == "prepare":
-        from ..data import default_cache_dir
-
         cache = Path(str(task_cfg.get("cache_dir") or default_cache_dir())).expanduser()
         sizes = ", ".join(f"{s} {len(y)}" for s, (_, y) in data.splits.items())
         print(f"[lra] {data.name}: prepared in {took:.1f}s ({sizes}; seq_len {data.seq_len}); cached under {cache} "

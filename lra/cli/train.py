@@ -3,7 +3,7 @@
 Exit status of a single run: 0 = status ok; 1 = the run ended with status nan, oom or error;
 2 = a config or data error, found before any work (also Hydra's own composition errors);
 143 = preempted (checkpoint written; run it again to resume). A ``-m`` sweep exits 0 whatever
-its jobs' statuses: each job's record says how it ended. The job itself: :func:`lra.train.run`.
+its jobs' statuses: each job's record says how it ended. The job itself: :func:`lra.training.job.run`.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from ..train import run
+from ..training.job import run
 from .app import EXIT_FAILED, EXIT_OK, hydra_app
 
 

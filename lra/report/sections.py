@@ -166,7 +166,7 @@ def overhead(doc: Document, df: pd.DataFrame) -> None:
     doc.h(3, "Training-loop overhead")
     doc.p("`lra-bench modes=[train_overhead]`: milliseconds per step of the model's forward+backward alone "
           "on one fixed on-device batch, of forward+backward+gradient clipping+AdamW, and of the real "
-          "`lra-train` step (`lra.train.TrainStep`: batch fetch, autocast, loss, backward, clip, AdamW, "
+          "`lra-train` step (`lra.training.step.TrainStep`: batch fetch, autocast, loss, backward, clip, AdamW, "
           "schedule, on-device NaN bookkeeping, one host sync per `log_every` steps). Overhead = "
           "train step / forward+backward − 1, split into the optimizer's share and the rest of the loop.")
     for dev in devices(d):

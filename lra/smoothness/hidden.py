@@ -29,7 +29,10 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .. import conf_dir
+from .. import conf_dir, tasks
+from ..results import RECORD_FILENAME, read_record
+from ..training.config import model_settings, resolve
+from ..training.finetune import CHECKPOINT, build_model
 from .maps import Projections, projected_map
 
 
@@ -49,8 +52,6 @@ def task_config(task: str, overrides: dict | None = None) -> DictConfig:
 
 @functools.lru_cache(maxsize=4)
 def _prepared(cfg_json: str):
-    from .. import tasks  # noqa: PLC0415
-
     return tasks.prepare(OmegaConf.create(json.loads(cfg_json)))
 
 
@@ -79,9 +80,8 @@ def sequences(data, n: int, samples: int, split: str = "test") -> torch.Tensor:
 
 def model_kwargs(task_cfg: DictConfig, recipe: str = "lra", overrides: dict | None = None) -> dict[str, Any]:
     """The task's encoder settings for ``recipe`` as ``lra-train`` resolves them (conf/recipe/<recipe>.yaml's
-    ``recipe_defaults``, the task's block for the recipe: :func:`lra.train.model_settings`), then ``overrides``."""
-    from ..train import model_settings  # noqa: PLC0415
-
+    ``recipe_defaults``, the task's block for the recipe: :func:`lra.training.config.model_settings`), then
+    ``overrides``."""
     path = conf_dir() / "recipe" / f"{recipe}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in (conf_dir() / "recipe").glob("*.yaml"))
@@ -93,17 +93,13 @@ def model_kwargs(task_cfg: DictConfig, recipe: str = "lra", overrides: dict | No
 
 def untrained_encoder(data, model_kw: dict, variant: str, knobs: dict, seed: int = 0):
     """A freshly initialised (``torch.manual_seed(seed)``) encoder for ``data`` with ``variant``, as
-    ``lra-train`` builds it (:func:`lra.train.build_model`)."""
-    from ..train import build_model  # noqa: PLC0415
-
+    ``lra-train`` builds it (:func:`lra.training.finetune.build_model`)."""
     torch.manual_seed(seed)
     return build_model(data, model_kw, variant, {**knobs, "seed": seed}).eval()
 
 
 def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
     """``(checkpoint.pt, job dir)`` of an ``lra-train`` job directory or checkpoint file."""
-    from ..train import CHECKPOINT  # noqa: PLC0415
-
     p = Path(path).expanduser()
     ckpt = p / CHECKPOINT if p.is_dir() else p
     if not ckpt.is_file():
@@ -115,9 +111,7 @@ def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
 def job_config(job_dir: Path) -> DictConfig:
     """The composed config of an ``lra-train`` job: ``.hydra/config.yaml``, else ``record.json``'s
     ``config`` (the effective configuration; its ``model`` block also lists what the data decides,
-    e.g. ``vocab_size``, which is dropped here since :func:`lra.train.build_model` sets it)."""
-    from ..results import RECORD_FILENAME, read_record  # noqa: PLC0415
-
+    e.g. ``vocab_size``, which is dropped here since :func:`lra.training.finetune.build_model` sets it)."""
     hydra_cfg = job_dir / ".hydra" / "config.yaml"
     if hydra_cfg.is_file():
         return OmegaConf.load(hydra_cfg)
@@ -132,8 +126,6 @@ def job_config(job_dir: Path) -> DictConfig:
 
 def _job(path: str | Path, task_overrides: dict | None):
     """``(checkpoint file, job config, task config with overrides, model sizes, knobs)`` of a job."""
-    from ..train import resolve  # noqa: PLC0415
-
     ckpt, job_dir = checkpoint_paths(path)
     cfg = job_config(job_dir)
     task_cfg, model_kw, _, knobs = resolve(cfg)
@@ -153,8 +145,6 @@ def trained_encoder(path: str | Path, task_overrides: dict | None = None):
 
     The task config is the job's, with ``task_overrides`` (e.g. smaller splits to read).
     """
-    from ..train import build_model  # noqa: PLC0415
-
     ckpt, cfg, task_cfg, model_kw, knobs = _job(path, task_overrides)
     data = task_data(task_cfg)
     variant = str(cfg.attention.name)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable, TypeVar
 
 import torch
 
 TASKS = ("listops", "text", "retrieval", "image", "pathfinder", "pathx")
+_Found = TypeVar("_Found")
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -51,6 +53,20 @@ class TaskData:
                                   "max": int(lengths.max())}
             out[split] = info
         return out
+
+
+def find_or_download(cfg, data_dir: Path, find: Callable[[Path], _Found | None],
+                     download: Callable[[Path], None], missing_message: Callable[[Path], str]) -> _Found:
+    """What ``find(data_dir)`` finds of a task's data; if nothing and ``task.download=true``, after
+    ``download(data_dir)``. Raises :class:`DataNotFoundError` with ``missing_message(data_dir)`` when
+    the data is still not there."""
+    found = find(data_dir)
+    if found is None and cfg.get("download"):
+        download(data_dir)
+        found = find(data_dir)
+    if found is None:
+        raise DataNotFoundError(missing_message(data_dir))
+    return found
 
 
 def get(name: str):

@@ -25,9 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..data import cached_tensors, default_cache_dir, source_fingerprint, subsample
-from . import DataNotFoundError, TaskData
+from . import DataNotFoundError, TaskData, find_or_download
 
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE = "test_batch"
@@ -54,8 +55,6 @@ def resize_square(x: torch.Tensor, native: int, side: int) -> torch.Tensor:
     """(n, native^2) uint8 -> (n, side^2) uint8 by area averaging (identity when side == native)."""
     if side == native:
         return x
-    import torch.nn.functional as F
-
     out = torch.empty(len(x), side * side, dtype=torch.uint8)
     for lo in range(0, len(x), 4096):
         chunk = x[lo:lo + 4096].view(-1, 1, native, native).float()
@@ -110,7 +109,7 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def download(data_dir: Path) -> None:
     try:
-        import torchvision
+        import torchvision  # noqa: PLC0415 - optional dependency, only for task.download=true
     except ImportError:
         raise DataNotFoundError("task.download=true needs torchvision (pip install torchvision); or put the data "
                                 f"in place by hand. {missing_message(data_dir)}") from None
@@ -125,12 +124,7 @@ def prepare(cfg) -> TaskData:
     if not cfg.get("data_dir"):
         raise DataNotFoundError("task image needs task.data_dir. " + missing_message(Path("<data_dir>")))
     data_dir = Path(str(cfg.data_dir)).expanduser()
-    d = find_dir(data_dir)
-    if d is None and cfg.get("download"):
-        download(data_dir)
-        d = find_dir(data_dir)
-    if d is None:
-        raise DataNotFoundError(missing_message(data_dir))
+    d = find_or_download(cfg, data_dir, find_dir, download, missing_message)
     files = [d / f for f in (*TRAIN_FILES, TEST_FILE)]
     val_fraction = float(cfg.get("val_fraction", 0.1))
     key = {"task": "image", "files": source_fingerprint(files), "val_fraction": val_fraction}

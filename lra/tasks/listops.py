@@ -18,15 +18,17 @@ splits tokens, so an expression is the token sequence ``[MAX 2 9 ]``. Id 0 is pa
 from __future__ import annotations
 
 import contextlib
+import multiprocessing as mp
 import random
 import statistics
 import sys
 from pathlib import Path
 
+import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from ..data import cached_tensors, default_cache_dir, source_fingerprint, subsample
+from ..progress import progress as progress_bar
 from . import DataNotFoundError, TaskData
 
 OPERATORS = ("[MAX", "[MIN", "[MED", "[SM")
@@ -193,8 +195,7 @@ def generate(n: int, seed: int, min_length: int, max_length: int, max_depth: int
     index = 0
     what = (f"{n} distinct ListOps expressions with {min_length} < tokens < {max_length} (max_depth {max_depth}, "
             f"max_args {max_args})")
-    with tqdm(total=n, desc=f"ListOps: generating {n} expressions", disable=not progress, unit="ex",
-              dynamic_ncols=True) as bar:
+    with progress_bar(total=n, desc=f"ListOps: generating {n} expressions", disable=not progress, unit="ex") as bar:
         while len(seen) < n:
             missing = n - len(seen)
             jobs = [(seed, index + i, CHUNK, min_length, max_length, max_depth, max_args)
@@ -231,8 +232,6 @@ def _chunk_results(jobs: list, workers: int):
     """An iterator over the chunks of ``jobs`` in order, each as soon as it is done; worker
     processes (if any) are stopped when the block ends, also on errors."""
     if workers > 1 and len(jobs) > 1:
-        import multiprocessing as mp
-
         ctx = mp.get_context("spawn" if sys.platform == "darwin" else "fork")
         with ctx.Pool(min(workers, len(jobs))) as pool:
             yield pool.imap(_generate_chunk, jobs)
@@ -264,8 +263,6 @@ def check_config(cfg) -> None:
 
 def read_tsv(path: Path, seq_len: int):
     """One split of the LRA release (``Source<TAB>Target`` with a header row)."""
-    import pandas as pd
-
     try:
         df = pd.read_csv(path, sep="\t", dtype={"Source": str}, keep_default_na=False)
     except Exception as err:

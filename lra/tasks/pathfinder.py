@@ -72,7 +72,7 @@ def _metadata_files(d: Path) -> list[Path]:
 def read_release(d: Path, size: int, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, int]:
     """All images listed by ``d/metadata/*.npy``: (images (n, size*size) uint8, labels, skipped count)."""
     try:
-        from PIL import Image
+        from PIL import Image  # noqa: PLC0415 - optional dependency, only to read the released images
     except ImportError:
         raise DataNotFoundError("reading the Pathfinder release needs Pillow (pip install pillow); or use "
                                 "task.source=generate") from None

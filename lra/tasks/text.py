@@ -21,10 +21,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from ..data import cached_tensors, default_cache_dir, source_fingerprint, subsample
-from . import DataNotFoundError, TaskData
+from ..io import atomic_write
+from . import DataNotFoundError, TaskData, find_or_download
 
 VOCAB_SIZE = 257  # 256 byte values shifted by one + padding id 0
 SPLITS = ("train", "test")
@@ -68,8 +70,6 @@ def missing_message(data_dir: Path) -> str:
 
 
 def read_parquet(path: Path) -> tuple[list[str], np.ndarray]:
-    import pandas as pd
-
     try:
         df = pd.read_parquet(path, columns=["text", "label"])
     except ImportError as err:
@@ -95,7 +95,7 @@ def read_aclimdb(files: list[Path]) -> tuple[list[bytes], np.ndarray]:
 def download(data_dir: Path) -> None:
     """Fetch IMDb with the ``datasets`` library into the parquet layout."""
     try:
-        import datasets
+        import datasets  # noqa: PLC0415 - optional dependency, only for task.download=true
     except ImportError:
         raise DataNotFoundError(f"task.download=true needs the `datasets` library (pip install datasets); or put "
                                 f"the data in place by hand. {missing_message(data_dir)}") from None
@@ -105,11 +105,8 @@ def download(data_dir: Path) -> None:
         raise DataNotFoundError(f"downloading IMDb with `datasets` failed ({type(err).__name__}: {err}). "
                                 f"{missing_message(data_dir)}") from None
     for split in SPLITS:
-        path = data_dir / PARQUET.format(split=split)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".parquet.part")
-        ds[split].to_pandas()[["text", "label"]].to_parquet(tmp)
-        tmp.replace(path)
+        frame = ds[split].to_pandas()[["text", "label"]]
+        atomic_write(data_dir / PARQUET.format(split=split), frame.to_parquet)
 
 
 def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -127,13 +124,7 @@ def prepare(cfg) -> TaskData:
     if not cfg.get("data_dir"):
         raise DataNotFoundError("task text needs task.data_dir (a folder with the IMDb data). " + missing_message(
             Path("<data_dir>")))
-    layout = find_layout(data_dir)
-    if layout is None and cfg.get("download"):
-        download(data_dir)
-        layout = find_layout(data_dir)
-    if layout is None:
-        raise DataNotFoundError(missing_message(data_dir))
-    kind, files = layout
+    kind, files = find_or_download(cfg, data_dir, find_layout, download, missing_message)
     all_files = [p for s in SPLITS for p in files[s]]
     if kind == "aclimdb" and any(len(files[s]) == 0 for s in SPLITS):
         raise DataNotFoundError(f"{data_dir}: the aclImdb folders hold no *.txt reviews. {missing_message(data_dir)}")

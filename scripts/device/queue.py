@@ -14,7 +14,8 @@ The queue is ``scripts/device/queue.json``: a list of calls, in the order they s
     results     folder under results/ that `unpack` fills (e.g. nvidia-h200)
     done        {date, commit, summary} once unpacked
 
-Three verbs (standard library only; the device has no hydra until the carried wheels are installed):
+Three verbs (standard library only, plus :mod:`lra.io`, which needs nothing else; the device has no
+hydra until the carried wheels are installed):
 
     python3 scripts/device/queue.py next            # here: the next ready call and the exact `run` arguments
     python3 scripts/device/queue.py run ID          # on the device: GPU tests, then the call's steps
@@ -40,6 +41,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
+sys.path.insert(0, str(REPO))  # this checkout's lra (lra/__init__.py and lra/io.py: standard library only)
+
+from lra.io import atomic_write, write_text  # noqa: E402 - after the path fix above
 QUEUE = Path(os.environ.get("LRA_QUEUE", HERE / "queue.json"))
 GPU_TESTS_S = 150          # the GPU tests' own limit inside a call
 CALL_LIMIT_S = 560         # what a call may spend in all (timeout_s of the run tool: 600)
@@ -57,9 +61,7 @@ def load_queue(path: Path = QUEUE) -> list[dict]:
 
 
 def save_queue(calls: list[dict], path: Path = QUEUE) -> None:
-    tmp = path.with_suffix(".json.part")
-    tmp.write_text(json.dumps(calls, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(calls, indent=2) + "\n")
 
 
 def next_call(calls: list[dict]) -> dict | None:
@@ -106,10 +108,11 @@ def cmd_next(args) -> int:
 # ----------------------------------------------------------------------------- run (device)
 
 def _pack(stage: Path, out: Path, name: str) -> None:
-    part = out / f".{name}.tgz.part"
-    with tarfile.open(part, "w:gz") as tar:
-        tar.add(stage, arcname=name)
-    os.replace(part, out / f"{name}.tgz")
+    def write(tmp: Path) -> None:
+        with tarfile.open(tmp, "w:gz") as tar:
+            tar.add(stage, arcname=name)
+
+    atomic_write(out / f"{name}.tgz", write)
 
 
 def cmd_run(args) -> int:

@@ -28,6 +28,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path[0] = str(REPO)   # not this folder, whose queue.py would shadow the standard library's
 
+import torch  # noqa: E402 - after the path fix above
+import torch.nn.functional as F  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.core.global_hydra import GlobalHydra  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+from lra import conf_dir  # noqa: E402
+from lra.bucketing import PADDING_INVARIANT  # noqa: E402
+from lra.model import Encoder, EncoderConfig  # noqa: E402
+from lra.results import host_info  # noqa: E402
+from lra.timing import count_flops  # noqa: E402
+from lra.training.config import resolve  # noqa: E402
+
 TASKS = {"listops": {"vocab": 18, "classes": 10, "n": 2000, "batch": 32, "steps": 5000},
          "text": {"vocab": 257, "classes": 2, "n": 1000, "batch": 32, "steps": 20000},
          "pathfinder": {"vocab": 256, "classes": 2, "n": 1024, "batch": 256, "steps": 62400}}
@@ -39,13 +52,6 @@ REF = {"steps_per_s": 22.87, "batch": 32, "n": 2000, "d_model": 512, "heads": 8,
 
 def _small_model(task: str, variant: str, n: int):
     """The small recipe's encoder for (task, variant) as lra-train resolves it, at max length ``n``."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    from lra import conf_dir
-    from lra.model import Encoder, EncoderConfig
-    from lra.train import resolve
-
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         cfg = compose("train", overrides=[f"task={task}", f"attention={variant}", "recipe=small"])
@@ -56,16 +62,12 @@ def _small_model(task: str, variant: str, n: int):
 
 
 def _ref_model(n: int):
-    from lra.model import Encoder, EncoderConfig
-
     return Encoder(EncoderConfig(vocab_size=18, num_classes=10, max_length=n, d_model=REF["d_model"],
                                  heads=REF["heads"], mlp_dim=REF["mlp_dim"], layers=REF["layers"], pooling="cls",
                                  pos_emb="sinusoidal", attention="flash", dropout=0.1))
 
 
 def _step(model, opt, x, y):
-    import torch.nn.functional as F
-
     loss = F.cross_entropy(model(x, x != 0), y)
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -73,8 +75,6 @@ def _step(model, opt, x, y):
 
 
 def _inputs(vocab: int, classes: int, batch: int, n: int):
-    import torch
-
     g = torch.Generator().manual_seed(0)
     return torch.randint(1, vocab, (batch, n), generator=g), torch.randint(0, classes, (batch,), generator=g)
 
@@ -86,9 +86,6 @@ VIEW_OPS = {"view", "_unsafe_view", "t", "transpose", "expand", "permute", "slic
 
 def count_ops(build, vocab, classes, n) -> int:
     """Non-view aten ops of one training step (the second: the first may build caches)."""
-    import torch
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     class Count(TorchDispatchMode):
         def __init__(self):
             super().__init__()
@@ -118,10 +115,6 @@ def _cases():
 
 
 def measure(repeats: int) -> dict:
-    import torch
-
-    from lra.timing import count_flops
-
     torch.set_num_threads(1)
     cases = _cases()
     out = {}
@@ -155,8 +148,6 @@ def measure(repeats: int) -> dict:
     for key, o in out.items():
         o["cpu_ms_per_token"] = statistics.median(o.pop("times_ms")) / o["n"]
         o["cpu_ms_tiny_step"] = statistics.median(o.pop("tiny_ms"))
-    from lra.results import host_info
-
     return {"cases": out, "host": host_info(), "torch": torch.__version__}
 
 
@@ -174,8 +165,6 @@ def estimates(data: dict, us_per_op: float, bucketing: bool = True) -> dict:
     stop-9 model, that it has on the CPU (tokens/s = stop-9's x CPU ms/token ratio); ``ms_flop``: if it
     ran at the stop-9 model's FLOP rate; ``ms_launch``: the eager launch floor, ops x ``us_per_op``.
     """
-    from lra.bucketing import PADDING_INVARIANT
-
     cases = data["cases"]
     ref = cases["ref/listops/flash"]
     ref_tokens_per_s = REF["steps_per_s"] * REF["batch"] * REF["n"]

@@ -5,7 +5,9 @@ training from a random initialisation, as the LRA protocol does, grossly underes
 architectures: pretraining the same model on the task's own training inputs with a denoising
 objective, then fine-tuning it on the labels, moves a Transformer's LRA average from the 50s to the
 level of S4. ``lra-train pretrain=mlm|causal`` runs both phases in one job; ``pretrain=none`` (the
-default) is the LRA protocol. Settings and their sources: ``conf/pretrain/mlm.yaml``.
+default) is the LRA protocol. Settings and their sources: ``conf/pretrain/mlm.yaml``, resolved by
+:func:`lra.training.config.pretrain_settings`; the fine-tuning loop
+(:func:`lra.training.finetune.train`) calls :func:`phase` first.
 
 The phase, as :func:`phase` runs it:
 
@@ -24,14 +26,14 @@ The phase, as :func:`phase` runs it:
   head; the encoder's classifier takes no part (its weights stay as initialised).
 * **Optimisation**: AdamW with the pretraining settings (``pretrain.lr``, ``schedule``, ``warmup``,
   ``weight_decay``, ``betas``, ``eps``, ``batch_size``, ``steps``) through
-  :func:`lra.train.make_optimizer`.
+  :func:`lra.training.optim.make_optimizer`.
 * **Checkpoint selection.** Every ``eval_every`` steps (and at step 0 and the end) the masked
   validation loss and accuracy are measured with fixed masks (the same masks at every evaluation);
   the best by ``select`` (``loss``: lowest; ``accuracy``: highest, the paper's App. C.1) is saved
   (``pretrain_best.pt``) and fine-tuning starts from it (:func:`load_encoder`).
 * **Faults.** The phase checkpoints every ``checkpoint_every`` steps (``pretrain_checkpoint.pt``:
   model, optimizer, schedule, RNG state, history, best) and on SIGTERM/SIGUSR1/SIGUSR2 (then
-  :class:`lra.train.Preempted`); running the job directory again resumes it and ends bit-identical to
+  :class:`lra.training.state.Preempted`); running the job directory again resumes it and ends bit-identical to
   an uninterrupted run: batches and masks are pure functions of the step (seeded per step), dropout's
   RNG state is restored. Once fine-tuning has its own checkpoint the phase is not run again.
 
@@ -45,94 +47,21 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
-from . import schema
-from .data import DeviceBatches
-from .model import Encoder, TokenPredictor
-from .schema import OBJECTIVES, ConfigError
-from .tasks import TaskData
+from ..data import DeviceBatches
+from ..model import Encoder, TokenPredictor
+from ..progress import progress
+from ..schema import ConfigError
+from ..tasks import TaskData
+from .optim import make_optimizer
+from .state import LoopCheckpoint, PreemptionSignals, loop_failure, save_checkpoint
 
 #: target value of positions without a loss (unmasked, padding, no next token)
 IGNORE = -100
 CHECKPOINT = "pretrain_checkpoint.pt"
 BEST = "pretrain_best.pt"
-#: the pretraining knobs the optimizer reads (lra.train.make_optimizer)
+#: the pretraining knobs the optimizer reads (lra.training.optim.make_optimizer)
 OPTIMIZER_KEYS = ("lr", "steps", "warmup", "schedule", "weight_decay", "betas", "eps", "weight_decay_params")
-#: the knobs a run with objective mlm/causal must have after resolving
-REQUIRED = ("steps", "batch_size", "lr", "schedule", "warmup", "weight_decay", "betas", "eps",
-            "weight_decay_params", "select", "budget", "eval_every", "checkpoint_every")
-
-
-# ----------------------------------------------------------------------------- settings
-
-def objective_of(cfg: DictConfig) -> str:
-    pre = cfg.get("pretrain")
-    return "none" if pre is None else str(pre.get("objective", "none"))
-
-
-def settings(cfg: DictConfig, task: str, trainer: dict) -> dict[str, Any] | None:
-    """The effective pretraining settings of a run, or None for ``pretrain=none``.
-
-    Later layers win (``null`` = not set): ``pretrain.shared``, ``pretrain.tasks.<task>``, the trainer
-    preset's ``trainer.pretrain_overrides``, then ``pretrain.<key>`` (the command line).
-    ``eval_every``/``eval_batches``/``checkpoint_every`` default to the trainer's. Adds
-    ``finetune_steps``: ``trainer.steps`` (``budget=extra``) or ``trainer.steps - steps`` (``shared``).
-    """
-    if objective_of(cfg) == "none":
-        return None
-    from .train import _merge  # noqa: PLC0415 - lra.train imports this module
-
-    pre = cfg.pretrain
-    given = {k: v for k, v in pre.items() if k not in ("shared", "tasks")}
-    out = _merge(pre.get("shared"), (pre.get("tasks") or {}).get(task), cfg.trainer.get("pretrain_overrides"), given)
-    for key in ("eval_every", "eval_batches", "checkpoint_every"):
-        if out.get(key) is None:
-            out[key] = trainer.get(key)
-    out.setdefault("eval_batches", None)
-    if out.get("objective") == "causal":
-        out.pop("mask_rate", None)
-    if isinstance(out.get("steps"), int) and isinstance(trainer.get("steps"), int):
-        out["finetune_steps"] = trainer["steps"] - out["steps"] if out.get("budget") == "shared" else trainer["steps"]
-    return out
-
-
-def problems(cfg: DictConfig, task: str, trainer: dict) -> list[str]:
-    """The pretraining settings' bad values (as :func:`lra.schema.problems`), [] for pretrain=none."""
-    objective = objective_of(cfg)
-    if objective not in OBJECTIVES:
-        return [f"pretrain.objective={objective!r} is not one of {', '.join(OBJECTIVES)}; fix: pretrain=mlm"]
-    spt = settings(cfg, task, trainer)
-    if spt is None:
-        return []
-    required = REQUIRED + (("mask_rate",) if objective == "mlm" else ())
-    found = [f"pretrain.{key} is not set and task {task!r} has no default for it (conf/pretrain/mlm.yaml "
-             f"`tasks.{task}`); set pretrain.{key}=..." for key in required if spt.get(key) is None]
-    found += schema.problems(spt, schema.PRETRAIN, "pretrain.")
-    if not found and spt["finetune_steps"] < 1:
-        found.append(f"pretrain.budget=shared leaves trainer.steps={trainer['steps']} - pretrain.steps="
-                     f"{spt['steps']} = {spt['finetune_steps']} fine-tuning steps; fix: pretrain.steps below "
-                     f"trainer.steps, or pretrain.budget=extra")
-    return found
-
-
-def check_attention(cfg: DictConfig, attention) -> None:
-    """``pretrain=causal`` needs causal attention (a query sees no later position), else the next token
-    is in view: :class:`ConfigError` naming the fix."""
-    if objective_of(cfg) == "causal" and not getattr(attention, "causal", False):
-        raise ConfigError(f"pretrain=causal predicts each next token, which needs causal attention (queries see "
-                          f"no later position), but attention={cfg.attention.name} is bidirectional here; use "
-                          f"pretrain=mlm, or a causal variant (attention=random_feature attention.gate=true)")
-
-
-def finetune_settings(spt: dict | None, model: dict, trainer: dict) -> tuple[dict, dict]:
-    """The model and trainer settings of the fine-tuning model: with masked pretraining the encoder
-    carries the [MASK] embedding row (unused when fine-tuning); ``budget=shared`` shortens
-    ``trainer.steps`` to the steps pretraining left."""
-    if spt is None:
-        return model, trainer
-    return {**model, "mask_token": spt["objective"] == "mlm"}, {**trainer, "steps": spt["finetune_steps"]}
 
 
 # ----------------------------------------------------------------------------- data and targets
@@ -205,7 +134,7 @@ def token_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tenso
 def evaluate(lm: TokenPredictor, batches: DeviceBatches, spt: dict, amp, seed: int,
              max_batches: int | None = None) -> tuple[float, float]:
     """(mean loss, accuracy) over the predicted positions of the validation inputs (their first
-    ``max_batches`` batches' examples when set, as :func:`lra.train.evaluate` reads them); batch i
+    ``max_batches`` batches' examples when set, as :func:`lra.training.step.evaluate` reads them); batch i
     always gets the same masks, so evaluations are comparable across steps."""
     lm.eval()
     device = batches.inputs.device
@@ -235,7 +164,7 @@ def phase(spt: dict | None, model: Encoder, data: TaskData, device: torch.device
     ``bucket_window`` of :class:`lra.data.DeviceBatches`), used for pretraining's batches too. Returns the phase's record part (``status``, history, best step, ...), or None
     for ``pretrain=none``. ``finetuning_started``: fine-tuning has a checkpoint of its own, which
     holds the weights, so only the summary is read back. Never raises for nan/oom/errors (status
-    says); raises :class:`lra.train.Preempted` on a preemption signal, after checkpointing."""
+    says); raises :class:`lra.training.state.Preempted` on a preemption signal, after checkpointing."""
     if spt is None:
         return None
     ckpt_path = job_dir / CHECKPOINT
@@ -293,9 +222,6 @@ def pretrain(spt: dict, model: Encoder, data: TaskData, device: torch.device, am
     """The pretraining loop (see the module docstring); returns :func:`summary` with the status.
     ``batching``: length bucketing as in fine-tuning (padding is never masked or predicted, so cutting
     a batch to its longest example changes nothing but the time)."""
-    from .train import (PreemptionSignals, _rng_state, _set_rng_state, loop_failure,  # noqa: PLC0415
-                        make_optimizer, save_checkpoint)
-
     lm = TokenPredictor(model).to(device)
     opt, sched = make_optimizer(lm, {k: spt[k] for k in OPTIMIZER_KEYS})
     inputs = pretraining_inputs(data)
@@ -308,18 +234,10 @@ def pretrain(spt: dict, model: Encoder, data: TaskData, device: torch.device, am
                           shuffle=False, **batching)
     ckpt_path, best_path, steps = job_dir / CHECKPOINT, job_dir / BEST, int(spt["steps"])
     state: dict[str, Any] = {"step": 0, "train_time": 0.0, "history": [], "best": None}
-    if ckpt_path.is_file():
-        saved = torch.load(ckpt_path, map_location=device, weights_only=False)
-        lm.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
-        sched.load_state_dict(saved["scheduler"])
-        _set_rng_state(saved["rng"], device)
-        state = {k: saved[k] for k in state}
+    ckpt = LoopCheckpoint(ckpt_path, lm, opt, sched, device)
+    if ckpt.exists():
+        state = ckpt.restore(state)
         print(f"[lra] resuming self-pretraining in {job_dir} from step {state['step']}")
-
-    def checkpoint():
-        save_checkpoint(ckpt_path, model=lm.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                        rng=_rng_state(device), **state)
 
     def validate(step: int, window: float | None) -> None:
         val_loss, val_acc = evaluate(lm, val_b, spt, amp, seed, spt.get("eval_batches"))
@@ -331,8 +249,8 @@ def pretrain(spt: dict, model: Encoder, data: TaskData, device: torch.device, am
                   + f" val_loss {val_loss:.4f} val_accuracy {val_acc:.4f}")
 
     signals = PreemptionSignals()
-    bar = tqdm(total=steps, initial=state["step"], desc=f"{data.name}/pretrain-{spt['objective']}", unit="step",
-               disable=not trainer.get("progress", True), dynamic_ncols=True)
+    bar = progress(total=steps, initial=state["step"], desc=f"{data.name}/pretrain-{spt['objective']}", unit="step",
+                   disable=not trainer.get("progress", True))
     log_every, eval_every = max(1, int(trainer.get("log_every", 50))), int(spt["eval_every"])
     loss_sum, count = torch.zeros((), device=device), torch.zeros((), device=device)
     bad_step = torch.full((), -1, dtype=torch.long, device=device)
@@ -380,7 +298,7 @@ def pretrain(spt: dict, model: Encoder, data: TaskData, device: torch.device, am
                 if eval_now:
                     validate(step, window)
                 if ckpt_now:
-                    checkpoint()
+                    ckpt.save(**state)
                 if signals.received is not None:
                     signals.hand_over(f"at pretraining step {step}; checkpoint written to {ckpt_path}")
                 t0 = time.perf_counter()

@@ -1,0 +1,255 @@
+"""The supervised loop: train and evaluate the common encoder on one task with one attention variant.
+
+:func:`train` runs one job in its job directory: it validates and resolves the configuration
+(:mod:`lra.training.config`), prepares the data, builds the encoder (:func:`build_model`),
+runs self-pretraining first when asked (:func:`lra.training.pretrain.phase`), then the steps
+(:class:`lra.training.step.TrainStep`), evaluating every ``trainer.eval_every`` steps and
+checkpointing every ``trainer.checkpoint_every`` steps into ``checkpoint.pt``
+(:class:`lra.training.state.LoopCheckpoint`); running the same job directory again resumes from
+the last checkpoint and ends in the same state as an uninterrupted run. It returns the result
+record; :func:`lra.training.job.run` writes it.
+
+Throughput (README "Training throughput"): length-bucketed batches (``trainer.bucketing``,
+:mod:`lra.bucketing`, :func:`bucketing_of`), a compiled step with an eager fallback
+(``trainer.compile``, :mod:`lra.compiled`), and up to ``trainer.jobs_per_gpu`` jobs sharing a GPU
+(``trainer.device=packed``, :mod:`lra.devices`); the record says which ran (``case.bucketing``,
+``case.compile``, ``case.packed``; :func:`throughput_facts`).
+
+Failures after validation never raise: NaN/inf losses give status ``nan`` (with the first bad
+step), out-of-memory ``oom``, a run that did not train or evaluate and anything else ``error``
+(:func:`lra.training.state.loop_failure`, :func:`lra.training.state.trained_and_evaluated`).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from .. import bucketing, tasks
+from ..compiled import CompiledModel
+from ..data import DeviceBatches
+from ..devices import set_job_threads, share_gpu
+from ..distill import LayerDistiller
+from ..model import Encoder, EncoderConfig
+from ..progress import progress
+from ..results import host_info, make_record, now
+from . import pretrain
+from .config import (autocast_dtype, device_of, distill_settings, effective_config, finetune_settings,
+                     pretrain_settings, resolve, validate)
+from .optim import make_optimizer
+from .state import LoopCheckpoint, PreemptionSignals, loop_failure, trained_and_evaluated
+from .step import TrainStep, evaluate
+
+#: the fine-tuning loop's checkpoint file in the job directory
+CHECKPOINT = "checkpoint.pt"
+
+
+def build_model(data: tasks.TaskData, model: dict, attention: str, knobs: dict) -> Encoder:
+    """The encoder for ``data`` (its vocabulary, classes, length, dual input) with ``model`` settings and
+    attention variant ``attention`` with ``knobs``; says so when ``model.attention_dropout`` cannot apply."""
+    encoder = Encoder(EncoderConfig(vocab_size=data.vocab_size, num_classes=data.num_classes, max_length=data.seq_len,
+                                    dual=data.dual, attention=attention, attention_cfg=knobs, **model))
+    if not encoder.attention_dropout_applies:
+        print(f"[lra] note: model.attention_dropout={model.get('attention_dropout')} is not applied by "
+              f"attention={attention} (no attention-weight hook for this variant; see lra.model.DROPOUT_BACKENDS)")
+    return encoder
+
+
+def bucketing_of(tr: dict, data: tasks.TaskData, model: Encoder, attention: str) -> tuple[bool, str]:
+    """Whether this run buckets by length, and why (:func:`lra.bucketing.choose` on the built model)."""
+    return bucketing.choose(tr.get("bucketing", "auto"), pad_id=data.pad_id, variant=attention,
+                            attention_module=model.blocks[0].attn.attention, pooling=model.cfg.pooling,
+                            pool_masked=model.cfg.pool_masked, cls_last=model.causal)
+
+
+def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
+    """Train + evaluate one run in ``job_dir``; returns the result record (:func:`lra.training.job.run`
+    writes it).
+
+    Raises only for invalid configs/data (:class:`ConfigError`, ``tasks.DataNotFoundError``,
+    ``ValueError``) before training starts; everything after is captured in the record.
+    """
+    started = now()
+    validate(cfg)
+    task_cfg, model_kw, tr, knobs = resolve(cfg)
+    spt = pretrain_settings(cfg, task_cfg.name, tr)  # None: trained from scratch
+    model_kw, tr = finetune_settings(spt, model_kw, tr)
+    jobs_per_gpu = int(tr.get("jobs_per_gpu") or 4)
+    device = device_of(tr.get("device", "auto"), acquire=True, jobs_per_gpu=jobs_per_gpu)
+    packed = tr.get("device") == "packed"
+    if packed:  # at most jobs_per_gpu jobs per GPU run at once, whatever the launcher started
+        share_gpu(jobs_per_gpu, torch.cuda.device_count())
+    set_job_threads(cfg.get("threads", "auto"))
+    host = host_info()  # at the start (after any wait for a GPU): threads, cores, load
+    amp = autocast_dtype(tr.get("precision", "auto"), device)
+    data = tasks.prepare(task_cfg)
+    empty = [split for split, (_, y) in data.splits.items() if len(y) == 0]
+    if empty:
+        raise tasks.DataNotFoundError(f"task {data.name!r}: the {', '.join(empty)} split(s) hold no examples, so the "
+                                      "run could not train or evaluate; check task.num_train/num_val/num_test and "
+                                      "the data files")
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(data, model_kw, cfg.attention.name, {**knobs, "seed": int(cfg.seed)}).to(device)
+    steps = int(tr["steps"])
+    opt, sched = make_optimizer(model, tr)
+    bucket_on, bucket_why = bucketing_of(tr, data, model, cfg.attention.name)
+    print(f"[lra] length bucketing {bucket_why}")
+    batching = dict(bucket_multiple=int(tr.get("bucket_multiple") or bucketing.DEFAULT_MULTIPLE) if bucket_on else None,
+                    bucket_window=int(tr.get("bucket_window") or bucketing.DEFAULT_WINDOW))
+    train_b = DeviceBatches(*data.splits["train"], tr["batch_size"], device, data.pad_id, shuffle=True, seed=cfg.seed,
+                            **batching)
+    val_b = DeviceBatches(*data.splits["val"], tr["batch_size"], device, data.pad_id, shuffle=False, **batching)
+    test_b = DeviceBatches(*data.splits["test"], tr["batch_size"], device, data.pad_id, shuffle=False, **batching)
+    step_fn = CompiledModel(model, mode=tr.get("compile_mode") or "auto", backend=tr.get("compile_backend") or "inductor",
+                            device=device) if tr.get("compile") else model
+
+    if train_b.batch_size != int(tr["batch_size"]):
+        print(f"[lra] trainer.batch_size={tr['batch_size']} exceeds the {len(data.splits['train'][1])} training "
+              f"examples: batches of {train_b.batch_size}")
+    config = effective_config(cfg, model.cfg, batch_size=train_b.batch_size)
+    config["pretrain"] = spt or {"objective": "none"}
+    config["trainer"]["bucketing"] = bucket_on  # what ran (the setting may say auto)
+    knobs_ran = {k: v for k, v in config["attention"].items() if k != "name"}
+    distill = distill_settings(cfg)
+    base = dict(task=data.name, variant=cfg.attention.name, variant_config=knobs_ran, seq_len=data.seq_len,
+                batch_size=train_b.batch_size, dtype=str(amp or torch.float32).replace("torch.", ""),
+                seed=int(cfg.seed), config=config, started_at=started, device=device, host=host, distill=distill)
+    ckpt_path = job_dir / CHECKPOINT
+    # self-pretraining first (resumes; skipped once fine-tuning has a checkpoint), then its best weights
+    spt_result = pretrain.phase(spt, model, data, device, amp, job_dir, int(cfg.seed), tr,
+                                finetuning_started=ckpt_path.is_file(), batching=batching)
+    if spt_result is not None and spt_result["status"] != "ok":
+        return make_record("train", status=spt_result["status"], message=spt_result["message"],
+                           metrics=pretrain.metrics(spt_result), case={"pretrain": spt_result}, **base)
+    # distillation trains fine-tuning only: hooked after pretraining, whose forwards it must not capture
+    distiller = LayerDistiller(model, distill["weight"], distill["queries"]) if distill["on"] else None
+    if distiller is not None and isinstance(step_fn, CompiledModel):  # its hooks must see every layer's q, k
+        step_fn.fall_back(RuntimeError("attention.distill reads each layer's q, k through forward hooks, "
+                                       "which a compiled (CUDA-graph) forward would not run as eager code"))
+    step, train_time, history, best_val = 0, 0.0, [], 0.0
+    ckpt = LoopCheckpoint(ckpt_path, model, opt, sched, device)
+    if ckpt.exists():
+        step, train_time, history, best_val = ckpt.restore(("step", "train_time", "history", "best_val")).values()
+        print(f"[lra] resuming {job_dir} from step {step}")
+
+    def checkpoint():
+        ckpt.save(step=step, train_time=train_time, history=history, best_val=best_val)
+
+    signals = PreemptionSignals()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    train_step = TrainStep(model, step_fn, opt, sched, train_b, amp, tr.get("grad_clip"),
+                           aux_loss=distiller.loss if distiller else None)
+    last_window = None
+    log_every = max(1, int(tr.get("log_every", 50)))
+    status, message = "ok", None
+    model.train()
+    bar = progress(total=steps, initial=step, desc=f"{data.name}/{cfg.attention.name}", unit="step",
+                   disable=not tr.get("progress", True))
+    t0 = time.perf_counter()
+    try:
+        while step < steps:
+            train_step(step)
+            step += 1
+            bar.update()
+            boundary = step % log_every == 0 or step == steps
+            if boundary:
+                first_bad, window = train_step.boundary()  # the loop's only host sync
+                last_window = window
+                if first_bad >= 0:
+                    status, message = "nan", f"non-finite training loss at step {first_bad}"
+                    break
+                bar.set_postfix(loss=f"{window[0]:.3f}", acc=f"{window[1]:.3f}",
+                                lr=f"{sched.get_last_lr()[0]:.2e}")
+            eval_now = step % int(tr.get("eval_every", 500)) == 0 and step < steps
+            ckpt_now = step % int(tr.get("checkpoint_every", 500)) == 0 or signals.received is not None
+            if eval_now or ckpt_now:
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                train_time += time.perf_counter() - t0
+                if eval_now:
+                    val_acc, val_loss = evaluate(model, val_b, amp, tr.get("eval_batches"))
+                    best_val = max(best_val, val_acc)
+                    history.append({"step": step, "val_accuracy": val_acc, "val_loss": val_loss,
+                                    # training loss / accuracy over the last log_every steps
+                                    **({"train_loss": last_window[0], "train_accuracy": last_window[1]}
+                                       if last_window else {}),
+                                    # per layer, mean over heads and the steps since the last evaluation
+                                    **({"distill_loss": distiller.window()} if distiller else {})})
+                    train_part = f" train_loss {last_window[0]:.4f}" if last_window else ""
+                    bar.write(f"[lra] step {step}:{train_part} val_accuracy {val_acc:.4f} val_loss {val_loss:.4f}")
+                if ckpt_now:
+                    checkpoint()
+                if signals.received is not None:
+                    signals.hand_over(f"at step {step}; checkpoint written to {ckpt_path}")
+                t0 = time.perf_counter()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        train_time += time.perf_counter() - t0
+    except RuntimeError as err:  # torch.cuda.OutOfMemoryError included
+        status, message = loop_failure(err, f"step {step}")
+    finally:
+        bar.close()
+        signals.restore()
+
+    metrics: dict[str, Any] = {"steps": step, "train_time_s": round(train_time, 3)}
+    distill_layers = distiller.window() if distiller else None  # since the last evaluation
+    if distill_layers:
+        metrics["distill_loss"] = round(sum(distill_layers) / len(distill_layers), 6)
+    if status == "ok":
+        checkpoint()
+        metrics["val_accuracy"], metrics["val_loss"] = evaluate(model, val_b, amp)
+        metrics["accuracy"], metrics["loss"] = evaluate(model, test_b, amp)
+        metrics["best_val_accuracy"] = max(best_val, metrics["val_accuracy"])
+    if status == "ok":
+        status, message = trained_and_evaluated(metrics)
+    speed, case = throughput_facts(train_b, step, train_time, {"on": bucket_on, "reason": bucket_why, **batching},
+                                   step_fn, {"jobs_per_gpu": jobs_per_gpu, "gpu": device.index}
+                                   if packed else None)
+    metrics.update(speed)
+    if device.type == "cuda":
+        metrics["peak_mem_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    metrics["params"] = sum(p.numel() for p in model.parameters())
+    backend = getattr(model.blocks[0].attn.attention, "last_backend", None)
+    case = {"history": history, **({"backend": backend} if backend else {}),
+            **({"distill_loss_layers": distill_layers} if distill_layers else {}), **case}
+    if spt_result is not None:
+        metrics.update(pretrain.metrics(spt_result))
+        case["pretrain"] = spt_result
+    return make_record("train", status=status, message=message, metrics=metrics, case=case, **base)
+
+
+def throughput_facts(train_b: DeviceBatches, steps: int, train_time: float, bucket: dict, step_fn,
+                     packed: dict | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metrics, case entries) saying what the run's steps processed and how fast.
+
+    Metrics: ``padded_fraction`` of the positions computed, and (unless ``packed``) ``steps_per_s``,
+    ``tokens_per_s`` (positions computed, padding included) and ``real_tokens_per_s``. Case:
+    ``bucketing`` (on, why, the batch lengths used, ``padded_fraction_unbucketed``: the same examples at
+    the task's length), ``compile`` (:meth:`lra.compiled.CompiledModel.facts`, or off) and, for a job
+    that shared its GPU (``packed``: jobs_per_gpu, gpu), ``packed`` with the speed figures instead:
+    jobs sharing a GPU time each other's load, so those are no speed result.
+    """
+    positions, real, shapes = train_b.token_counts(steps) if steps else (0, 0, set())
+    metrics: dict[str, Any] = {"padded_fraction": round(1 - real / positions, 4)} if positions else {}
+    speed = {}
+    if train_time > 0 and steps:
+        speed = {"steps_per_s": round(steps / train_time, 4), "tokens_per_s": round(positions / train_time, 1),
+                 "real_tokens_per_s": round(real / train_time, 1)}
+    on = bucket["on"]
+    case: dict[str, Any] = {"bucketing": {"on": on, "reason": bucket["reason"], "lengths": sorted(shapes),
+                                          **({"multiple": bucket["bucket_multiple"], "window": bucket["bucket_window"]}
+                                             if on else {})}}
+    if steps:
+        case["bucketing"]["padded_fraction_unbucketed"] = round(
+            1 - real / (steps * train_b.batch_size * train_b.positions_per_example), 4)
+    case["compile"] = step_fn.facts() if isinstance(step_fn, CompiledModel) else {"status": "off"}
+    if packed is None:
+        metrics.update(speed)
+    else:
+        case["packed"] = {**packed, **speed, "note": "measured while sharing the GPU with other jobs: not a speed result"}
+    return metrics, case
