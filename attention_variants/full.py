@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ._precision import upcast
 from .base import Attention, AttentionConfig
 from .masking import normalize_key_padding_mask
 from .registry import register
@@ -26,7 +27,7 @@ def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     inputs and in the inputs' own precision otherwise (float64 stays float64).
     """
     scores = torch.matmul(q, k.transpose(-2, -1))
-    scores = scores.to(torch.promote_types(scores.dtype, torch.float32)) * (1.0 / math.sqrt(q.shape[-1]))
+    scores = upcast(scores) * (1.0 / math.sqrt(q.shape[-1]))
     allowed = None
     if key_padding_mask is not None:
         allowed = key_padding_mask[:, None, None, :]
