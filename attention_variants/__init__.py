@@ -4,6 +4,7 @@ Public API::
 
     import attention_variants as av
     av.available()                       # ['bigbird', 'flash', 'full', ...]
+    av.available(causal=True)            # those that can be built with causal=True
     attn = av.build("performer", heads=8, head_dim=64, num_features=256)
     out = attn(q, k, v, key_padding_mask=mask)   # (B, H, N, D) -> (B, H, N, D)
 
@@ -14,12 +15,12 @@ import importlib
 import pkgutil
 
 from .base import Attention, AttentionConfig
-from .registry import UnknownVariantError, available, build, get, make_config, register
+from .registry import UnknownVariantError, available, build, check_causal, get, make_config, register
 
 _INFRASTRUCTURE = {"base", "registry", "masking"}
 for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
     if _module not in _INFRASTRUCTURE and not _module.startswith("_"):
         importlib.import_module(f"{__name__}.{_module}")
 
-__all__ = ["Attention", "AttentionConfig", "UnknownVariantError", "available", "build", "get",
+__all__ = ["Attention", "AttentionConfig", "UnknownVariantError", "available", "build", "check_causal", "get",
            "make_config", "register"]

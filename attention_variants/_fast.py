@@ -26,6 +26,8 @@ from typing import Callable
 
 import torch
 
+from ._precision import working_dtype
+
 BACKENDS = ("auto", "reference", "fast")
 REDUCED = (torch.bfloat16, torch.float16)
 #: ``function name -> error`` for every :class:`CudaCompiled` function that fell back to eager
@@ -77,7 +79,7 @@ def matmul_fp32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             return torch.bmm(a3, b3, out_dtype=torch.float32).view(*lead, a.shape[-2], b.shape[-1])
         except (TypeError, RuntimeError, NotImplementedError) as err:  # same result, more time and memory
             MATMUL_FP32_FALLBACK.setdefault("bmm", f"{type(err).__name__}: {err}")
-    acc = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
+    acc = working_dtype(a.dtype, b.dtype)
     return torch.matmul(a.to(acc), b.to(acc))
 
 

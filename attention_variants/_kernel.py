@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ._fast import CudaCompiled, check_backend, matmul_fp32, no_autocast, resolve_backend
+from ._precision import working_dtype
 
 
 #: context that disables autocast on a device's type so the enclosed math runs in fp32; tensors must
@@ -103,7 +104,7 @@ def kernel_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor,
         return fast_kernel_attention(phi_q, phi_k, v, mask, rel_floor=rel_floor)
     out_dtype = v.dtype
     with fp32(v.device):
-        work = torch.promote_types(v.dtype, torch.float32)
+        work = working_dtype(v.dtype)
         phi_q, phi_k, v = phi_q.to(work), phi_k.to(work), v.to(work)
         phi_k = mask_keys(phi_k, mask)
         v = mask_keys(v, mask)
@@ -141,7 +142,7 @@ def fast_kernel_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Ten
         phi_k = phi_k.to(cd)
         floor = None
         if rel_floor:
-            acc = torch.promote_types(cd, torch.float32)
+            acc = working_dtype(cd)
             q_norm = torch.linalg.vector_norm(phi_q, dim=-1, dtype=acc)
             k_norm = torch.linalg.vector_norm(mask_keys(phi_k, mask), dim=-1, dtype=acc)
             floor = rel_floor * q_norm * k_norm.sum(dim=-1, keepdim=True)     # normalizer_floor, in fp32
@@ -202,7 +203,7 @@ class _FastKernelAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, phi_q, phi_k, v, mask, floor):
         cd = phi_q.dtype
-        acc = torch.promote_types(cd, torch.float32)
+        acc = working_dtype(cd)
         pk, vm = _masked_keys_values(phi_k, v, mask, cd)
         kv = matmul_fp32(pk.transpose(-1, -2), vm)                   # (B, H, F, D) in fp32
         k_sum = pk.sum(dim=-2, dtype=acc)                            # (B, H, F) normalizer sums
@@ -271,7 +272,7 @@ def quadratic_kernel_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torc
     """The O(N^2) definition ``(phi_q phi_k^T * mask) v / row_sums`` with :func:`kernel_attention`'s
     guard; for tests and debugging. fp32, or float64 for float64 inputs."""
     with fp32(v.device):
-        work = torch.promote_types(v.dtype, torch.float32)
+        work = working_dtype(v.dtype)
         phi_q, phi_k = phi_q.to(work), phi_k.to(work)
         a = torch.einsum("bhnf,bhmf->bhnm", phi_q, phi_k)
         k_norm = phi_k.norm(dim=-1)                               # (B, H, M)
@@ -323,7 +324,7 @@ def gated_kernel_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Te
     out_dtype = v.dtype
     d = v.shape[-1]
     with fp32(v.device):
-        work = torch.promote_types(v.dtype, torch.float32)
+        work = working_dtype(v.dtype)
         phi_q, phi_k, v, logit = (t.to(work) for t in (phi_q, phi_k, v, gate_logit))
         phi_k = mask_keys(phi_k, mask)
         v1 = mask_keys(torch.cat([v, torch.ones_like(v[..., :1])], dim=-1), mask)   # [v | 1]

@@ -7,9 +7,12 @@ fused backends (the ``math`` backend materializes like ``full``).
 
 Backends: ``auto`` (first that runs, in the order cudnn, flash, efficient, math; the one
 that ran is kept in ``last_backend``), ``cudnn``, ``flash``, ``efficient``, ``math``,
-``xformers``. The FlashAttention kernel takes no mask: with padding it cannot run, so an
-explicit ``flash`` request with a padded batch runs ``efficient`` instead (recorded in
-``last_backend``) and ``auto`` skips it.
+``xformers``. On the CPU ``auto`` tries ``flash`` then ``math``: torch's CPU flash kernel
+(``_scaled_dot_product_flash_attention_for_cpu``) takes the boolean padding mask, so a padded
+batch keeps the fused kernel (O(N) memory, no ``(N, N)`` scores, no "safe softmax" passes) and a
+query whose keys are all padding gets 0, as on ``math``. The CUDA FlashAttention kernel takes no
+mask: with padding an explicit ``flash`` request on CUDA runs ``efficient`` instead (recorded in
+``last_backend``) and ``auto`` skips it there.
 """
 from __future__ import annotations
 
@@ -87,7 +90,7 @@ class FlashAttention(Attention):
 
     exact = True
     complexity = "O(N^2)"
-    fast_devices = ("cuda",)
+    fast_devices = ("cuda", "cpu")
 
     def __init__(self, config: FlashConfig):
         super().__init__(config)
@@ -104,8 +107,8 @@ class FlashAttention(Attention):
             return xformers_attention(q, k, v, mask)
         if backend == "auto":
             return self._auto(q, k, v, mask)
-        if backend == "flash" and mask is not None:
-            backend = "efficient" if q.is_cuda else "math"  # the flash kernel takes no mask
+        if backend == "flash" and mask is not None and q.is_cuda:
+            backend = "efficient"  # the CUDA flash kernel takes no mask (the CPU one does)
         try:
             out = sdpa(q, k, v, mask, backend)
         except RuntimeError as err:
@@ -124,8 +127,8 @@ class FlashAttention(Attention):
         order = AUTO_ORDER if q.is_cuda else ("flash", "math")
         errors = []
         for backend in order:
-            if backend == "flash" and mask is not None:
-                continue
+            if backend == "flash" and mask is not None and q.is_cuda:
+                continue  # the CUDA flash kernel takes no mask (the CPU one does)
             try:
                 out = sdpa(q, k, v, mask, backend)
             except RuntimeError as err:

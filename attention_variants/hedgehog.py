@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from ._kernel import fp32, kernel_attention, mask_keys
+from ._precision import working_dtype
 from .base import Attention, AttentionConfig
 from .masking import normalize_key_padding_mask
 from .registry import register
@@ -117,7 +118,7 @@ class Hedgehog(Attention):
         weight, bias = (self.q_weight, self.q_bias) if is_query else (self.k_weight, self.k_bias)
         if weight.shape[0] not in (1, heads):
             raise ValueError(f"hedgehog was built for {weight.shape[0]} heads, got {heads}")
-        work = torch.promote_types(x.dtype, torch.float32)
+        work = working_dtype(x.dtype)
         with fp32(x.device):
             x = x.to(work)
             if not is_query:

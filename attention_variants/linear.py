@@ -15,24 +15,33 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ._fast import CudaCompiled, check_backend, compute_dtype, no_autocast, resolve_backend
 from ._kernel import fast_kernel_attention, fp32, kernel_attention
+from ._precision import upcast, working_dtype
 from .base import Attention, AttentionConfig
 from .masking import normalize_key_padding_mask
 from .registry import register
 
 
+def elu_plus_one(x: torch.Tensor) -> torch.Tensor:
+    """``elu(x) + 1`` in ``x``'s dtype, without cancellation: ``x + 1`` for ``x >= 0`` and ``exp(x)``
+    for ``x < 0`` (``F.elu(x) + 1`` computes ``(exp(x) - 1) + 1``, which loses ``exp(x)`` to rounding
+    once it falls below the dtype's epsilon: exactly 0 for ``x <= -16.6`` in fp32). Autograd gives
+    the derivative ``1`` / ``exp(x)``; the clamp keeps the unselected branch finite (no ``0 * inf``)."""
+    return torch.where(x >= 0, x + 1.0, torch.exp(x.clamp(max=0.0)))
+
+
 def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
-    """``elu(x) + 1`` in fp32: ``(..., d) -> (..., d)``, strictly positive."""
-    return F.elu(x.float()) + 1.0
+    """``elu(x) + 1`` in the working dtype (at least fp32; float64 stays float64):
+    ``(..., d) -> (..., d)``, strictly positive (:func:`elu_plus_one`)."""
+    return elu_plus_one(upcast(x))
 
 
 @CudaCompiled
 def _elu_plus_one(x: torch.Tensor, cd: torch.dtype) -> torch.Tensor:
-    """``elu(x) + 1`` computed in fp32 (no cancellation in ``-1 + e^x + 1``), cast to ``cd``."""
-    return (F.elu(x.to(torch.promote_types(cd, torch.float32))) + 1.0).to(cd)
+    """``elu(x) + 1`` computed in at least fp32 without cancellation (:func:`elu_plus_one`), cast to ``cd``."""
+    return elu_plus_one(x.to(working_dtype(cd))).to(cd)
 
 
 @CudaCompiled
@@ -67,7 +76,7 @@ class LinearConfig(AttentionConfig):
 class LinearAttention(Attention):
     """Katharopoulos et al. 2020: ``q, k, v (B, H, N, D) -> (B, H, N, D)``, O(N), no parameters.
 
-    Backends (``backend``): ``reference`` (fp32), ``fast`` (features and matmuls in the compute
+    Backends (``backend``): ``reference`` (at least fp32), ``fast`` (features and matmuls in the compute
     dtype, :func:`attention_variants._kernel.fast_kernel_attention`), ``auto``
     (:mod:`attention_variants._fast`)."""
 

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._fast import check_backend, compute_dtype, no_autocast, resolve_backend
+from ._precision import upcast
 from .base import Attention, AttentionConfig
 from .masking import normalize_key_padding_mask
 from .registry import register
@@ -106,6 +107,6 @@ class LinformerAttention(Attention):
                 return F.scaled_dot_product_attention(q.to(cd), k_proj, v_proj)
         k_proj = torch.matmul(e.to(k.dtype), k)  # (B, H, k, D)
         v_proj = torch.matmul(f.to(v.dtype), v)
-        scores = torch.matmul(q, k_proj.transpose(-2, -1)).float() * (1.0 / math.sqrt(d))
+        scores = upcast(torch.matmul(q, k_proj.transpose(-2, -1))) * (1.0 / math.sqrt(d))
         probs = torch.softmax(scores, dim=-1).to(v_proj.dtype)
         return torch.matmul(probs, v_proj)

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ._precision import lowest, upcast
 from .base import Attention, AttentionConfig
 from .masking import normalize_key_padding_mask
 from .registry import register
@@ -52,10 +53,11 @@ BACKENDS = ("auto", "reference", "flex")
 def masked_softmax_av(scores: torch.Tensor, allowed: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """``softmax(scores)`` over allowed entries (last dim), then ``@ v``; NaN-free.
 
-    ``scores``: ``(..., Q, K)`` (taken in fp32), ``allowed``: bool broadcastable to it,
+    ``scores``: ``(..., Q, K)`` (taken in at least fp32; float64 stays float64), ``allowed``: bool broadcastable to it,
     ``v``: ``(..., K, D)``. Rows with no allowed entry produce zeros.
     """
-    scores = scores.float().masked_fill(~allowed, torch.finfo(torch.float32).min)
+    scores = upcast(scores)
+    scores = scores.masked_fill(~allowed, lowest(scores.dtype))
     probs = torch.softmax(scores, dim=-1)
     probs = probs * allowed.any(dim=-1, keepdim=True)  # empty rows -> 0, not uniform
     return torch.matmul(probs.to(v.dtype), v)

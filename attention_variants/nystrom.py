@@ -48,6 +48,7 @@ from torch import nn
 from ._fast import check_backend, compute_dtype, no_autocast, resolve_backend
 from .base import Attention, AttentionConfig
 from ._kernel import _value_center
+from ._precision import lowest, upcast, working_dtype
 from .masking import additive_mask, normalize_key_padding_mask, pad_mask_to_multiple, pad_to_multiple
 from .registry import register
 
@@ -62,7 +63,7 @@ def iterative_pinv(a: torch.Tensor, iterations: int) -> torch.Tensor:
     case here: softmax rows sum to 1, empty landmarks get identity rows). Computes in fp32, or
     float64 for float64 input (the reference of the same algorithm).
     """
-    a = a.to(torch.promote_types(a.dtype, torch.float32))
+    a = upcast(a)
     eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
     norm_1 = a.abs().sum(dim=-2).amax(dim=-1)  # max column sum
     norm_inf = a.abs().sum(dim=-1).amax(dim=-1)  # max row sum
@@ -171,7 +172,7 @@ class NystromAttention(Attention):
         key_bias = lm_bias = None
         if padded:  # additive biases: the reference's masked value finfo.min, never -inf (no NaN rows)
             key_bias, lm_bias = additive_mask(full_mask, cd), additive_mask(~empty, cd)
-        acc = torch.promote_types(cd, torch.float32)
+        acc = working_dtype(cd)
         d = qp.shape[-1]
         keep = full_mask[:, None, :, None]
         center = _value_center(vp, full_mask, acc)  # the mean real value: a constant, see below
@@ -202,24 +203,24 @@ class NystromAttention(Attention):
         keep = full_mask[:, None, :, None]
         vp = vp.masked_fill(~keep, 0)
         scale = 1.0 / math.sqrt(d)
-        neg = torch.finfo(torch.float32).min
 
         q_l, empty = self.landmarks_of(qp, full_mask, m)
         k_l, _ = self.landmarks_of(kp, full_mask, m)
         real_l = ~empty[:, None, None, :]  # (B, 1, 1, m): landmark columns
 
-        s1 = (qp @ k_l.transpose(-2, -1)).float() * scale  # (B, H, Np, m)
+        s1 = upcast(qp @ k_l.transpose(-2, -1)) * scale  # (B, H, Np, m), at least fp32
+        neg = lowest(s1.dtype)
         kernel_1 = torch.softmax(s1.masked_fill(~real_l, neg), dim=-1)
-        s2 = (q_l @ k_l.transpose(-2, -1)).float() * scale  # (B, H, m, m)
+        s2 = upcast(q_l @ k_l.transpose(-2, -1)) * scale  # (B, H, m, m)
         kernel_2 = torch.softmax(s2.masked_fill(~real_l, neg), dim=-1)
         eye = torch.eye(m, dtype=kernel_2.dtype, device=q.device)
         kernel_2 = torch.where(empty[:, None, :, None], eye, kernel_2)
-        s3 = (q_l @ kp.transpose(-2, -1)).float() * scale  # (B, H, m, Np)
+        s3 = upcast(q_l @ kp.transpose(-2, -1)) * scale  # (B, H, m, Np)
         kernel_3 = torch.softmax(s3.masked_fill(~keep.transpose(-2, -1), neg), dim=-1)
 
         with torch.autocast(q.device.type, enabled=False):
             z = iterative_pinv(kernel_2, cfg.pinv_iterations)
-            ctx = z @ (kernel_3 @ vp.float())  # (B, H, m, D), fp32
+            ctx = z @ (kernel_3 @ vp.to(kernel_3.dtype))  # (B, H, m, D), at least fp32
         out = kernel_1.to(v.dtype) @ ctx.to(v.dtype)
         out = out[..., :n, :]
         if self.conv is not None:

@@ -50,6 +50,7 @@ import torch
 
 from ._fast import CudaCompiled, check_backend, compute_dtype, matmul_fp32, no_autocast, resolve_backend
 from ._kernel import fast_kernel_attention, fp32, kernel_attention, mask_keys, splitmix64
+from ._precision import upcast, working_dtype
 from .base import Attention, AttentionConfig
 from .masking import normalize_key_padding_mask
 from .registry import register
@@ -85,13 +86,13 @@ def softmax_features(x: torch.Tensor, w: torch.Tensor, is_query: bool,
                      mask: torch.Tensor | None = None) -> torch.Tensor:
     """FAVOR+ positive features of ``x (B, H, N, d)`` (already scaled by ``d^-1/4``) -> ``(B, H, N, m)``.
 
-    Computes ``exp(x W^T - |x|^2/2 - c) / sqrt(m)`` in fp32 with the stabilizer ``c`` described in
+    Computes ``exp(x W^T - |x|^2/2 - c) / sqrt(m)`` in the working dtype (at least fp32) with the stabilizer ``c`` described in
     the module docstring (per query row; shared over the real keys of a (batch, head) for keys).
     Padded keys (``mask`` False) get feature 0.
     """
-    x = x.float()
+    x = upcast(x, w.dtype)
     m = w.shape[0]
-    expo = torch.einsum("bhnd,md->bhnm", x, w.float()) - 0.5 * x.square().sum(-1, keepdim=True)
+    expo = torch.einsum("bhnd,md->bhnm", x, w.to(x.dtype)) - 0.5 * x.square().sum(-1, keepdim=True)
     if is_query:
         c = expo.amax(dim=-1, keepdim=True).detach()
     else:
@@ -103,7 +104,8 @@ def softmax_features(x: torch.Tensor, w: torch.Tensor, is_query: bool,
 
 def relu_features(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     """Generalized-kernel features ``relu(x W^T) + eps``: ``(B, H, N, d) -> (B, H, N, m)``, fp32."""
-    return torch.relu(torch.einsum("bhnd,md->bhnm", x.float(), w.float())) + eps
+    x = upcast(x, w.dtype)
+    return torch.relu(torch.einsum("bhnd,md->bhnm", x, w.to(x.dtype))) + eps
 
 
 def project_fp32(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -118,9 +120,9 @@ def project_fp32(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """
     if x.is_cuda and x.dtype in (torch.bfloat16, torch.float16):
         w_hi = w.to(x.dtype)
-        w_lo = (w - w_hi.float()).to(x.dtype)
+        w_lo = (w - w_hi.to(w.dtype)).to(x.dtype)
         return matmul_fp32(x, w_hi.t()) + matmul_fp32(x, w_lo.t())
-    return matmul_fp32(x, w.to(torch.promote_types(x.dtype, torch.float32)).t())
+    return matmul_fp32(x, w.to(working_dtype(x.dtype)).t())
 
 
 @CudaCompiled
@@ -196,7 +198,7 @@ class _PositiveFeatures(torch.autograd.Function):
         x, w, phi = ctx.saved_tensors
         if ctx.kernel == "relu":
             return torch.matmul(_relu_features_backward(grad, phi, ctx.eps), w.to(x.dtype)), None, None, None, None, None
-        d_proj, d_diag = _exp_features_backward(grad, phi, torch.promote_types(x.dtype, torch.float32))
+        d_proj, d_diag = _exp_features_backward(grad, phi, working_dtype(x.dtype))
         d_x = torch.matmul(d_proj, w.to(x.dtype))
         d_x += x * (2 * ctx.half_scale * d_diag).unsqueeze(-1).to(x.dtype)       # d diag / dx
         return d_x, None, None, None, None, None
@@ -207,7 +209,7 @@ def fast_features(x: torch.Tensor, w: torch.Tensor, is_query: bool, mask: torch.
     """:func:`softmax_features` / :func:`relu_features` of ``x (B, H, N, d)`` (unscaled), computed
     once, in the compute dtype ``cd``: ``(B, H, N, m)`` (:class:`_PositiveFeatures`; the factor
     ``d^-1/4`` is folded into ``w``)."""
-    return _PositiveFeatures.apply(x.to(cd), w.float() * x.shape[-1] ** -0.25, is_query, mask, kernel, eps)
+    return _PositiveFeatures.apply(x.to(cd), upcast(w) * x.shape[-1] ** -0.25, is_query, mask, kernel, eps)
 
 
 @dataclass
@@ -281,8 +283,8 @@ class Performer(Attention):
         self.steps.fill_(self._steps)
 
     def feature_map(self, x: torch.Tensor, is_query: bool, mask: torch.Tensor | None = None):
-        """``(B, H, N, D) -> (B, H, N, num_features)`` fp32 features of queries or keys."""
-        x = x.float() * x.shape[-1] ** -0.25
+        """``(B, H, N, D) -> (B, H, N, num_features)`` features of queries or keys, at least fp32 (float64 stays float64)."""
+        x = upcast(x) * x.shape[-1] ** -0.25
         if self.config.kernel == "relu":
             return relu_features(x, self.projection, self.config.kernel_eps)
         return softmax_features(x, self.projection, is_query, mask)

@@ -100,6 +100,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._kernel import fp32, gated_kernel_attention, kernel_attention, mask_keys
+from ._precision import upcast
 from .base import Attention, AttentionConfig
 from .masking import normalize_key_padding_mask
 from .registry import register
@@ -182,10 +183,10 @@ class RandomFeatureAttention(Attention):
         heads = x.shape[1]
         if heads != self.sigma.shape[0]:
             raise ValueError(f"random_feature was built for {self.sigma.shape[0]} heads, got {heads}")
-        x = x.float()
+        x = upcast(x, self.sigma.dtype, self.projection.dtype)
         x = F.normalize(x, dim=-1) if self.config.normalize else x * x.shape[-1] ** -0.25
-        sigma = self.sigma.float()[None, :, None, None]
-        proj = torch.einsum("bhnd,md->bhnm", x, self.projection.float()) * sigma
+        sigma = self.sigma.to(x.dtype)[None, :, None, None]
+        proj = torch.einsum("bhnd,md->bhnm", x, self.projection.to(x.dtype)) * sigma
         phi = torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1) * (1.0 / math.sqrt(proj.shape[-1]))
         if self.config.normalize or is_query:
             return phi, None
@@ -193,9 +194,10 @@ class RandomFeatureAttention(Attention):
         return phi, mask_keys(log_c, mask, float("-inf")).squeeze(-1)
 
     def gate_logits(self, k: torch.Tensor) -> torch.Tensor:
-        """``(B, H, N, d) -> (B, H, N)`` fp32 gate logits ``k_t . w_h + b_h`` (``g = sigmoid``)."""
-        return (torch.einsum("bhnd,hd->bhn", k.float(), self.gate_weight.float())
-                + self.gate_bias.float()[None, :, None])
+        """``(B, H, N, d) -> (B, H, N)`` gate logits (at least fp32) ``k_t . w_h + b_h`` (``g = sigmoid``)."""
+        k = upcast(k, self.gate_weight.dtype)
+        return (torch.einsum("bhnd,hd->bhn", k, self.gate_weight.to(k.dtype))
+                + self.gate_bias.to(k.dtype)[None, :, None])
 
     def forward(self, q, k, v, key_padding_mask=None):
         mask = normalize_key_padding_mask(key_padding_mask, q.shape[0], k.shape[-2], q.device)

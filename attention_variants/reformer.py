@@ -78,6 +78,7 @@ import torch
 import torch.nn.functional as F
 
 from ._fast import CudaCompiled, check_backend, compute_dtype, no_autocast, resolve_backend
+from ._precision import lowest, upcast, working_dtype
 from .base import Attention, AttentionConfig
 from .masking import normalize_key_padding_mask, pad_mask_to_multiple, pad_to_multiple
 from .registry import register
@@ -152,13 +153,14 @@ class ReformerAttention(Attention):
         return n
 
     def hash(self, q: torch.Tensor, n_buckets: int) -> torch.Tensor:
-        """``(B, H, N, D)`` -> bucket ids ``(B, H, n_hashes, N)`` in ``[0, n_buckets)``, computed in fp32."""
+        """``(B, H, N, D)`` -> bucket ids ``(B, H, n_hashes, N)`` in ``[0, n_buckets)``, computed in at least fp32."""
         b, h, n, d = q.shape
         if n_buckets == 1:
             return torch.zeros(b, h, self.config.n_hashes, n, dtype=torch.long, device=q.device)
-        rot = self.rotations[..., : n_buckets // 2].to(torch.float32)
-        with no_autocast(q.device):  # fp32 under any autocast: buckets must not depend on it
-            rotated = torch.einsum("bhnd,drk->bhrnk", q.float(), rot)
+        work = working_dtype(q.dtype, self.rotations.dtype)
+        rot = self.rotations[..., : n_buckets // 2].to(work)
+        with no_autocast(q.device):  # at least fp32 under any autocast: buckets must not depend on it
+            rotated = torch.einsum("bhnd,drk->bhrnk", q.to(work), rot)
         # argmax([r; -r]) without concatenating: first index of max(r), or of min(r) + n/2
         top, i_top = rotated.max(dim=-1)
         low, i_low = rotated.min(dim=-1)
@@ -208,13 +210,13 @@ class ReformerAttention(Attention):
             return torch.cat([x, x.roll(1, dims=3)], dim=4)
 
         sq = sort(qp)
-        sk = F.normalize(sq.float(), dim=-1).to(sq.dtype)  # shared QK: unit-norm keys
+        sk = F.normalize(upcast(sq), dim=-1).to(sq.dtype)  # shared QK: unit-norm keys
         sv = sort(vp)
         q_pos, q_bkt = chunked(order), chunked(s_buckets)
         k_pos, k_bkt, k_mask = (look_one_back(chunked(x)) for x in (order, s_buckets, s_mask))
         sk, sv = look_one_back(sk), look_one_back(sv)
 
-        scores = torch.matmul(sq, sk.transpose(-2, -1)).float() * (1.0 / math.sqrt(d))  # (B,H,R,C,L,W)
+        scores = upcast(torch.matmul(sq, sk.transpose(-2, -1))) * (1.0 / math.sqrt(d))  # (B,H,R,C,L,W)
         scores = scores.masked_fill(q_pos[..., :, None] == k_pos[..., None, :], SELF_ATTN_SCORE)
         if not cfg.attend_across_buckets:
             scores = scores.masked_fill(q_bkt[..., :, None] != k_bkt[..., None, :], SELF_ATTN_SCORE * 2)
@@ -230,7 +232,7 @@ class ReformerAttention(Attention):
         out = out.gather(3, undo[..., None].expand(b, h, rounds, n_pad, dv))
         lse = lse.reshape(b, h, rounds, n_pad).gather(-1, undo)
         weights = torch.softmax(lse, dim=2).unsqueeze(-1)
-        out = (out.float() * weights).sum(dim=2).to(out.dtype)
+        out = (upcast(out, weights.dtype) * weights).sum(dim=2).to(out.dtype)
         return out[..., :n, :]
 
     def _fast(self, q: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -275,7 +277,7 @@ class ReformerAttention(Attention):
                 ext_real[0::2] = False
                 ext_real = ext_real.reshape(-1)
             ext_pos = torch.cat([ext.reshape(-1), ext.reshape(-1)[:chunk]])
-        acc = torch.promote_types(q.dtype, torch.float32)
+        acc = working_dtype(q.dtype)
         inv_norm = 1.0 / torch.linalg.vector_norm(qp, dim=-1, keepdim=True, dtype=acc).clamp_min(1e-12)
         kn = (qp * inv_norm).to(qp.dtype)                                        # shared QK: unit keys
         table = torch.cat([qp, kn, vp], dim=-1).reshape(b * h * n_pad, 3 * d)
@@ -298,11 +300,11 @@ def _window_softmax(scores, q_pos, k_pos, k_real, q_bucket, k_bucket, scale: flo
     buckets of the queries ``(W, L)`` and keys ``(W, 2L)``, ``k_real (W, 2L)``. Same masking as the
     reference path (self ``SELF_ATTN_SCORE``, other buckets twice that, padded keys ``finfo.min``).
     Returns probabilities in ``scores``' dtype and the fp32 log-sum-exp ``(W, L)``."""
-    s = scores.float() * scale
+    s = upcast(scores) * scale
     s = torch.where(q_pos[:, :, None] == k_pos[:, None, :], SELF_ATTN_SCORE, s)
     if not across:
         s = torch.where(q_bucket[:, :, None] != k_bucket[:, None, :], SELF_ATTN_SCORE * 2, s)
-    s = torch.where(k_real[:, None, :], s, torch.finfo(torch.float32).min)
+    s = torch.where(k_real[:, None, :], s, lowest(s.dtype))
     lse = torch.logsumexp(s, dim=-1)
     return torch.exp(s - lse[..., None]).to(scores.dtype), lse
 
@@ -313,8 +315,8 @@ def _window_softmax_backward(p, dp, d_lse, q_pos, k_pos, k_real, q_bucket, k_buc
     """Gradient w.r.t. the raw scores of :func:`_window_softmax` (``p`` the probabilities, ``dp``
     and ``d_lse`` the incoming gradients): ``scale p (dp - sum_j p dp + d_lse)``, 0 at every
     replaced entry (self, other buckets, padded keys), as ``masked_fill`` gives the reference."""
-    pf = p.float()
-    ds = pf * (dp.float() - (pf * dp.float()).sum(dim=-1, keepdim=True) + d_lse[..., None])
+    pf, dpf = upcast(p, d_lse.dtype), upcast(dp, d_lse.dtype)
+    ds = pf * (dpf - (pf * dpf).sum(dim=-1, keepdim=True) + d_lse[..., None])
     replaced = (q_pos[:, :, None] == k_pos[:, None, :]) | ~k_real[:, None, :]
     if not across:
         replaced = replaced | (q_bucket[:, :, None] != k_bucket[:, None, :])

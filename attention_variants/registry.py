@@ -62,10 +62,22 @@ def _load_entry_points() -> None:
             register(ep.name)(obj)
 
 
-def available() -> list[str]:
-    """Sorted names of every registered variant, in-tree and from entry points."""
+def available(causal: bool | None = None) -> list[str]:
+    """Sorted names of every registered variant, in-tree and from entry points; ``causal=True``:
+    only those that can be built with ``causal=True`` (``False``: only those that cannot)."""
     _load_entry_points()
-    return sorted(_REGISTRY)
+    return sorted(n for n, (cls, _) in _REGISTRY.items()
+                  if causal is None or bool(getattr(cls, "supports_causal", False)) == causal)
+
+
+def check_causal(name: str, causal: bool) -> None:
+    """Raise ``ValueError`` naming ``causal``, the reason and the causal variants when ``name``
+    cannot be built with ``causal=True``."""
+    cls, _ = get(name)
+    if causal and not getattr(cls, "supports_causal", False):
+        why = getattr(cls, "causal_refusal", "it does not implement a causal mask")
+        raise ValueError(f"attention variant {name!r} cannot be causal (causal=True): {why}. "
+                         f"Causal variants: {', '.join(available(causal=True))}")
 
 
 def get(name: str) -> tuple[type[Attention], type[AttentionConfig]]:
@@ -82,13 +94,15 @@ def get(name: str) -> tuple[type[Attention], type[AttentionConfig]]:
 
 
 def make_config(name: str, **cfg) -> AttentionConfig:
-    """Build the variant's config dataclass from keyword arguments, rejecting unknown knobs."""
+    """Build the variant's config dataclass from keyword arguments, rejecting unknown knobs and
+    ``causal=True`` on a variant that cannot be causal (:func:`check_causal`)."""
     _, config_cls = get(name)
     fields = {f.name for f in dataclasses.fields(config_cls)}
     unknown = sorted(set(cfg) - fields)
     if unknown:
         raise TypeError(f"attention variant {name!r} has no knob(s) {unknown}; "
                         f"its knobs are {sorted(fields)}")
+    check_causal(name, bool(cfg.get("causal", False)))
     return config_cls(**cfg)
 
 

@@ -43,6 +43,7 @@ import torch
 from torch import nn
 
 from ._kernel import fp32, kernel_attention, mask_keys
+from ._precision import upcast
 from .base import Attention, AttentionConfig
 from .masking import normalize_key_padding_mask
 from .registry import register
@@ -118,7 +119,7 @@ class TaylorAttention(Attention):
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, H, N, head_dim) -> (B, H, N, feature_dim)`` in fp32 (float64 stays float64)."""
-        x = x.to(torch.promote_types(x.dtype, torch.float32))
+        x = upcast(x)
         if self.projection is None:
             return x
         if self.projection.shape[0] != x.shape[1]:
