@@ -266,7 +266,7 @@ def validate(cfg: DictConfig) -> None:
     try:
         _, config_cls = av.get(name)
         av.make_config(name, **knobs)
-    except (KeyError, TypeError) as err:
+    except (KeyError, TypeError, ValueError) as err:  # unknown variant or knob, causal=True refused
         raise ConfigError(str(err)) from None
     for key in ("d_model", "heads", "layers"):
         if key not in model:
