@@ -1,10 +1,22 @@
-"""Shared machinery of the kernel (feature-map) attention variants: performer, random_feature, linear.
+"""Shared machinery of the kernel (feature-map) attention variants: linear, performer,
+random_feature, hedgehog, taylor.
 
 Not a variant (the leading underscore keeps the package's auto-importer from registering it).
 
 Kernel attention replaces ``softmax(Q K^T) V`` by ``phi(Q) (phi(K)^T V) / (phi(Q) (phi(K)^T 1))``
 for a feature map ``phi: R^d -> R^m``. Computing ``phi(K)^T V`` first makes it O(N m d) in time
 and O((N + m) d) in memory per head: linear in the sequence length N.
+
+* Reference paths: :func:`kernel_attention` (non-causal), :func:`causal_kernel_attention_reference`
+  (causal: the cumulative-sum definition), :func:`gated_kernel_attention_reference` (gated RFA).
+* Fast paths (``backend="fast"``, what ``auto`` runs on every device, :func:`kernel_backend`):
+  :func:`fused_kernel_attention` in at least fp32 -- the normalizer as a ones column of the
+  values, a feature map's per-key factor carried as a log-weight on the small side -- and, causal,
+  the chunked :func:`causal_kernel_attention` (quadratic within a chunk, an ``F x (D + 1)`` state
+  between chunks, a causal running shift for the key weights); :func:`fast_kernel_attention` is
+  the bf16/fp16 policy of linear and performer (non-causal).
+* Decoding: :class:`KernelState`, :func:`kernel_decode_init`, :func:`kernel_decode_step`,
+  :func:`kernel_state_bytes`.
 """
 from __future__ import annotations
 
@@ -389,7 +401,10 @@ def _chunked_sums(phi_q: torch.Tensor, phi_k: torch.Tensor, v1: torch.Tensor, ch
 
 def _ones_column(v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """``[v | 1]`` ``(B, H, M, D + 1)`` with padded keys' rows zeroed (masked_fill: no inf/NaN leaks)."""
-    return mask_keys(torch.cat([v, torch.ones_like(v[..., :1])], dim=-1), mask)
+    if mask is None:
+        return torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
+    real = mask[:, None, :, None]
+    return torch.cat([v.masked_fill(~real, 0.0), real.to(v.dtype).expand(*v.shape[:-1], 1)], dim=-1)
 
 
 def causal_kernel_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor,
@@ -701,7 +716,8 @@ class ShiftedExpFeatures(torch.autograd.Function):
     ``(H, d, F)`` for ``x (B, H, N, d)``).
 
     The projection is computed here and shifted and exponentiated in place (no ``(N, F)``
-    temporaries); only the features are saved. Backward: ``d proj = g * phi`` (one pass), then
+    temporaries); only the features are saved. Backward: ``d proj = g * phi`` (one pass, in the
+    incoming gradient's buffer: internal use only, the features must not be an autograd root), then
     ``d x = d proj w^T`` and, if ``w`` needs it, ``d w = x^T d proj`` summed over broadcast
     dimensions. Time O(N d F), memory O(N F)."""
 
@@ -717,7 +733,9 @@ class ShiftedExpFeatures(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_phi, _g_r):
         x, w, phi = ctx.saved_tensors
-        d_proj = g_phi * phi
+        # the features are an intermediate of a variant's forward (never an autograd root), so their
+        # incoming gradient is a fresh buffer of the consuming matmul's backward: reuse it in place
+        d_proj = g_phi.mul_(phi) if g_phi.is_contiguous() and g_phi.shape == phi.shape else g_phi * phi
         d_x = torch.matmul(d_proj, w.transpose(-1, -2)) if ctx.needs_input_grad[0] else None
         d_w = None
         if ctx.needs_input_grad[1]:
@@ -729,6 +747,31 @@ class ShiftedExpFeatures(torch.autograd.Function):
                 if size == 1 and d_w.shape[i] != 1:
                     d_w = d_w.sum(dim=i, keepdim=True)
         return d_x, d_w
+
+
+#: on CPU, the fast paths run the batch in groups whose ``(N, F)`` feature tensors hold at most this
+#: many bytes each: tensors above glibc's largest mmap threshold (32 MiB) are mapped and unmapped at
+#: every allocation, so each costs page faults on first touch (measured at the Text step's size,
+#: batch 32, N = 512: one 134 MB RFA feature tensor took longer to allocate-and-write in a matmul
+#: than an in-place ``sin`` over it); groups of <= 8 MiB come from the heap and stay in cache.
+#: Measured per attention forward+backward (1 thread): RFA -23%, Performer -26% CPU time.
+CPU_GROUP_BYTES = 8 << 20
+
+
+def in_batch_groups(fn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                    features: int) -> torch.Tensor:
+    """``fn(q, k, v, mask)`` (a fast path's attention, ``(B, H, N, D)`` in and out) over groups of the
+    batch on CPU, concatenated: each group's ``(H, N, features)`` feature tensors fit
+    :data:`CPU_GROUP_BYTES`. The same function (rows of a batch never interact); on other devices,
+    or when the whole batch fits, one call. O(1) extra memory; ``B / group`` calls."""
+    b = q.shape[0]
+    item = torch.empty((), dtype=working_dtype(q.dtype)).element_size()
+    per_row = q.shape[1] * max(q.shape[-2], k.shape[-2]) * features * item
+    if q.device.type != "cpu" or b == 1 or per_row * b <= CPU_GROUP_BYTES:
+        return fn(q, k, v, mask)
+    g = max(1, CPU_GROUP_BYTES // per_row)
+    return torch.cat([fn(q[i:i + g], k[i:i + g], v[i:i + g], None if mask is None else mask[i:i + g])
+                      for i in range(0, b, g)])
 
 
 def augment_ones(x: torch.Tensor) -> torch.Tensor:

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from ._kernel import (ShiftedExpFeatures, augment_ones, causal_kernel_attention_reference, fp32, fused_kernel_attention,
+                      in_batch_groups,
                       kernel_attention, kernel_backend, kernel_decode_init, kernel_decode_step, kernel_state_bytes,
                       mask_keys)
 from ._precision import working_dtype
@@ -161,6 +162,15 @@ class Hedgehog(Attention):
         phi, r = ShiftedExpFeatures.apply(x1, w2)
         return phi, (None if is_query else r)
 
+    def _fused_attention(self, q, k, v, mask):
+        """The fast path: :meth:`_fused_features` and :func:`~attention_variants._kernel.fused_kernel_attention`."""
+        with fp32(q.device):
+            phi_q, _ = self._fused_features(q, True)
+            phi_k, log_w = self._fused_features(mask_keys(k, mask), False)
+            out = fused_kernel_attention(phi_q, phi_k, v, mask, causal=self.causal, chunk=self.config.chunk_size,
+                                         log_w=log_w)
+        return out.to(v.dtype)
+
     def decode_state_bytes(self, length: int, element_bytes: int = 4) -> tuple[int | None, str]:
         c = self.config
         shift = c.activation == "exp"
@@ -185,12 +195,7 @@ class Hedgehog(Attention):
         mask = normalize_key_padding_mask(key_padding_mask, q.shape[0], k.shape[-2], q.device)
         self.last_backend = kernel_backend(self.config.backend, q)
         if self.last_backend == "fast":
-            with fp32(q.device):
-                phi_q, _ = self._fused_features(q, True)
-                phi_k, log_w = self._fused_features(mask_keys(k, mask), False)
-                out = fused_kernel_attention(phi_q, phi_k, v, mask, causal=self.causal, chunk=self.config.chunk_size,
-                                             log_w=log_w)
-            return out.to(v.dtype)
+            return in_batch_groups(self._fused_attention, q, k, v, mask, self.num_features)
         phi_q = self.feature_map(q, is_query=True)
         if self.causal:
             phi_k, log_w = self._causal_key_features(k, mask)

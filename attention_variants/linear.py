@@ -18,7 +18,7 @@ import torch
 
 from ._fast import REDUCED, CudaCompiled, check_backend, compute_dtype, no_autocast
 from ._kernel import (causal_kernel_attention_reference, fast_kernel_attention, fp32, fused_kernel_attention,
-                      kernel_attention, kernel_backend, kernel_decode_init, kernel_decode_step, kernel_state_bytes,
+                      in_batch_groups, kernel_attention, kernel_backend, kernel_decode_init, kernel_decode_step, kernel_state_bytes,
                       mask_keys)
 from ._precision import upcast, working_dtype
 from .base import Attention, AttentionConfig
@@ -42,8 +42,11 @@ def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
 
 @CudaCompiled
 def _elu_plus_one(x: torch.Tensor, cd: torch.dtype) -> torch.Tensor:
-    """``elu(x) + 1`` computed in at least fp32 without cancellation (:func:`elu_plus_one`), cast to ``cd``."""
-    return elu_plus_one(x.to(working_dtype(cd))).to(cd)
+    """``elu(x) + 1`` computed in at least fp32 without cancellation, cast to ``cd``: ``exp(min(x, 0)) +
+    max(x, 0)``, which is :func:`elu_plus_one` bit for bit (``1 + x`` for ``x >= 0``, ``exp(x) + 0``
+    below), in two allocations instead of four (no autograd here: :class:`_EluFeatures` owns it)."""
+    x = x.to(working_dtype(cd))
+    return x.clamp(max=0.0).exp_().add_(x.clamp(min=0.0)).to(cd)
 
 
 @CudaCompiled
@@ -113,16 +116,21 @@ class LinearAttention(Attention):
                 with no_autocast(q.device):
                     phi_q, phi_k = _EluFeatures.apply(q, cd), _EluFeatures.apply(k, cd)
                 return fast_kernel_attention(phi_q, phi_k, v, mask)
-            work = working_dtype(cd)
-            with fp32(q.device):   # at least fp32; padded keys' rows zeroed so their features are finite
-                phi_q, phi_k = _EluFeatures.apply(q, work), _EluFeatures.apply(mask_keys(k, mask), work)
-                out = fused_kernel_attention(phi_q, phi_k, v, mask, causal=self.causal, chunk=self.config.chunk_size)
-            return out.to(v.dtype)
+            return in_batch_groups(self._fused_attention, q, k, v, mask, q.shape[-1])
         with fp32(q.device):
             phi_q, phi_k = elu_feature_map(q), elu_feature_map(k)
         if self.causal:
             return causal_kernel_attention_reference(phi_q, phi_k, v, mask).to(v.dtype)
         return kernel_attention(phi_q, phi_k, v, mask)
+
+    def _fused_attention(self, q, k, v, mask):
+        """The fp32/float64 fast path: :class:`_EluFeatures` (saving only the features; padded keys'
+        rows zeroed so their features are finite) and :func:`~attention_variants._kernel.fused_kernel_attention`."""
+        work = working_dtype(compute_dtype(q))
+        with fp32(q.device):
+            phi_q, phi_k = _EluFeatures.apply(q, work), _EluFeatures.apply(mask_keys(k, mask), work)
+            out = fused_kernel_attention(phi_q, phi_k, v, mask, causal=self.causal, chunk=self.config.chunk_size)
+        return out.to(v.dtype)
 
     def decode_state_bytes(self, length: int, element_bytes: int = 4) -> tuple[int | None, str]:
         c = self.config

@@ -111,7 +111,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._kernel import (augment_ones, causal_kernel_attention_reference, fp32, fused_kernel_attention,
-                      gated_kernel_attention, kernel_attention, kernel_backend, kernel_decode_init, kernel_decode_step,
+                      gated_kernel_attention, in_batch_groups, kernel_attention, kernel_backend, kernel_decode_init, kernel_decode_step,
                       kernel_state_bytes, mask_keys)
 from ._precision import upcast, working_dtype
 from .base import Attention, AttentionConfig
@@ -127,7 +127,8 @@ class FourierFeatures(torch.autograd.Function):
     feature is its partner (``d sin(a) = cos(a)``, the second half; ``d cos(a) = -sin(a)``, the
     first), so the backward is two half-width products and one ``(N, 2D) x (2D, d)`` matmul
     ``Y = dphi' [W; -W]`` giving ``dx = sigma_h Y`` and ``d sigma_h = sum x . Y``. No ``cos``, no
-    ``(N, 2D)`` temporaries in the forward. Time O(N D d), memory O(N D) per head."""
+    ``(N, 2D)`` temporaries in the forward; the backward reuses the incoming gradient's buffer
+(internal use only: the features must not be an autograd root). Time O(N D d), memory O(N D) per head."""
 
     @staticmethod
     def forward(ctx, x, w, sigma):
@@ -144,9 +145,14 @@ class FourierFeatures(torch.autograd.Function):
     def backward(ctx, g):
         x, w, sigma, phi = ctx.saved_tensors
         half = w.shape[0]
-        d_unsigned = torch.empty_like(phi)
-        torch.mul(g[..., :half], phi[..., half:], out=d_unsigned[..., :half])
-        torch.mul(g[..., half:], phi[..., :half], out=d_unsigned[..., half:])
+        if g.is_contiguous() and g.shape == phi.shape:   # a fresh buffer (the features are never a root)
+            d_unsigned = g
+            d_unsigned[..., :half].mul_(phi[..., half:])
+            d_unsigned[..., half:].mul_(phi[..., :half])
+        else:
+            d_unsigned = torch.empty_like(phi)
+            torch.mul(g[..., :half], phi[..., half:], out=d_unsigned[..., :half])
+            torch.mul(g[..., half:], phi[..., :half], out=d_unsigned[..., half:])
         y = torch.matmul(d_unsigned, torch.cat([w, -w], dim=0))            # (B, H, N, d)
         d_x = y * sigma[:, None, None] if ctx.needs_input_grad[0] else None
         d_sigma = (x * y).sum(dim=(0, 2, 3)) if ctx.needs_input_grad[2] else None
@@ -271,6 +277,16 @@ class RandomFeatureAttention(Attention):
         log_w = None if self.config.normalize else 0.5 * sigma.square()[:, None] * k.square().sum(dim=-1)
         return phi_q, phi_k, log_w
 
+    def _fused_attention(self, q, k, v, mask):
+        """The fast path (ungated): :meth:`_fused_features`, analytic norms ``sqrt(D)`` for the floor,
+        :func:`~attention_variants._kernel.fused_kernel_attention` (causal: chunked)."""
+        half = math.sqrt(self.config.num_features)
+        with fp32(q.device):
+            phi_q, phi_k, log_w = self._fused_features(q, mask_keys(k, mask))
+            out = fused_kernel_attention(phi_q, phi_k, v, mask, causal=self.causal, chunk=self.config.gate_chunk,
+                                         log_w=log_w, rel_floor=self.config.normalizer_floor, q_norm=half, k_norm=half)
+        return out.to(v.dtype)
+
     def decode_state_bytes(self, length: int, element_bytes: int = 4) -> tuple[int | None, str]:
         c = self.config
         shift = not c.normalize
@@ -305,13 +321,7 @@ class RandomFeatureAttention(Attention):
         mask = normalize_key_padding_mask(key_padding_mask, q.shape[0], k.shape[-2], q.device)
         self.last_backend = kernel_backend(self.config.backend, q)
         if self.last_backend == "fast" and not self.config.gate:
-            half = math.sqrt(self.config.num_features)
-            with fp32(q.device):
-                phi_q, phi_k, log_w = self._fused_features(q, mask_keys(k, mask))
-                out = fused_kernel_attention(phi_q, phi_k, v, mask, causal=self.causal, chunk=self.config.gate_chunk,
-                                             log_w=log_w, rel_floor=self.config.normalizer_floor,
-                                             q_norm=half, k_norm=half)
-            return out.to(v.dtype)
+            return in_batch_groups(self._fused_attention, q, k, v, mask, 2 * self.config.num_features)
         with fp32(q.device):
             phi_q = self.feature_map(q, is_query=True)
             if self.config.gate:

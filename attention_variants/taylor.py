@@ -42,7 +42,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ._kernel import (augment_ones, causal_kernel_attention_reference, fp32, fused_kernel_attention, kernel_attention,
+from ._kernel import (augment_ones, causal_kernel_attention_reference, fp32, fused_kernel_attention, in_batch_groups,
+                      kernel_attention,
                       kernel_backend, kernel_decode_init, kernel_decode_step, kernel_state_bytes, mask_keys)
 from ._precision import upcast, working_dtype
 from .base import Attention, AttentionConfig
@@ -183,6 +184,13 @@ class TaylorAttention(Attention):
         x1 = augment_ones(x)
         return torch.matmul(x1, a) * torch.matmul(x1, b)
 
+    def _fused_attention(self, q, k, v, mask):
+        """The fast path: :meth:`_fused_features` and :func:`~attention_variants._kernel.fused_kernel_attention`."""
+        with fp32(q.device):
+            phi_q, phi_k = self._fused_features(q), self._fused_features(mask_keys(k, mask))
+            out = fused_kernel_attention(phi_q, phi_k, v, mask, causal=self.causal, chunk=self.config.chunk_size)
+        return out.to(v.dtype)
+
     def decode_state_bytes(self, length: int, element_bytes: int = 4) -> tuple[int | None, str]:
         c = self.config
         return (kernel_state_bytes(c.heads, self.num_features, c.head_dim, element_bytes),
@@ -202,10 +210,7 @@ class TaylorAttention(Attention):
         mask = normalize_key_padding_mask(key_padding_mask, q.shape[0], k.shape[-2], q.device)
         self.last_backend = kernel_backend(self.config.backend, q)
         if self.last_backend == "fast":
-            with fp32(q.device):
-                phi_q, phi_k = self._fused_features(q), self._fused_features(mask_keys(k, mask))
-                out = fused_kernel_attention(phi_q, phi_k, v, mask, causal=self.causal, chunk=self.config.chunk_size)
-            return out.to(v.dtype)
+            return in_batch_groups(self._fused_attention, q, k, v, mask, self.num_features)
         phi_q = self.feature_map(q, is_query=True)
         phi_k = self.feature_map(k, is_query=False, mask=mask)
         if self.causal:

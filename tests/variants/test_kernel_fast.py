@@ -128,3 +128,22 @@ def test_fast_path_keeps_the_function_at_extreme_key_scales(case):
     k[:, :, 7] *= 30
     torch.testing.assert_close(fast(q, k, v, key_padding_mask=mask), ref(q, k, v, key_padding_mask=mask),
                                rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("case", ["linear", "performer", "rfa", "hedgehog_exp", "taylor"])
+def test_batch_groups_compute_the_same_function(case, causal, monkeypatch):
+    """On CPU the fast paths run the batch in groups that keep each feature tensor small
+    (``_kernel.CPU_GROUP_BYTES``): the outputs and gradients equal one call's to fp32 rounding (a
+    batched matmul may block a smaller batch differently; parameter gradients sum in another order)."""
+    from attention_variants import _kernel
+
+    _, fast = pair(case, torch.float32, causal)
+    q, k, v, grad, mask = inputs(1.0, torch.float32, seed=4)
+    q, k, v, grad, mask = (torch.cat([t] * 3) for t in (q, k, v, grad, mask))   # batch 6
+    out_one, grads_one = run(fast, q, k, v, grad, mask)
+    monkeypatch.setattr(_kernel, "CPU_GROUP_BYTES", 1)          # one row per group
+    out_grouped, grads_grouped = run(fast, q, k, v, grad, mask)
+    torch.testing.assert_close(out_grouped, out_one, rtol=1e-6, atol=1e-7)
+    for a, b in zip(grads_grouped, grads_one):
+        assert rel(a, b) < 1e-5
