@@ -678,34 +678,6 @@ def kernel_backend(backend: str, x: torch.Tensor) -> str:
     return "fast" if backend == "auto" else backend
 
 
-class SoftmaxLse(torch.autograd.Function):
-    """``x (..., F) -> (softmax(x), logsumexp(x))`` over the last dimension, saving only the softmax.
-
-    The features of a kernel whose feature map is ``exp(x)`` up to a per-row factor: ``exp(x_f) =
-    softmax(x)_f exp(lse)``, so a stabilised key is its softmax (each entry in [0, 1], one fused
-    pass) with the log-weight ``lse`` carried on the small ``(N,)`` side (see
-    :func:`fused_kernel_attention`). Backward: ``dx = softmax_backward(g) + softmax * g_lse`` (one
-    fused pass and one ``addcmul``). O(N F) time and memory."""
-
-    @staticmethod
-    def forward(ctx, x):
-        lse = torch.logsumexp(x, dim=-1)
-        phi = torch.softmax(x, dim=-1)
-        ctx.save_for_backward(phi)
-        return phi, lse
-
-    @staticmethod
-    def backward(ctx, g_phi, g_lse):
-        (phi,) = ctx.saved_tensors
-        if g_phi is None:
-            d = phi * g_lse.unsqueeze(-1)
-        else:
-            d = torch._softmax_backward_data(g_phi, phi, -1, phi.dtype)
-            if g_lse is not None:
-                d.addcmul_(phi, g_lse.unsqueeze(-1))
-        return d
-
-
 class ShiftedExpFeatures(torch.autograd.Function):
     """``(x (..., N, d), w (..., d, F)) -> (exp(x w - r), r)`` with ``r = max_f (x w)`` per row
     ``(..., N)``: exponential features of a projection, each row shifted by its own maximum (every
