@@ -721,25 +721,28 @@ class ShiftedExpFeatures(torch.autograd.Function):
         return d_x, d_w
 
 
-#: on CPU, the fast paths run the batch in groups whose ``(N, F)`` feature tensors hold at most this
-#: many bytes each: tensors above glibc's largest mmap threshold (32 MiB) are mapped and unmapped at
-#: every allocation, so each costs page faults on first touch (measured at the Text step's size,
-#: batch 32, N = 512: one 134 MB RFA feature tensor took longer to allocate-and-write in a matmul
-#: than an in-place ``sin`` over it); groups of <= 8 MiB come from the heap and stay in cache.
-#: Measured per attention forward+backward (1 thread): RFA -23%, Performer -26% CPU time.
-CPU_GROUP_BYTES = 8 << 20
+#: on CPU, the fast paths may run the batch in groups whose ``(N, F)`` feature tensors hold at most
+#: this many bytes each (0: off, the default). Why it exists: tensors above glibc's largest mmap
+#: threshold (32 MiB) are mapped and unmapped at every allocation and page-faulted on first touch
+#: (at the Text step's size one 134 MB RFA feature tensor took longer to allocate-and-write in a
+#: matmul than an in-place ``sin`` over it); groups of <= 8 MiB come from the heap and stay in cache.
+#: Why it is off: measured on the shared 2-core machine, attention forward+backward at batch 32,
+#: N = 512, with 8 MiB groups: 1 thread -23% (RFA) / -26% (Performer) CPU time, but 2 threads
+#: (what the CPU step runs) +240% / +170%: each group multiplies the ops, hence the OpenMP
+#: barriers, and on an oversubscribed machine a barrier waits for a descheduled thread.
+CPU_GROUP_BYTES = 0
 
 
 def in_batch_groups(fn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
                     features: int) -> torch.Tensor:
-    """``fn(q, k, v, mask)`` (a fast path's attention, ``(B, H, N, D)`` in and out) over groups of the
-    batch on CPU, concatenated: each group's ``(H, N, features)`` feature tensors fit
-    :data:`CPU_GROUP_BYTES`. The same function (rows of a batch never interact); on other devices,
+    """``fn(q, k, v, mask)`` (a fast path's attention, ``(B, H, N, D)`` in and out), over groups of the
+    batch on CPU when :data:`CPU_GROUP_BYTES` > 0 (off by default, see there), concatenated: each
+    group's ``(H, N, features)`` feature tensors fit :data:`CPU_GROUP_BYTES`. The same function (rows of a batch never interact); on other devices,
     or when the whole batch fits, one call. O(1) extra memory; ``B / group`` calls."""
     b = q.shape[0]
     item = torch.empty((), dtype=working_dtype(q.dtype)).element_size()
     per_row = q.shape[1] * max(q.shape[-2], k.shape[-2]) * features * item
-    if q.device.type != "cpu" or b == 1 or per_row * b <= CPU_GROUP_BYTES:
+    if CPU_GROUP_BYTES <= 0 or q.device.type != "cpu" or b == 1 or per_row * b <= CPU_GROUP_BYTES:
         return fn(q, k, v, mask)
     g = max(1, CPU_GROUP_BYTES // per_row)
     return torch.cat([fn(q[i:i + g], k[i:i + g], v[i:i + g], None if mask is None else mask[i:i + g])
