@@ -147,3 +147,20 @@ def test_batch_groups_compute_the_same_function(case, causal, monkeypatch):
     torch.testing.assert_close(out_grouped, out_one, rtol=1e-6, atol=1e-7)
     for a, b in zip(grads_grouped, grads_one):
         assert rel(a, b) < 1e-5
+
+
+@pytest.mark.parametrize("case", ["linear", "performer", "rfa", "hedgehog_exp", "taylor"])
+def test_torch_func_transforms_run_the_reference_path(case):
+    """Under ``torch.func`` (the smoothness measures' jvp / vjp) the fast paths' custom autograd
+    functions have no forward-mode rule: the reference path runs, and the products are the fast
+    path's plain-autograd Jacobian products."""
+    ref, fast = (m.eval() for m in pair(case, torch.float64))      # eval: no redraw counters
+    q, k, v, grad, mask = inputs(1.0, torch.float64, seed=5)
+    f = lambda x: fast(x, k, v, key_padding_mask=mask)  # noqa: E731
+    out, jv = torch.func.jvp(f, (q,), (grad,))
+    assert fast.last_backend == "reference"
+    out_r, vjp = torch.func.vjp(lambda x: ref(x, k, v, key_padding_mask=mask), q)
+    torch.testing.assert_close(out, out_r)
+    ins = q.clone().requires_grad_()
+    torch.testing.assert_close(vjp(grad)[0], torch.autograd.grad(f(ins), ins, grad)[0])
+    assert fast.last_backend == "fast"
