@@ -215,6 +215,42 @@ class BigBirdAttention(Attention):
             tokens = tokens & torch.ones(n, n, dtype=torch.bool, device=device).tril()
         return tokens
 
+    # ------------------------------------------------------------------ decoding
+    def decode_blocks(self, length: int) -> torch.Tensor:
+        """``(heads, nb)`` bool: the past blocks (``j < i``, ``i = length // block_size`` the block of the
+        next token) a causal decoder keeps after ``length`` tokens, to generate up to ``max_length``:
+        the global blocks, the window of the next token's block, and every block that a row ``>= i``
+        of the layout picks as a random block (the layout is fixed, so these are known in advance)."""
+        cfg = self.config
+        nb, bs = self.max_blocks, cfg.block_size
+        i = min(length // bs, nb - 1)
+        j = torch.arange(nb)
+        keep = ((j < self.global_first) | (j >= i - self.left))[None].expand(cfg.heads, nb).clone()
+        if not self.selects_all(nb) and i >= self.global_first:
+            index, valid = self.block_slots(nb)                       # rows global_first .. nb - 1
+            later = index[:, i - self.global_first:][valid[:, i - self.global_first:]]
+            heads = torch.arange(cfg.heads)[:, None, None].expand_as(index)[:, i - self.global_first:][
+                valid[:, i - self.global_first:]]
+            keep[heads, later] = True
+        elif self.selects_all(nb):
+            keep[:] = True
+        return keep & (j < i)
+
+    def decode_state_bytes(self, length: int, element_bytes: int = 4) -> tuple[int | None, str]:
+        """Causal layout only: per head, the keys and values of the kept past blocks
+        (:meth:`decode_blocks`, ``block_size`` tokens each) and of the tokens so far of the current
+        block: ``2 D sum_h (bs |kept_h| + length mod bs)`` numbers."""
+        cfg = self.config
+        if not self.causal:
+            return None, "bigbird decodes only with causal=True (the bidirectional layout reads future blocks)"
+        if length > cfg.max_length:
+            return None, f"bigbird: length {length} exceeds max_length={cfg.max_length} (the layout's extent)"
+        bs = cfg.block_size
+        tokens = int(self.decode_blocks(length).sum()) * bs + cfg.heads * (length % bs)
+        return (2 * tokens * cfg.head_dim * element_bytes,
+                "keys and values of the global blocks, the window and every past block a later row picks as "
+                "random (per head), and of the current block so far; no cached decoding path")
+
     # ------------------------------------------------------------------ forward
     def forward(self, q, k, v, key_padding_mask=None):
         b, h, n, d = q.shape
