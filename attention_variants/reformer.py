@@ -571,8 +571,7 @@ class _BlockedLookBack(torch.autograd.Function):
             if any_empty:                                                        # only those windows
                 ds[empty[ws]] = 0.0
             ds = ds.to(rows.dtype)
-            torch.bmm(ds, k[ws], out=dq_view[ws])
-            dq_view[ws].mul_(scale)
+            dq_view[ws].copy_(torch.bmm(ds, k[ws]).mul_(scale))              # (a strided out= loops per window)
             d_k = torch.bmm(ds.transpose(1, 2), q[ws] * scale)                  # (w, 2L, D)
             d_v = torch.bmm(p.transpose(1, 2), d_out[ws])
             for (first, second), grad in zip(halves, (d_k, d_v)):
