@@ -17,6 +17,10 @@ Backends (knob ``backend``), one function (the same probabilities, the same outp
   Xeon each ``(32, 4, 512, 512)`` fp32 temporary costs ~0.1 s of page faults, more than the
   arithmetic). Same FLOPs, O(B H N M) memory (the stored probabilities) plus one block.
 * ``auto`` -- ``fast`` on the CPU, ``reference`` elsewhere (``last_backend`` records it).
+
+Measured on a 2-core Xeon (fwd+bwd of one layer at the Text size, B 32, H 4, N 512, D 16, one thread,
+CPU time): reference 1.07 s, fast 0.35 s; the training step 3.4 s -> 0.83 s. Both are fp32 rounding of
+the float64 function (relative error 3e-7 at score std 1, 5e-7 at std 4, the same for both).
 """
 from __future__ import annotations
 
@@ -98,7 +102,11 @@ class _MaterializedSoftmax(torch.autograd.Function):
     ``key_bias``: ``(G, 1, M)`` additive ``0 / finfo.min`` or None; ``causal``: also ``finfo.min`` at
     ``j > i + M - N``, and rows with no allowed key give 0 (``has_key (G, N)`` False; None = every
     row has one). ``empty_groups``: ``(G,)`` bool, groups whose every key is masked (non-causal: their
-    rows are uniform, as the reference's ``masked_fill``; their score gradient is 0, as its)."""
+    rows are uniform, as the reference's ``masked_fill``; their score gradient is 0, as its).
+
+    Time O(G N M D) forward (2 ``bmm`` per block) and backward (4 per block); memory: the probabilities
+    ``G N M`` (stored, as the reference stores them) plus one block of :data:`BLOCK_ELEMENTS` scores in the
+    backward. The score gradient uses ``rowsum(P dP) = rowsum(dO O)`` (O(G N D), no product over ``(N, M)``)."""
 
     @staticmethod
     def forward(ctx, q, k, v, key_bias, causal, has_key, empty_groups, scale):

@@ -212,6 +212,8 @@ class ReformerAttention(Attention):
         past query into another chunk. ``T`` is the largest number of chunks over ``(B, H, R)``.
 
         ``as_written`` (the reference path, not causal): the sort and its inverse as two argsorts.
+        Time O(B H R Np log Np) (the sort; causal adds O(B H R (Np + n_buckets)) counts and scatters),
+        memory O(B H R T L) longs. Causal reads one ``T`` back to the host (a sync on CUDA).
         """
         chunk = self.config.bucket_size
         pos = torch.arange(n_pad, device=buckets.device)
