@@ -16,7 +16,9 @@ Backends (knob ``backend``), one function (the same probabilities, the same outp
   reuses; the reference's full-size temporaries are fresh ``mmap`` pages every call (on a 2-core
   Xeon each ``(32, 4, 512, 512)`` fp32 temporary costs ~0.1 s of page faults, more than the
   arithmetic). Same FLOPs, O(B H N M) memory (the stored probabilities) plus one block.
-* ``auto`` -- ``fast`` on the CPU, ``reference`` elsewhere (``last_backend`` records it).
+* ``auto`` -- ``fast`` on the CPU, ``reference`` elsewhere. ``last_path`` records which one ran;
+  ``last_backend`` stays None (both paths are materialized, which is what ``lra.timing`` reads from a
+  None backend: its analytic FLOPs count the backward as 2x the forward, no recomputation).
 
 Measured on a 2-core Xeon (fwd+bwd of one layer at the Text size, B 32, H 4, N 512, D 16, one thread,
 CPU time): reference 1.07 s, fast 0.35 s; the training step 3.4 s -> 0.83 s. Both are fp32 rounding of
@@ -212,14 +214,15 @@ class FullAttention(Attention):
         super().__init__(config)
         if config.backend not in BACKENDS:
             raise ValueError(f"unknown full backend {config.backend!r}; choose one of {', '.join(BACKENDS)}")
-        self.last_backend: str | None = None
+        #: the path the last forward ran ("fast" | "reference"); ``last_backend`` is left None (module docstring)
+        self.last_path: str | None = None
 
     def forward(self, q, k, v, key_padding_mask=None):
         mask = normalize_key_padding_mask(key_padding_mask, q.shape[0], k.shape[-2], q.device)
         backend = self.config.backend
         if backend == "auto":
             backend = "fast" if q.device.type == "cpu" else "reference"
-        self.last_backend = backend
+        self.last_path = backend
         if backend == "fast":
             return materialized_attention(q, k, v, mask, causal=self.causal)
         if self.causal:
