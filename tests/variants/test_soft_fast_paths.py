@@ -473,3 +473,49 @@ def test_state_bytes_match_a_hand_count():
     assert reformer.decode_state_bytes(100)[0] == 100 * 4 * (2 * 16 * 4 + 2 * 4)   # q and v, 2 int32 buckets
     with pytest.raises(NotImplementedError):
         reformer.decode_init(1, torch.device("cpu"), torch.float32)
+
+
+# ----------------------------------------------------------------------------- CUDA (skipped without a GPU)
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", ["none", "right", "left"])
+@pytest.mark.parametrize("backend", ["auto", "cudnn", "flash", "efficient", "math", "xformers"])
+def test_flash_causal_on_every_cuda_backend(backend, kind):
+    """Causal on each SDPA backend and xformers: is_causal without padding; with padding a materialized
+    tril & padding bias (finfo.min, rows without a key set to 0), or, for the CUDA flash kernel, is_causal
+    alone under right padding (exact for real queries) and ``efficient`` otherwise."""
+    from attention_variants.flash import BackendUnavailableError
+
+    n = 300
+    q, k, v, mask = inputs(n, 4.0, dtype=torch.float32, kind=kind)
+    q, k, v = (t.cuda().half() for t in (q, k, v))
+    mask = None if mask is None else mask.cuda()
+    attn = av.build("flash", heads=H, head_dim=D, causal=True, backend=backend)
+    try:
+        out = attn(q, k, v, mask)
+    except BackendUnavailableError as err:
+        pytest.skip(str(err))
+    ref = masked_softmax(q.double(), k.double(), v.double(), causal_allowed(n, mask).cuda() if mask is not None
+                         else torch.ones(n, n, dtype=torch.bool, device="cuda").tril())
+    rows = real_rows(mask, n).cuda().expand_as(out) if mask is not None else torch.ones_like(out, dtype=torch.bool)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.double()[rows], ref[rows], atol=3e-3, rtol=3e-3)
+    if backend == "flash" and kind == "left":
+        assert attn.last_backend == "efficient"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name,knobs", [("local", {"window": 16}), ("bigbird", {"block_size": 16})])
+def test_flex_causal_matches_reference_on_cuda(name, knobs):
+    cfg = {"heads": H, "head_dim": 16, "max_length": 512, "causal": True, **knobs}
+    ref = av.build(name, backend="reference", **cfg).cuda()
+    fast = av.build(name, backend="auto", **cfg).cuda()
+    fast.load_state_dict(ref.state_dict())
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, H, 300, 16, generator=g).cuda() for _ in range(3))
+    mask = torch.ones(2, 300, dtype=torch.bool, device="cuda")
+    mask[1, :20] = False
+    for m in (None, mask):
+        out = fast(q, k, v, m)
+        assert fast.last_backend == "flex", fast._flex_failed
+        torch.testing.assert_close(out, ref(q, k, v, m), atol=1e-4, rtol=1e-4)
