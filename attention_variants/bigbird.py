@@ -43,8 +43,9 @@ Backends (knob ``backend``):
   the padding bias (``is_causal`` when causal); otherwise the same gathered key blocks as
   ``reference`` as a batch of ``B H nm`` query blocks ``(B H nm, 1, bs, D)`` against their
   ``(B H nm, 1, K bs, D)`` keys with a ``(B H nm, 1, 1, K bs)`` bias (causal:
-  ``(B H nm, 1, bs, K bs)``), and the global rows as one call. No scores are stored (the kernel
-  recomputes them in the backward pass): memory O(B H N K bs / bs) for the gathered keys and the bias.
+  ``(B H nm, 1, bs, K bs)``), and the global rows as one call. Time O(B H N K bs D) as ``reference``;
+  no scores are stored (the kernel recomputes them in the backward pass): memory O(B H N K D) for the
+  gathered keys and values, O(B H N K) for the bias (causal: O(B H N K bs)).
 * ``auto`` -- ``flex`` on CUDA tensors (falling back to ``reference`` if the kernel fails),
   ``sdpa`` on the CPU, ``reference`` elsewhere; ``last_backend`` records which one ran.
 
