@@ -100,7 +100,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from ._fast import CudaCompiled, check_backend, compute_dtype, no_autocast
+from ._fast import CudaCompiled, auto_or_reference, check_backend, compute_dtype, no_autocast
 from ._precision import lowest, upcast, working_dtype
 from .base import Attention, AttentionConfig
 from .masking import normalize_key_padding_mask, pad_mask_to_multiple, pad_to_multiple
@@ -244,7 +244,7 @@ class ReformerAttention(Attention):
         b, h, n, d = q.shape
         mask = normalize_key_padding_mask(key_padding_mask, b, n, q.device)
         mask = pad_mask_to_multiple(mask, b, n, cfg.bucket_size, q.device)
-        self.last_backend = "fast" if cfg.backend == "auto" else cfg.backend
+        self.last_backend = auto_or_reference("fast") if cfg.backend == "auto" else cfg.backend
         if self.last_backend == "fast":
             cd = compute_dtype(q)
             with no_autocast(q.device):

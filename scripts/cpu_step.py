@@ -8,14 +8,17 @@ backward, AdamW. Each variant runs with its ``conf/attention/<name>.yaml`` knobs
     python scripts/cpu_step.py time [--variants flash,performer] [--n 512]
     python scripts/cpu_step.py profile --variants performer          # top self-CPU ops
     python scripts/cpu_step.py compare OLD_CHECKOUT NEW_CHECKOUT [--rounds 3] [--out table.json]
+    python scripts/cpu_step.py gemm                                    # the machine's fp32 GEMM rate
 
 ``compare`` runs each (variant, checkout) in a fresh subprocess that imports ``lra`` and
 ``attention_variants`` from that checkout, alternating the two checkouts round by round
 (before/after/before/after...), so that a slow phase of the machine hits both alike; each
 subprocess reports the median of ``--steps`` timed steps after ``--warmup`` untimed ones, and the
 table gives the median over rounds with the spread (min-max of the per-round medians).
-It also counts each step's FLOPs (``torch.utils.flop_counter``, matmul-like ops) and, with
-``--peak-gflops``, states the step as a fraction of the machine's fp32 GEMM rate.
+It also counts each step's FLOPs (``torch.utils.flop_counter``, matmul-like ops) and states the step
+as a fraction of the machine's fp32 GEMM rate: ``--peak-gflops`` given, or measured (``gemm``: square
+fp32 matmuls of 2,048 on the run's threads, median of 10 after 3 of warm-up) before and after the
+comparison, the higher of the two kept and both recorded.
 Timings are CPU wall clock (``time.perf_counter``); compare only within one run.
 """
 from __future__ import annotations
@@ -76,6 +79,27 @@ print("RESULT " + json.dumps(out))
 """
 
 
+GEMM = r"""
+import json, statistics, time, torch
+torch.set_num_threads({threads})
+a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+for _ in range(3):
+    a @ b
+times = []
+for _ in range(10):
+    t0 = time.perf_counter(); a @ b; times.append(time.perf_counter() - t0)
+print("RESULT " + json.dumps({{"gflops": 2 * 2048 ** 3 / statistics.median(times) / 1e9}}))
+"""
+
+
+def gemm_gflops(threads: int) -> float:
+    """The machine's fp32 GEMM rate in GFLOP/s (2,048-square matmuls on ``threads`` threads, median of 10)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    done = subprocess.run([sys.executable, "-c", GEMM.format(threads=threads)], capture_output=True, text=True,
+                          env=env, cwd="/tmp", check=True)
+    return json.loads(done.stdout.split("RESULT ", 1)[1])["gflops"]
+
+
 def run_worker(root: Path, variant: str, args, flops: bool = False) -> dict:
     code = WORKER.format(root=str(root), threads=args.threads, variant=variant, n=args.n, batch=args.batch,
                          steps=args.steps, warmup=args.warmup, flops=flops)
@@ -123,7 +147,12 @@ def cmd_profile(args) -> None:
         del torch
 
 
+def cmd_gemm(args) -> None:
+    print(f"fp32 GEMM 2048^2 on {args.threads} threads: {gemm_gflops(args.threads):.1f} GFLOP/s")
+
+
 def cmd_compare(args) -> None:
+    gemm = [] if args.peak_gflops else [gemm_gflops(args.threads)]
     roots = [Path(args.old).resolve(), Path(args.new).resolve()]
     variants = variants_of(args)
     results: dict = {v: {"old": [], "new": []} for v in variants}
@@ -142,6 +171,9 @@ def cmd_compare(args) -> None:
                 if "flops" in res:
                     flops[v] = res["flops"]
                 print(f"round {r} {side} {v:15s} {res['ms']:9.1f} ms  backend {res['backend']}", flush=True)
+    if not args.peak_gflops:
+        gemm.append(gemm_gflops(args.threads))
+        args.peak_gflops = round(max(gemm), 1)
     table = []
     for v in variants:
         old, new = results[v]["old"], results[v]["new"]
@@ -158,20 +190,24 @@ def cmd_compare(args) -> None:
     summary = {"command": " ".join(sys.argv), "rounds": args.rounds, "steps": args.steps, "warmup": args.warmup,
                "n": args.n, "batch": args.batch, "threads": args.threads, "wall_s": round(time.time() - t0),
                "old": str(roots[0]), "new": str(roots[1]), "geomean_speedup": None if gm is None else round(gm, 3),
-               "peak_gflops": args.peak_gflops, "rows": table}
+               "peak_gflops": args.peak_gflops, "gemm_gflops_measured": [round(g, 1) for g in gemm],
+               "rows": table}
     print(f"\n{'variant':15s} {'old ms':>9s} {'new ms':>9s} {'speedup':>8s} {'GFLOP':>7s}")
     for row in table:
         print(f"{row['variant']:15s} {row['old_ms']:9.1f} {row['new_ms']:9.1f} {row['speedup']:8.2f} "
               f"{row['gflop_per_step']:7.2f}" + (f"  {row['fraction_of_peak']:.1%} of peak"
                                                if "fraction_of_peak" in row else ""))
-    print(f"geometric mean speedup {summary['geomean_speedup']}")
+    print(f"geometric mean speedup {summary['geomean_speedup']}; fp32 GEMM peak {args.peak_gflops} GFLOP/s")
     if args.out:
-        Path(args.out).write_text(json.dumps(summary, indent=1))
+        sys.path.insert(0, str(HERE))
+        from lra.io import write_json  # noqa: PLC0415 - this checkout's atomic writer, after the path is set
+
+        write_json(Path(args.out), summary)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("command", choices=["time", "profile", "compare"])
+    ap.add_argument("command", choices=["time", "profile", "compare", "gemm"])
     ap.add_argument("old", nargs="?")
     ap.add_argument("new", nargs="?")
     ap.add_argument("--variants", default="")
@@ -182,10 +218,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--top", type=int, default=8)
-    ap.add_argument("--peak-gflops", type=float, default=None, help="the machine's fp32 GEMM rate, GFLOP/s")
+    ap.add_argument("--peak-gflops", type=float, default=None, help="the machine's fp32 GEMM rate, GFLOP/s (default: measured)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    {"time": cmd_time, "profile": cmd_profile, "compare": cmd_compare}[args.command](args)
+    {"time": cmd_time, "profile": cmd_profile, "compare": cmd_compare, "gemm": cmd_gemm}[args.command](args)
 
 
 if __name__ == "__main__":
