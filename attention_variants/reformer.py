@@ -77,7 +77,7 @@ bucket, and the last ``2 bucket_size - 1`` tokens of every bucket are in reach; 
 ``n_buckets ~ max_length / bucket_size`` that is every token) plus its bucket in each round.
 
 Same function as reformer-pytorch's ``LSHAttention`` (tested with the same rotations,
-``tests/test_peers_equivalence.py``) except for two choices, where ours is the one documented above:
+``tests/variants/test_peers_equivalence.py``) except for two choices, where ours is the one documented above:
 
 * look-back wrap: reformer-pytorch (like Trax) sorts all rounds as one sequence, so the first
   chunk of round r looks back to the *last chunk of round r - 1* (of round ``n_hashes - 1`` for

@@ -10,7 +10,7 @@ compute-dtype tensors saved for backward along the length. It must be the *same 
   reference path, ``BF16_RTOL`` (torch.testing's bf16 rtol, 4 bf16 ulps) for outputs and twice that
   for gradients (a backward passes through twice the roundings), also with values that share an
   offset (what biased projections give, and where a careless backward cancels in bf16);
-* the kernel variants' fast paths against their float64 estimators (tests/test_kernel_scale.py's
+* the kernel variants' fast paths against their float64 estimators (tests/variants/test_kernel_scale.py's
   definition) at score std 1, 2, 4: fp32 < 1e-5, bf16 < 2 bf16 ulps.
 
 Measured worst cases of these checks (3 seeds, score std 1 and 4, offsets 0 and 3): outputs 0.3-0.7%,
@@ -119,7 +119,7 @@ def test_fast_agrees_with_reference_in_bf16(case, offset):
 @pytest.mark.parametrize("score_std", SCORE_STDS)
 @pytest.mark.parametrize("case", ["performer", "performer_relu", "linear"])
 def test_fast_kernel_variants_match_float64_estimator(case, score_std, d, m):
-    """tests/test_kernel_scale.py's check for the fast paths: fp32 to fp32 tolerance, bf16 (inputs
+    """tests/variants/test_kernel_scale.py's check for the fast paths: fp32 to fp32 tolerance, bf16 (inputs
     rounded to bf16 first, so only the path's own rounding counts) within two bf16 ulps."""
     name, knobs = SCALE_CASES[case]
     knobs = {**knobs, **({"num_features": m} if name == "performer" else {})}
