@@ -82,7 +82,7 @@ def training_page(doc: Document, df: pd.DataFrame, draw: Drawer) -> None:
     doc.table(paper_table())
     doc.p(f"Self-pretrained, from {SPT_CITATION}: Transformers with rotary positions, masked self-pretraining and "
           "models larger than the LRA paper's, next to S4 trained from scratch. Only numbers checked against the "
-          "paper's text are shown; \"—\" = not transcribed here (per-task cells unverified).")
+          "paper's text are shown; the per-task cells are unverified and not transcribed here.")
     doc.table(spt_paper_table())
 
 
