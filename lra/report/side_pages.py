@@ -75,10 +75,11 @@ def smoothness_page(doc: Document, df: pd.DataFrame, draw: Drawer) -> None:
         doc.p("What the records show:")
         doc.bullets(findings(sm))
         doc.p(f"Fitted exponent α per variant and input pattern (main setting; growth classes: {growth_legend()}):")
-        table = exponent_display(sm)
+        table, why = _explain_smoothness_gaps(exponent_display(sm), sm)
         doc.table(table, left=("worst-case growth (adversarial)",))
         if SMOOTHNESS_RATIO in table:
             doc.note(f"*{SMOOTHNESS_RATIO_NOTE}*")
+        doc.note(why)
         for caption, (path, note) in draw.smoothness(dev):
             key = fig_key("smoothness_" + caption.split(":")[-1].strip().replace(" ", "_"), dev)
             if path is None:
@@ -87,6 +88,36 @@ def smoothness_page(doc: Document, df: pd.DataFrame, draw: Drawer) -> None:
                 doc.figure(key, f"{dev}: {caption}", path, draw.out.path.parent, note)
     if not shown:
         doc.p("No `smoothness` records.")
+
+
+def _explain_smoothness_gaps(table: pd.DataFrame, rows: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The smoothness exponent table with each "—" replaced by its reason, and the note that says what the
+    reasons mean: *not run* (no record of that variant and pattern), the failed status, or *too few
+    lengths* (an exponent needs two lengths with status ok); "not measured" for a bound ratio without one."""
+    if table.empty:
+        return table, ""
+    out = table.copy()
+    used = set()
+    for col in out.columns:
+        pattern = (col.removesuffix(" α") if col.endswith(" α")
+                   else "adversarial" if col.startswith("worst-case growth") else None)
+        for label in out.index:
+            if out.loc[label, col] != "—":
+                continue
+            if pattern is None:
+                out.loc[label, col] = "not measured"
+                continue
+            g = rows[(rows["label"] == label) & (rows["pattern"] == pattern)]
+            bad = g[g["status"] != "ok"]["status"]
+            reason = ("not run" if g.empty else "too few lengths" if bad.empty
+                      else "/".join(sorted(bad.astype(str).unique())))
+            out.loc[label, col] = reason
+            used.add(reason)
+    words = {"not run": "*not run*: no record of that variant with that input pattern (the `COMMANDS.md` beside "
+                        "the records says why, e.g. a checkpoint that was not kept)",
+             "too few lengths": "*too few lengths*: fewer than two lengths with status ok"}
+    notes = [words.get(r, f"*{r}*: every record of that cell failed with this status") for r in sorted(used)]
+    return out, ("Cells without a number: " + "; ".join(notes) + ".") if notes else ""
 
 
 def _calls(rows: pd.DataFrame) -> str:

@@ -104,6 +104,9 @@ def make_records(root: Path) -> Path:
             _write(root, GPU, "bench", variant=v, seq_len=n, host=None,
                    case={"mode": "smoothness", "pattern": "random", "radius": 2.0},
                    metrics={"lipschitz": 2.0 * n ** (0.5 if v == "flash" else 0.2)})
+        # the trained-encoder pattern for flash only (the others' checkpoint was not kept)
+        _write(root, GPU, "bench", variant="flash", seq_len=n, host=None, case={"mode": "smoothness",
+               "pattern": "data_trained"}, metrics={"lipschitz": 3.0 * n ** 0.25})
     # one record from a modified tree
     _write(root, GPU, "bench", variant="flash", seq_len=512, batch_size=4, dtype="bf16", commit="0123abc-dirty",
            case={"mode": "op_fwd", "causal": False}, metrics={"ms": 0.1})

@@ -124,21 +124,27 @@ def test_side_pages_open_with_a_paragraph_and_explain_every_gap(built):
                 assert "| — |" not in ln.replace(" ", "").replace("|—|", "| — |"), ln   # every gap says why
 
 
+def test_smoothness_gap_says_why(built):
+    sm = _page(built, "smoothness")
+    assert _row(sm, "performer", "| variant")[1:3] == ["0.20", "not run"]       # random α, data_trained α
+    assert "*not run*: no record of that variant with that input pattern" in sm
+
+
 def test_provenance_counts_every_record_and_flags_dirty_trees(built):
     prov = _page(built, "provenance")
     total = _row(prov, "**all records**", "| device · kind or mode")
-    assert total[1:4] == ["106", "97", "9"]                              # 9 smoothness records: unknown host
+    assert total[1:4] == ["109", "97", "12"]                             # 12 smoothness records: unknown host
     assert "1 record(s) from a modified (`-dirty`) tree" in prov
     assert "notes.json" in prov                                            # not a record, not dropped silently
     main = (built / "report.md").read_text()
-    assert "1 from a modified (`-dirty`) tree" in main and "9 without host facts, counted as unknown host" in main
+    assert "1 from a modified (`-dirty`) tree" in main and "12 without host facts, counted as unknown host" in main
     peers = _page(built, "peers")
     assert "performer" in peers and "No peers comparison" not in peers
 
 
 def test_tidy_csv_has_no_empty_column_and_a_dictionary(built):
     tidy = pd.read_csv(built / "tidy.csv")
-    assert len(tidy) == 106 and not tidy.isna().all().any()
+    assert len(tidy) == 109 and not tidy.isna().all().any()
     words = (built / "tidy.md").read_text()
     for col in tidy.columns:
         assert f"| `{col}`" in words, col
