@@ -73,6 +73,7 @@ def _make_records(root):
         for pat, e in (("random", 0.01), ("concentrated", 0.1)):
             _write(root, H100, "bench", variant="performer", seq_len=n, case={"mode": "exactness", "pattern": pat},
                    metrics={"approx_error": e * n / 256})
+    for n in (256, 1024, 4096):  # an exponent needs >= 3 lengths
         _write(root, H100, "bench", variant="performer", seq_len=n, case={"mode": "smoothness"},
                metrics={"lipschitz": 2.0 * n ** 0.5})
     return root
@@ -83,6 +84,16 @@ def built(records, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
     path = report.build_report([records], out, figure_formats=("png",))
     return out, path.read_text()
+
+
+def _page(out, key, name="report.md"):
+    """The markdown of one side page ("ops", "training", ...) of the report in ``out``."""
+    return (out / report.page_names(name)[key]).read_text()
+
+
+def _plain(cells):
+    """Table cells without the bold marking the best of a column."""
+    return [c.replace("**", "") for c in cells]
 
 
 def _row(md, first_cell, after=None):
@@ -142,74 +153,85 @@ def test_derived_numbers(records):
 # ---------------------------------------------------------------------------------------------- report
 
 def test_accuracy_table(built):
-    _, md = built
-    row = _row(md, "full", after="## 1. Accuracy")
-    header = _row(md, "variant", after="## 1. Accuracy")
+    out, md = built
+    after = "Table 1, LRA protocol"
+    row = _plain(_row(md, "full", after=after))
+    header = _row(md, "variant", after=after)
     cells = dict(zip(header, row))
-    assert cells["ListOps"] == "37.00 ± 1.41"
-    assert cells["Text"] == "64.26"
-    assert cells["Path-X"] == "oom"                      # failed, not blank, not zero
-    assert cells["Avg"] == "50.63 (2/3)"
-    perf = dict(zip(header, _row(md, "performer", after="## 1. Accuracy")))
-    assert perf["Path-X"] == "50.00" and perf["Avg"] == "44.33"
-    gap = _row(md, "full vs Transformer")
+    assert cells["ListOps (%)"] == "37.00 ± 1.41"
+    assert cells["Text (%)"] == "64.26"
+    assert cells["Path-X (%)"] == "oom"                  # failed, not blank, not zero
+    assert cells["mean (%)"] == "50.63 (2/3 tasks)"
+    assert cells["ListOps ms/step"] == "200"             # from steps_per_s = 5
+    perf = dict(zip(header, _plain(_row(md, "performer", after=after))))
+    assert perf["Path-X (%)"] == "50.00" and perf["mean (%)"] == "44.33"
+    training = _page(out, "training")
+    gap = _row(training, "full vs Transformer")
     assert gap[1] == "+0.63" and gap[2] == "-0.01"
-    assert "Tay et al. 2020" in md
-    assert _row(md, "BigBird", after="### Published numbers")[-1] == "55.01"
+    assert "Tay et al. 2020" in training
+    assert _row(training, "BigBird", after="## Published numbers")[-1] == "55.01"
 
 
 def test_speed_tables(built):
-    _, md = built
-    after = "### Device: NVIDIA H100 80GB HBM3"
-    sec2 = md[md.index("## 2. Speed"):]
-    h100 = sec2[sec2.index(after):]
-    rel_full = h100[h100.index("relative to `full`"):]
-    assert _row(rel_full, "flash")[1:] == ["2.00×", "2.00×", "0.50×", "0.50×"]
-    assert _row(rel_full, "performer")[1] == "3.00×"
-    rel_flash = h100[h100.index("relative to `flash`"):]
-    assert _row(rel_flash, "performer")[1] == "1.50×"
-    absolute = h100[h100.index("absolute values"):]
-    assert _row(absolute, "full")[1:3] == ["4.00", "2.00"]
-    assert _row(absolute, "full")[3] == "1,000 MiB"
+    """One table per question in the unit of its figure (ms per step), the relative speed a column."""
+    out, _ = built
+    ops = _page(out, "ops")
+    h100 = ops[ops.index('<a id="ops-nvidia-h100-80gb-hbm3-model-step">'):]
+    assert _row(h100, "variant")[1:] == ["N = 1,024", "N = 2,048", "time ÷ full at N = 2,048"]
+    assert _row(h100, "flash")[1:] == ["125", "250", "0.50×"]            # 2x the steps/s of full
+    assert _row(h100, "performer")[3] == "0.33×"
+    assert _row(h100, "full")[1:3] == ["250", "500"]                     # 4 and 2 steps/s
+    memory = h100[h100.index("Peak memory of the same steps"):]
+    assert _row(memory, "full")[1] == "1,000"
+    # sorted by the table's own measure, the best cell of each column in bold
+    rows = [ln.split("|")[1].strip() for ln in h100[:h100.index("Peak memory")].splitlines()
+            if ln.startswith("| ") and not ln.startswith("| variant")]
+    assert rows == ["performer", "flash", "full"] and _row(h100, "performer")[1] == "**83.3**"
 
 
 def test_training_loop_overhead_table(built):
-    _, md = built
-    row = _row(md, "flash", after="Training-loop overhead")
+    out, _ = built
+    row = _row(_page(out, "ops"), "flash", after="Training-loop overhead")
     assert row[1:5] == ["listops", "2000", "32", "bfloat16"]
     assert row[5:11] == ["20.0", "21.0", "22.0", "+10.0", "+5.0", "+5.0"] and row[11] == "ok"
 
 
 def test_op_tables_and_failures(built):
-    _, md = built
-    sec3 = md[md.index("## 3. Op-level"):md.index("## 4. Derived")]
-    a100 = sec3[sec3.index("NVIDIA A100-SXM4-40GB"):]
+    out, md = built
+    ops = _page(out, "ops")
+    a100 = ops[ops.index("## NVIDIA A100-SXM4-40GB"):]
     assert _row(a100, "full") == ["full", "2.00", "8.00", "32.0", "oom"]
-    sec4 = md[md.index("## 4. Derived"):md.index("## 5. Figures")]
-    h100 = sec4[sec4.index("NVIDIA H100"):]
-    assert _row(h100, "performer") == ["performer", "1.00", "1.00", "8K", "8K"]
-    assert _row(h100, "full")[3] == "none up to 8K"
-    sec6 = md[md.index("## 6. Failed"):]
-    row = _row(sec6, "bench")
-    assert "oom" in row and "CUDA out of memory. Tried to allocate 4 GiB" in row and "second line" not in sec6
-    assert "2025-01-02" in md and "`0123abc`" in md and "2.13.0" in md
+    h100 = ops[ops.index('<a id="derived-nvidia-h100-80gb-hbm3">'):]
+    assert _row(h100, "performer") == ["performer", "1.00 ± 0.00", "1.00 ± 0.00", "8,192", "8,192"]
+    assert _row(h100, "full")[3] == "none up to 8,192"
+    # the main page's time table says why a cell has no number, where it shows
+    main_a100 = md[md.index('<a id="time-nvidia-a100-sxm4-40gb">'):]
+    assert _row(main_a100, "full")[4] == "oom" and "*oom*: ran out of memory" in main_a100
+    prov = _page(out, "provenance")
+    sec = prov[prov.index("## Failed cases"):]
+    row = _row(sec, "bench")
+    assert "oom" in row and "CUDA out of memory. Tried to allocate 4 GiB" in row and "second line" not in sec
+    assert "2025-01-02" in prov and "`0123abc`" in prov and "2.13.0" in prov
 
 
 def test_smoothness_section(built):
     """Records without a pattern (older ones) count as random tokens; the exponent comes from the records."""
     out, md = built
-    sec3 = md[md.index("## 3. Op-level"):md.index("## 4. Derived")]
-    sm = sec3[sec3.index("#### Smoothness (NVIDIA H100 80GB HBM3)"):]
+    sm = _page(out, "smoothness")
+    sm = sm[sm.index("## NVIDIA H100 80GB HBM3"):]
     assert _row(sm, "performer") == ["performer", "0.50"]                  # L = 2 sqrt(N)
     assert "**Random tokens.** √N: performer (0.50)." in sm
     assert "largest L / softmax bound" not in sm                          # no bound in these records
-    assert "figures/smoothness_random_nvidia_h100_80gb_hbm3.png" in md
+    assert "figures/smoothness_random_nvidia_h100_80gb_hbm3.png" in sm
+    assert "smoothness" not in md.split("Other pages:")[0]                 # a side page, linked from the top
+    assert "[Smoothness](report-smoothness.md)" in md
 
 
 def test_figures_are_pngs(built):
     out, md = built
     pngs = sorted((out / "figures").glob("*.png"))
     names = {p.name for p in pngs}
+    pages = "\n".join(p.read_text() for p in out.glob("*.md"))
     assert any(n.startswith("time_op_fwd_bwd_") for n in names)
     assert any(n.startswith("memory_op_fwd_bwd_") for n in names)
     assert any(n.startswith("summary_nvidia_h100") for n in names)
@@ -218,17 +240,24 @@ def test_figures_are_pngs(built):
     assert "cross_device_op_fwd_bwd.png" in names
     for p in pngs:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", p
-        assert f"figures/{p.name}" in md
+        assert f"figures/{p.name}" in pages
     assert (out / "report.html").read_text().startswith("<!doctype html>")
     assert_links_resolve(md)
+    # numbered figures, referenced from the answer cells; the main page holds the answer's figures
+    assert "![Figure 1: NVIDIA H100 80GB HBM3: test accuracy vs time" in md and "· [Fig. 4](#fig-4)" in md
+    assert "approx_error_" not in md and "smoothness_" not in md
 
 
 def test_tidy_csv(built):
     out, _ = built
     tidy = pd.read_csv(out / "tidy.csv")
-    assert len(tidy) == 50 and "config" not in tidy.columns
-    assert tidy["variant_config"].dropna().eq("{}").all()
+    assert len(tidy) == 51 and "config" not in tidy.columns
+    assert "variant_config" not in tidy.columns          # "{}" in every record: an empty column is dropped
     assert {"device_name", "mode", "ms", "status"} <= set(tidy.columns)
+    assert not tidy.isna().all().any()                     # no all-empty column
+    dictionary = (out / "tidy.md").read_text()
+    for col in tidy.columns:                               # every column explained
+        assert f"| `{col}`" in dictionary, col
 
 
 def test_compare_flags_planted_regression(records, built, tmp_path):
@@ -251,7 +280,7 @@ def test_compare_flags_planted_regression(records, built, tmp_path):
     assert reg.iloc[0]["variant"] == "performer" and reg.iloc[0]["metric"] == "ms"
     assert reg.iloc[0]["change"] == pytest.approx(0.5)
     assert "1 regression(s)" in md
-    row = _row(md[md.index("## 8."):], "bench")
+    row = _row(_page(tmp_path / "rep", "compare"), "bench")
     assert "+50.0%" in row and any("REGRESSION" in c for c in row)
     assert report.main([str(cur_csv), "--out", str(tmp_path / "cli"), "--compare", str(out),
                         "--fail-on-regression", "--no-figures"]) == 1
@@ -267,8 +296,8 @@ def test_empty_and_partial_inputs(tmp_path, monkeypatch):
     rec = make_record("train", variant="linear", task="image", metrics={"accuracy": 0.4}, git_commit="x")
     write_record(rec, tmp_path / "one.json")
     md = report.build_report([tmp_path / "one.json"], tmp_path / "out2", figure_formats=()).read_text()
-    assert _row(md, "linear")[1] == "40.00"
-    assert "No records (no op-level" in md
+    assert _plain(_row(md, "linear"))[1] == "40.00"
+    assert "no op benchmark on this device" in md
 
 
 # ---------------------------------------------------------------------------------------------- output options
@@ -300,21 +329,26 @@ def test_cpu_only_report_says_memory_not_measured(tmp_path, monkeypatch):
     out = tmp_path / "out"
     md = report.build_report([root], out, figure_formats=("png",)).read_text()
     assert "peak memory not measured on CPU" in md
-    sec2 = md[md.index("## 2. Speed"):md.index("## 3. Op-level")]
-    assert "memory 256" not in sec2 and "steps/s 256" in sec2        # no empty memory columns
-    sec4 = md[md.index("## 4. Derived"):md.index("## 5. Figures")]
-    assert "memory ~ N^k" not in sec4 and "No memory exponent" in sec4
+    assert "No memory table: peak memory not measured on CPU" in md  # no table of empty memory columns
+    ops = _page(out, "ops")
+    step = ops[ops.index("Training step of the encoder"):]
+    assert "Peak memory of the same steps" not in step and "N = 256" in step
+    derived = ops[ops.index("### Exponents"):]
+    assert _row(derived, "full")[2] == "not measured"                # no memory exponent
+    assert _row(derived, "linear")[1] == "too few lengths (2)"       # 2 lengths fit no exponent
     names = {p.name for p in (out / "figures").glob("*.png")}
     assert any(n.startswith("time_op_fwd_bwd_cpu") for n in names)
     assert any(n.startswith("summary_cpu") for n in names)           # accuracy and speed from the train records
     assert not any(n.startswith("memory_") for n in names)           # no empty memory figure ...
-    assert "Peak memory vs length, attention forward + backward: not drawn (peak memory not measured on CPU" in md
+    assert "CPU x86_64: attention forward+backward peak memory vs N: not drawn (peak memory not measured on CPU" in md
     # ... and the non-record JSON is named, not read and not fatal
     assert report.load_frame([root])["variant"].notna().all()
-    assert "Skipped 1 JSON file(s) that are not result records" in md and "peers.json" in md
+    prov = _page(out, "provenance")
+    assert "1 other JSON file is not records" in md and "peers.json" in prov
     # quick runs are not the paper's problem; a job that failed early is listed with its message
-    assert "Caution: ListOps ran at N = 128 (the paper: 2,000)" in md
-    assert _row(md[md.index("## 6. Failed"):], "train")[-1] == "TypeError: boom"
+    assert "Table 1, CPU protocol (recipe `lra`): not comparable to the LRA paper" in md
+    assert "ListOps (N = 128, not LRA's 2,000" in md
+    assert _row(prov[prov.index("## Failed cases"):], "train")[-1] == "TypeError: boom"
 
 
 def test_report_into_its_records_folder(tmp_path, monkeypatch):
@@ -328,8 +362,8 @@ def test_report_into_its_records_folder(tmp_path, monkeypatch):
     assert not (root / "report.md").exists() and (root / "REPORT.html").is_file()
     assert len(pd.read_csv(root / "tidy.csv")) == 11               # 11 records, not 11 + the previous CSV
     assert "11 records" in md
-    assert md.splitlines()[2] == "Rebuild this file, its figures and `tidy.csv` with " \
-                                  "`lra-report results out=results name=REPORT.md`."
+    assert md.splitlines()[2].endswith("Rebuild: `lra-report results out=results name=REPORT.md`.")
+    assert (root / "REPORT-ops.md").is_file() and "[Op-level detail](REPORT-ops.md)" in md
     links = [ln[ln.index("](") + 2:-1] for ln in md.splitlines() if ln.startswith("![")]
     assert links and all(link.startswith("figures/") for link in links)   # relative: renders on GitHub
     for link in links:
@@ -349,6 +383,6 @@ def test_recipes_get_their_own_accuracy_tables(tmp_path, monkeypatch):
         _write(tmp_path, H100, "train", variant="flash", task="listops", seq_len=2000, seed=0, config=config,
                metrics={"accuracy": acc})
     md = report.build_report([tmp_path], tmp_path / "out", figure_formats=()).read_text()
-    assert "recipe: lra" in md and "recipe: small" in md
-    assert _row(md, "flash", after="recipe: lra")[1] == "16.30"  # not averaged with the other recipe
-    assert _row(md, "flash", after="recipe: small")[1] == "37.10"
+    assert "recipe `lra`" in md and "recipe `small`" in md
+    assert _plain(_row(md, "flash", after="recipe `lra`"))[1] == "16.30"  # not averaged with the other recipe
+    assert _plain(_row(md, "flash", after="recipe `small`"))[1] == "37.10"

@@ -47,25 +47,27 @@ def cells(table, n_label, column_start):
 
 def test_answer_without_accuracy_says_why_in_every_accuracy_cell():
     table, notes = answer_table(frame(grid()), "GPU X")
-    assert list(table.index) == ["1K (Image, Pathfinder)", "2000 (ListOps)", "2K", "4000 (Text, Retrieval)",
-                                 "4K", "8K", "16K (Path-X)"]
-    assert cells(table, "1K (Image, Pathfinder)", "fastest exact").startswith("[flash](#ops-gpu-x-op-fwd-bwd): 0.500 ms")
-    assert "runs to 16K (largest tried)" in cells(table, "8K", "fastest exact")
+    assert list(table.index) == ["1,024 (Image, Pathfinder)", "2,000 (ListOps)", "2,048", "4,000 (Text, Retrieval)",
+                                 "4,096", "8,192", "16,384 (Path-X)"]
+    assert cells(table, "1,024 (Image, Pathfinder)", "fastest exact").startswith("[flash](#time-gpu-x): 0.500 ms")
+    assert cells(table, "1,024 (Image, Pathfinder)", "fastest exact").endswith(" · [[fig:time:gpu_x]]")  # its figure
+    assert "runs to 16,384 (largest tried)" in cells(table, "8,192", "fastest exact")
     for m in ("fastest within 1 pt", "fastest within 3 pts"):
         assert set(table[next(c for c in table.columns if c.startswith(m))]) == \
-            {"[no accuracy on this device](#accuracy)"}
+            {"no accuracy on this device"}
     assert any("no training runs on this device" in n for n in notes)
     # performer 2x vs flash x^2/2 overtakes from 8K (equal at 4K); linear (x vs x^2/2) from 4K
-    assert cells(table, "4K", "overtakes") == "[linear from 4K](#derived-gpu-x)"
-    assert cells(table, "16K (Path-X)", "overtakes") == "[linear from 4K, performer from 8K](#derived-gpu-x)"
-    assert cells(table, "2000 (ListOps)", "fastest exact") == "not timed at this N on this device"
+    assert cells(table, "4,096", "overtakes") == "[linear from 4,096]([[page:ops]]#derived-gpu-x) · [[fig:time:gpu_x]]"
+    assert cells(table, "16,384 (Path-X)", "overtakes").startswith(
+        "[linear from 4,096, performer from 8,192]([[page:ops]]#derived-gpu-x)")
+    assert cells(table, "2,000 (ListOps)", "fastest exact") == "not timed at this N on this device"
 
 
 def test_oom_limits_and_a_length_where_every_exact_kernel_failed():
     rows = grid(oom=(("full", 8192), ("full", 16384), ("flash", 16384)))
     table, _ = answer_table(frame(rows), "GPU X")
-    assert "runs to 8K, oom at 16K" in cells(table, "8K", "fastest exact")            # flash
-    assert cells(table, "16K (Path-X)", "fastest exact") == "[none ran: full oom, flash oom](#ops-gpu-x-op-fwd-bwd)"
+    assert "runs to 8,192, oom at 16,384" in cells(table, "8,192", "fastest exact")            # flash
+    assert cells(table, "16,384 (Path-X)", "fastest exact") == "[none ran: full oom, flash oom](#time-gpu-x)"
 
 
 def test_answer_with_accuracy_picks_the_fastest_close_enough_variant():
@@ -76,18 +78,19 @@ def test_answer_with_accuracy_picks_the_fastest_close_enough_variant():
     df = frame(rows)
     ev = accuracy_evidence(df, "GPU X")
     assert ev.reason is None and [t.split(" (")[0] for t in ev.tasks] == ["ListOps", "Text"]
-    assert ev.tasks[0] == "ListOps (N = 2000; recipe lra; 1 run per variant)"
+    assert ev.tasks[0] == "ListOps (N = 2,000; recipe lra; 1 run per variant)"
     assert ev.gaps["linear"] == pytest.approx(-2.5) and ev.gaps["performer"] == pytest.approx(-0.5)
     table, _ = answer_table(df, "GPU X")
     # at 16K: within 1 pt = exact kernels + performer; flash OOMs nowhere, flash 128 ms vs performer 32 ms
-    assert cells(table, "16K (Path-X)", "fastest within 1 pt").startswith("[performer](#ops-gpu-x-op-fwd-bwd): 32.0 ms")
-    assert "-0.5 pts on ListOps" in cells(table, "16K (Path-X)", "fastest within 1 pt")
-    assert cells(table, "16K (Path-X)", "fastest within 3 pts").startswith("[linear]")
+    assert cells(table, "16,384 (Path-X)", "fastest within 1 pt").startswith("[performer](#time-gpu-x): 32.0 ms")
+    assert "-0.5 pts on ListOps" in cells(table, "16,384 (Path-X)", "fastest within 1 pt")
+    assert cells(table, "16,384 (Path-X)", "fastest within 1 pt").endswith(" · [[fig:summary:gpu_x]]")
+    assert cells(table, "16,384 (Path-X)", "fastest within 3 pts").startswith("[linear]")
     # at 1K the exact kernel is fastest among those within 1 pt
-    assert cells(table, "1K (Image, Pathfinder)", "fastest within 1 pt").startswith("[flash (exact)]")
+    assert cells(table, "1,024 (Image, Pathfinder)", "fastest within 1 pt").startswith("[flash (exact)]")
     # at 2000 only the training runs timed it: ms per training step from steps_per_s (the op grid's reach after)
-    assert cells(table, "2000 (ListOps)", "fastest exact") == \
-        "[flash](#speed-gpu-x): 100 ms/step; runs to 16K (largest tried)"
+    assert cells(table, "2,000 (ListOps)", "fastest exact") == \
+        "[flash](#accuracy-gpu-x): 100 ms/step; runs to 16,384 (largest tried) · [[fig:summary:gpu_x]]"
 
 
 def test_an_exact_baseline_that_did_not_learn_answers_nothing():
@@ -95,7 +98,7 @@ def test_an_exact_baseline_that_did_not_learn_answers_nothing():
     ev = accuracy_evidence(df, "GPU X")
     assert ev.gaps == {} and "did not learn" in ev.reason and "16.3% vs the paper's 36.4%" in ev.reason
     table, notes = answer_table(df, "GPU X")
-    assert cells(table, "4K", "fastest within 1 pt") == "[exact baseline did not learn](#accuracy-gpu-x)"
+    assert cells(table, "4,096", "fastest within 1 pt") == "[exact baseline did not learn](#accuracy-gpu-x)"
     only = accuracy_evidence(frame([train("flash", "listops", 0.163)]), "GPU X")
     assert only.short == "exact baseline did not learn; no approximation trained"
 
@@ -130,18 +133,20 @@ def test_report_with_new_record_fields_end_to_end(tmp_path, monkeypatch):
                metrics={"ms": ms, "ms_p10": ms * 0.9, "ms_p90": ms * 1.1, "tflops": 0.1})
     out = tmp_path / "out"
     md = report.build_report([tmp_path / "rec"], out, figure_formats=("png",)).read_text()
-    assert md.index("## Which attention?") < md.index("## 1. Accuracy") < md.index("## 7. Provenance")
-    ops = md[md.index("## 3. Op-level"):md.index("## 4. Derived")]
+    assert md.index("## Which attention?") < md.index("### Time vs N")
+    assert md.index("[Op-level detail](report-ops.md)") < md.index("## Which attention?")  # side pages from the top
+    ops = (out / "report-ops.md").read_text()
     assert "4.00 (3.60–4.40)†" in ops and "median of 3 timed calls" in ops
     assert "† measured while the host was loaded" in ops
     assert "fwd+bwd = 3.0 x fwd (materialized math)" in ops and "counted (FlopCounterMode)" in ops
-    prov = md[md.index("## 7. Provenance"):]
+    prov = (out / "report-provenance.md").read_text()
     assert "torch threads" in prov and "2 (2)" in prov and "loaded records" in prov
-    assert "not drawn: no training runs on this device" in md              # the summary says why it is missing
+    assert "not drawn (no training runs on this device" in md              # the summary says why it is missing
     tidy = pd.read_csv(out / "tidy.csv")
     assert sorted(len(json.loads(t)) for t in tidy["timings_ms"]) == [3, 3]
     html = (out / "report.html").read_text()
-    assert '<a href="#answer">' in html and "<table>" in html and "<th" in html
+    assert 'href="report-ops.html"' in html and '<table class="sortable">' in html and "<th" in html
+    assert "<script>" in html and "@media print" in html                   # sortable, a print stylesheet
     assert_links_resolve(md)
 
 

@@ -57,19 +57,19 @@ def test_time_table_shows_median_and_spread_and_marks_loaded_host():
     df = frame(rec("full", 256, ms=4.0), rec("full", 512, ms=16.0, host=dict(HOST, loaded=True)),
                rec("flash", 256, ms=2.0, status="oom", metrics={"ms": None, "ms_p10": None, "ms_p90": None}))
     t = case_table(df, "time_ms", spread=True)
-    assert t.loc["full", "256"] == "4.00 (3.60–5.00)"
-    assert t.loc["full", "512"] == "16.0 (14.4–20.0)†"
-    assert t.loc["flash", "256"] == "oom"
-    assert case_table(df, "time_ms").loc["full", "256"] == "4.00"          # no spread unless asked
+    assert t.loc["full", "N = 256"] == "4.00 (3.60–5.00)"
+    assert t.loc["full", "N = 512"] == "16.0 (14.4–20.0)†"
+    assert t.loc["flash", "N = 256"] == "oom"
+    assert case_table(df, "time_ms").loc["full", "N = 256"] == "4.00"          # no spread unless asked
 
 
 def test_values_a_loaded_host_cannot_change_carry_no_mark():
     loaded = dict(HOST, loaded=True)
     df = frame(rec("full", 512, host=loaded, metrics={"peak_mem_mb": 12.0}),
                rec("linear", 512, mode="exactness", host=loaded, metrics={"approx_error": 0.25}))
-    assert case_table(df, "time_ms").loc["full", "512"].endswith("†")
-    assert case_table(df, "peak_mem_mb").loc["full", "512"] == "12.0"
-    assert case_table(df, "approx_error").loc["linear", "512"] == "0.250"
+    assert case_table(df, "time_ms").loc["full", "N = 512"].endswith("†")
+    assert case_table(df, "peak_mem_mb").loc["full", "N = 512"] == "12.0"
+    assert case_table(df, "approx_error").loc["linear", "N = 512"] == "0.250"
 
 
 def test_speed_table_spread_from_step_times():

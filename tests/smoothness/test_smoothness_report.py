@@ -144,7 +144,8 @@ def test_pattern_figure_shows_exponents_and_the_softmax_bound(tmp_path):
     path, note = pattern_figure(_frame(), "adversarial", "CPU x", colors, out, "adv")
     assert path.is_file() and path.read_bytes()[:4] == b"\x89PNG"
     ax = captured["fig"].axes[0]
-    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    legend = ax.get_legend() or captured["fig"].legends[0]       # outside the plot: the figure's legend
+    labels = [t.get_text() for t in legend.get_texts()]
     assert labels[0] == r"full ($\propto N^{0.50}$)"
     assert r"bigbird ($\propto N^{0.50}$), same as full" in labels and "full = bigbird" in note
     assert r"random_feature (causal) ($\propto N^{0.00}$)" in labels

@@ -351,8 +351,8 @@ def test_sweep_over_protocols_end_to_end(tmp_path):
     df = results.load(sweep)
     assert sorted(df["pretrain_steps"].fillna(0)) == [0, 8] and (df["status"] == "ok").all()
     report = (sweep / "report" / "report.md").read_text()
-    assert "protocol: scratch" in report and "protocol: spt" in report
-    assert "Gain from self-pretraining" in report
+    assert "Table 1, CPU protocol (recipe `lra`)" in report and "self-pretrained first (spt)" in report
+    assert "Gain from self-pretraining" in (sweep / "report" / "report-training.md").read_text()
     records = [json.loads(p.read_text()) for p in sweep.rglob("record.json")]
     assert sorted(r["config"]["pretrain"]["objective"] for r in records) == ["mlm", "none"]
 
@@ -378,13 +378,14 @@ def test_report_protocol_column_tables_and_gain(tmp_path):
     assert sorted(df["protocol"]) == ["scratch", "scratch", "scratch", "spt", "spt"]
     assert protocol_of({"recipe": "lra"}, "train") == "scratch"   # records from before pretraining existed
     md = build_report([tmp_path / "records"], tmp_path / "report", figure_formats=()).read_text()
-    acc = md[md.index("## 1. Accuracy"):md.index("## 2. Speed")]
-    scratch, spt = acc.index("#### protocol: scratch"), acc.index("#### protocol: spt")
-    assert "61.00 ± 1.41" in acc[scratch:spt] and "72.00 ± 2.83" in acc[spt:]
-    gain = acc[acc.index("Gain from self-pretraining"):]
+    acc = md[md.index("### Accuracy vs time per step"):]
+    scratch, spt = acc.index("#### Table 1, CPU protocol (recipe `lra`)"), acc.index("self-pretrained first (spt)")
+    assert "61.00 ± 1.41" in acc[scratch:spt] and "72.00 ± 2.83" in acc[spt:]    # one table per protocol
+    training = (tmp_path / "report" / "report-training.md").read_text()
+    gain = training[training.index("Gain from self-pretraining"):]
     assert "| flash     | +11.00 |      +11.00 |" in gain and "linear" not in gain.split("Caution")[0]
-    assert "15% of positions masked, 200 pretraining steps within one budget (then 300 fine-tuning steps)" in acc
-    assert "Transformers + Rotary + Masked SPT" in acc and "86.2" in acc
+    assert "15% of positions masked, 200 pretraining steps within one budget (then 300 fine-tuning steps)" in training
+    assert "Transformers + Rotary + Masked SPT" in training and "86.2" in training
     # the tidy CSV keeps the protocol
     assert sorted(load_frame(tmp_path / "report" / "tidy.csv")["protocol"]) == sorted(df["protocol"])
 
