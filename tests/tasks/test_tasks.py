@@ -12,27 +12,13 @@ from omegaconf import OmegaConf
 import lra
 from lra import tasks
 from lra.tasks import DataNotFoundError
-from conftest import compose_train
+from conftest import train_two_steps, write_aan
 
 
 def task_cfg(name: str, tmp_path: Path, **kw):
     """The task's own yaml with overrides (as lra.training.config.resolve would give)."""
     cfg = OmegaConf.load(lra.conf_dir() / "task" / f"{name}.yaml")
     return OmegaConf.merge(cfg, {"cache_dir": str(tmp_path / "cache"), **kw})
-
-
-def train_two_steps(tmp_path: Path, task: str, *extra):
-    from lra.training.finetune import train
-
-    cfg = compose_train(f"task={task}", "trainer=quick", "attention=full", "trainer.steps=2", "trainer.progress=false",
-                        "trainer.batch_size=2", "trainer.eval_every=1000", "trainer.checkpoint_every=1000",
-                        f"task.cache_dir={tmp_path / 'cache'}", "model.d_model=16", "model.heads=2", "model.mlp_dim=16",
-                        "model.layers=1", *extra)
-    (tmp_path / "job").mkdir()
-    record = train(cfg, tmp_path / "job")
-    assert record["status"] == "ok", record.get("message")
-    assert record["metrics"]["steps"] == 2
-    return record
 
 
 # ----------------------------------------------------------------------------- text (IMDb)
@@ -124,17 +110,6 @@ def test_text_trains(tmp_path):
 
 
 # ----------------------------------------------------------------------------- retrieval (AAN)
-
-def write_aan(root: Path, n: int = 4, bad_line: str | None = None):
-    root.mkdir(parents=True, exist_ok=True)
-    for split in ("train", "eval", "test"):
-        lines = [f"{i % 2}\tid{i}a\tid{i}b\t{repr(('Doc A ' + str(i) + ' caf').encode() + bytes([0xC3, 0xA9]))}"
-                 f"\t{repr(b'Doc B ' + str(i).encode())}" for i in range(n)]
-        if bad_line is not None and split == "eval":
-            lines.insert(1, bad_line)
-        (root / f"new_aan_pairs.{split}.tsv").write_text("\n".join(lines) + "\n")
-    return root
-
 
 def test_retrieval_reader_dual(tmp_path):
     write_aan(tmp_path / "lra_release" / "tsv_data")

@@ -393,7 +393,7 @@ def test_report_protocol_column_tables_and_gain(tmp_path):
 def test_pixel_task_pretrains_on_the_256_intensities(tmp_path):
     """Pathfinder: 50% of the non-padding pixels masked (the paper's rate for visual tasks), predicted
     as one of 256 intensity classes."""
-    from test_tasks import train_two_steps
+    from conftest import train_two_steps
 
     rec = train_two_steps(tmp_path, "pathfinder", "trainer.task_overrides.seq_len=64",
                           "trainer.task_overrides.num_train=16", "trainer.task_overrides.num_val=4",
@@ -416,7 +416,7 @@ def test_constant_schedule_warms_up_then_stays():
 def test_dual_input_task_pretrains_on_each_document(tmp_path):
     """Retrieval: the two documents of a training pair are two pretraining rows; 15% masked (the paper's
     rate for text)."""
-    from test_tasks import train_two_steps, write_aan
+    from conftest import train_two_steps, write_aan
 
     root = write_aan(tmp_path / "tsv", n=6)
     rec = train_two_steps(tmp_path, "retrieval", f"task.data_dir={root}", "trainer.task_overrides.seq_len=32",
