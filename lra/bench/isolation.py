@@ -37,6 +37,8 @@ from .measuring import first_line
 
 #: seconds between two looks at the child's resident set and clock
 POLL_S = 0.05
+#: seconds a case process that has answered (or closed its pipe) gets to exit before it is killed
+EXIT_WAIT_S = 10.0
 #: what every case process has loaded before it is forked (the forkserver's preload)
 PRELOAD = ["lra.bench._server"]
 _context = None
@@ -57,7 +59,10 @@ class Outcome:
 
 def sendable(measure: Callable) -> bool:
     """Whether ``measure`` can reach a case process: picklable by reference (a module-level
-    function). A function defined inside another (a test's stand-in) runs in-process instead."""
+    function of an importable module). A function defined inside another (a test's stand-in) or in
+    ``__main__`` runs in-process instead."""
+    if getattr(measure, "__module__", None) == "__main__":   # a script's: the case process cannot import it
+        return False
     try:
         pickle.dumps(measure)
         return True
@@ -135,11 +140,17 @@ def run_isolated(measure: Callable, case: Case, s: dict, device: torch.device, *
                 if rss is not None and (rss - base_kib) / 1024 > mem_mb:
                     capped = "mem"
     finally:
-        if proc.is_alive() and (capped is not None or result is None):
+        if capped is None:   # a child that sent its result, or closed its end, ends on its own
+            proc.join(timeout=EXIT_WAIT_S)
+        killed = proc.is_alive()
+        if killed:
             proc.kill()
         proc.join(timeout=30)
         recv.close()
     elapsed = None if started is None else round(time.monotonic() - started, 3)
+    if killed and capped is None and result is None:
+        return Outcome(None, "error", f"the case's process stopped answering; stopped after {EXIT_WAIT_S:g} s",
+                       elapsed)
     if capped == "time":
         return Outcome(None, "skipped", f"time cap: still running after cap.time_s={time_s:g} s; stopped", elapsed,
                        capped)

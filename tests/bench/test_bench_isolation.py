@@ -4,6 +4,8 @@ over its own baseline, checked against a known allocation; the caps that stop a 
 The measure functions are module-level so that the case process can import them by reference."""
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
@@ -53,6 +55,21 @@ def grow_forever(case, s, device):
         held.append(torch.ones(2**25))   # 128 MiB each
         time.sleep(0.05)
     return bench.Measurement({"ms": 1.0}, {}, {})
+
+
+def exit_early(case, s, device):
+    os._exit(3)
+
+
+def killed_from_outside(case, s, device):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_case_process_that_dies_is_an_error_unless_something_killed_it():
+    exited = run_isolated(exit_early, bench.Case("op_fwd", "dies", 1), SETTINGS, CPU)
+    assert exited.status == "error" and "exit status 3" in exited.message
+    killed = run_isolated(killed_from_outside, bench.Case("op_fwd", "killed", 1), SETTINGS, CPU)
+    assert killed.status == "oom" and "out-of-memory killer" in killed.message
 
 
 def test_a_case_holding_one_gib_measures_one_gib_in_its_own_process():
