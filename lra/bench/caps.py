@@ -24,6 +24,8 @@ import attention_variants as av
 from .case import Case
 
 SKIPPED_OOM = "skipped: smaller N already out of memory"
+#: how the messages of cases skipped for time begin (a resumed run stops their group again)
+TIME_SKIPS = ("time cap:", "estimate:", "skipped: N=")
 
 
 def cap_facts(s: dict) -> dict:
@@ -93,3 +95,12 @@ class CapTracker:
             self.stopped[group] = f"skipped: N={case.seq_len} already passed the time cap ({self.time_s:g} s)"
         elif status == "ok" and wall_s is not None and math.isfinite(wall_s):
             self.last[group] = (case.seq_len, float(wall_s))
+
+    def resume(self, case: Case, record: dict) -> None:
+        """Note a case's record from an earlier, interrupted run of the same grid: as :meth:`update`,
+        and a case that was skipped for time stops its group again."""
+        message = record.get("message") or ""
+        if record["status"] == "skipped" and message.startswith(TIME_SKIPS):
+            self.stopped.setdefault(case.group(), f"skipped: N={case.seq_len} was skipped for time (an earlier run)")
+            return
+        self.update(case, record["status"], (record.get("case") or {}).get("wall_s"))

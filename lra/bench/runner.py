@@ -105,7 +105,7 @@ def run_grid(cases: Iterable[Case], s: dict, device: torch.device, *, measure: M
         previous = (done or {}).get(case.filename())
         if previous is not None:
             record = previous
-            caps.update(case, record["status"], (record.get("case") or {}).get("wall_s"))
+            caps.resume(case, record)
         else:
             record = _run_case(case, s, device, measure, caps, config)
             calibration.apply(record, calibrated)

@@ -117,3 +117,15 @@ def test_a_run_resumes_from_the_records_it_already_wrote(tmp_path):
     again = bench.run(cfg, tmp_path, measure=measure)
     assert calls == ["op_fwd-linear-N16-B2-float32.json"] and lost.is_file()
     assert [r["seq_len"] for r in again] == [8, 16, 8, 16] and all(r["status"] == "ok" for r in again)
+
+
+def test_a_resumed_group_stopped_for_time_stays_stopped():
+    caps = CapTracker(time_s=10)
+    caps.resume(_case(512), {"status": "skipped", "message": "time cap: still running after cap.time_s=10 s; stopped"})
+    assert caps.verdict(_case(1024))[0] == "skipped"
+    refused = CapTracker(time_s=10)
+    refused.resume(_case(512, causal=True), {"status": "skipped", "message": "causal=true refused: ..."})
+    assert refused.verdict(_case(1024, causal=True)) is None
+    done = CapTracker(time_s=10, estimate=True)
+    done.resume(_case(512), {"status": "ok", "message": None, "case": {"wall_s": 8.0}})
+    assert done.verdict(_case(1024))[0] == "skipped"   # estimate 32 s from the earlier run's 8 s
