@@ -167,7 +167,7 @@ def test_oom_is_recorded_larger_n_skipped_and_the_grid_goes_on():
 
 def test_op_case_on_cpu_records_timer_flops_and_memory():
     """Peak memory on CPU (issue 31): measured in this process here (a run isolates each case:
-    tests/bench/test_isolation.py), and the record names the method."""
+    tests/bench/test_bench_isolation.py), and the record names the method."""
     s = _settings(heads=2, head_dim=16, repeats=2, warmup=1, count_flops=True,
                   knobs={"full": {}, "linear": {}})
     m = op.measure(bench.Case("op_fwd_bwd", "full", 64, 2, "float32"), s, torch.device("cpu"))
