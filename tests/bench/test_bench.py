@@ -165,13 +165,16 @@ def test_oom_is_recorded_larger_n_skipped_and_the_grid_goes_on():
     assert all(r["kind"] == "bench" and r["case"]["mode"] == "op_fwd" for r in records)
 
 
-def test_op_case_on_cpu_records_timer_flops_and_no_memory():
+def test_op_case_on_cpu_records_timer_flops_and_memory():
+    """Peak memory on CPU (issue 31): measured in this process here (a run isolates each case:
+    tests/bench/test_bench_isolation.py), and the record names the method."""
     s = _settings(heads=2, head_dim=16, repeats=2, warmup=1, count_flops=True,
                   knobs={"full": {}, "linear": {}})
     m = op.measure(bench.Case("op_fwd_bwd", "full", 64, 2, "float32"), s, torch.device("cpu"))
     assert m.facts["timer"] == "perf_counter" and m.facts["flops_source"] == "analytic"
     assert m.metrics["flops"] == attention_flops(2, 2, 64, 16, "fwd_bwd", kernel="materialized")
-    assert m.metrics["ms_fwd_bwd"] > 0 and m.metrics["peak_mem_mb"] is None
+    assert m.metrics["ms_fwd_bwd"] > 0 and m.metrics["peak_mem_mb"] >= 0
+    assert m.facts["memory_method"] == "rss_hwm_in_process"
     fwd = op.measure(bench.Case("op_fwd", "linear", 64, 2, "float32"), s, torch.device("cpu"))
     assert fwd.facts["flops_source"] == "flop_counter" and fwd.metrics["flops"] > 0
     assert fwd.facts["flops_convention"] == FLOPS_COUNTED
@@ -325,7 +328,7 @@ def test_tiny_end_to_end_run_via_compose(tmp_path):
         "progress=false", f"results_dir={tmp_path / 'results'}")
     records = bench.run(cfg, tmp_path / "job")
     per_variant = 2 * 2 + 1 + 2 + 2   # op_fwd + op_fwd_bwd, model_step, exactness x 2 patterns, smoothness
-    assert len(records) == per_variant * len(variants)
+    assert len(records) == per_variant * len(variants) + 1   # + the run's calibration (CPU, a timed mode)
     df = load(tmp_path / "job" / "records")
     assert len(df) == len(records) and (df["status"] == "ok").all(), df[["mode", "variant", "message"]]
     for col in ("kind", "variant", "seq_len", "batch_size", "dtype", "status", "mode", "timer", "heads",
@@ -333,7 +336,7 @@ def test_tiny_end_to_end_run_via_compose(tmp_path):
                 "flops", "tflops", "tflops_fraction", "steps_per_s", "tokens_per_s", "approx_error", "lipschitz",
                 "device_name", "config", "variant_config"):
         assert col in df.columns, col
-    assert set(df["mode"]) == set(bench.MODES) - {"train_overhead"}   # opt-in mode, not in the default grid
+    assert set(df["mode"]) == set(bench.MODES) - {"train_overhead", "decode"}   # opt-in modes, not in the default grid
     assert (df.loc[df["mode"] == "model_step", "task"] == "text").all()
     assert set(df.loc[df["mode"].str.startswith("op_"), "timer"]) == {"perf_counter"}
     assert len(load(tmp_path / "results")) == len(records)
@@ -467,7 +470,8 @@ def test_bench_cli_exits_1_when_a_case_fails(tmp_path, monkeypatch):
 
     monkeypatch.setitem(bench.MODES, "op_fwd", dataclasses.replace(bench.MODES["op_fwd"], measure=broken))
     monkeypatch.setattr(sys, "argv", ["lra-bench", f"hydra.run.dir={tmp_path}", "variants=[full]", "device=cpu",
-                                      "modes=[op_fwd]", "lengths=[8]", "progress=false", "summary=false"])
+                                      "modes=[op_fwd]", "lengths=[8]", "progress=false", "summary=false",
+                                      "calibration.enabled=false"])
     with pytest.raises(SystemExit) as stop:
         cli_bench.main()
     assert stop.value.code == 1

@@ -128,3 +128,49 @@ def test_every_queued_training_job_has_a_valid_config(call, overrides):
         validate(cfg)
     except Exception as err:  # a missing data folder is the device's business, not the config's
         assert "data-on-the-device" in str(err), f"call {call}: {overrides}: {err}"
+
+
+def _bench_calls():
+    """(call id, lra-bench overrides) of every bench.sh step of the committed queue."""
+    import shlex
+
+    for c in json.loads((SCRIPT.parent / "queue.json").read_text()):
+        for step in c["steps"]:
+            words = shlex.split(step)
+            if "scripts/device/bench.sh" in words:
+                yield c["id"], words[words.index("scripts/device/bench.sh") + 2:]
+
+
+@pytest.mark.parametrize("call,overrides", list(_bench_calls()), ids=lambda x: x if isinstance(x, str) else "")
+def test_every_queued_bench_call_has_a_valid_config(call, overrides):
+    """Each bench step's overrides resolve into lra-bench's settings for a GPU, before any work."""
+    import torch
+    from conftest import compose_bench
+    from lra.bench.settings import resolve_settings
+
+    s = resolve_settings(compose_bench(*overrides, "device=cuda"), torch.device("cuda"))
+    assert s["modes"], call
+
+
+def test_queued_bench_grid_covers_the_full_lengths_the_causal_axis_and_decode():
+    import torch
+    from conftest import compose_bench
+    from lra.bench.settings import resolve_settings
+
+    seen = set()
+    for _, overrides in _bench_calls():
+        s = resolve_settings(compose_bench(*overrides, "device=cuda"), torch.device("cuda"))
+        for mode in s["modes"]:
+            lengths = s["lengths"] if mode in ("op_fwd", "op_fwd_bwd") else s.get(mode, {}).get("lengths", [])
+            causal = [True] if mode == "decode" else s["causal"]
+            seen |= {(mode, v, c, n) for v in s["variants"] for c in causal for n in lengths}
+    import attention_variants as av
+    in_tree = [n for n in av.available() if av.get(n)[0].__module__.startswith("attention_variants.")]
+    assert len(in_tree) >= 12
+    for v in in_tree:
+        for c in (False, True):
+            for n in (256, 16384):
+                assert ("op_fwd", v, c, n) in seen and ("op_fwd_bwd", v, c, n) in seen, (v, c, n)
+            for n in (1000, 2000, 4000):
+                assert ("model_step", v, c, n) in seen, (v, c, n)
+        assert ("decode", v, True, 16384) in seen, v
