@@ -159,6 +159,8 @@ def test_exact_attention_learns_a_tiny_mqar_and_the_record_says_how(tmp_path):
     assert rec["case"]["attention_causal"] is True and rec["variant_config"]["causal"] is True
     assert rec["config"]["task"]["num_kv_pairs"] == 2 and rec["config"]["model"]["d_model"] == 64
     assert rec["case"]["bucketing"]["on"] is False
+    # the KV cache of 2 layers of full attention at length 32, width 64, fp32: 2 x (2 x 32 x 64) x 4 bytes
+    assert m["state_bytes"] == rec["case"]["state"]["bytes"] == 2 * 2 * 32 * 64 * 4
     # resumable: without its record the job resumes from the checkpoint it stopped at and trains no further
     (tmp_path / "job" / "record.json").unlink()
     again = run(tiny_mqar(tmp_path, "trainer.stop_at_val_accuracy=0.95"), tmp_path / "job")
