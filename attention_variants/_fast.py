@@ -49,6 +49,24 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     return x.dtype
 
 
+def functorch_active() -> bool:
+    """Whether a ``torch.func`` transform (jvp, vjp, vmap, grad) is tracing the current call.
+
+    The fast paths' custom autograd functions and torch's fused CPU attention kernel have no
+    forward-mode or vmap rules, so ``auto`` resolves to the reference path there (the smoothness
+    measures run under ``jvp`` / ``vjp``): the same function, with plain autograd."""
+    try:
+        return torch._C._functorch.peek_interpreter_stack() is not None
+    except AttributeError:  # a torch without functorch
+        return False
+
+
+def auto_or_reference(fast: str) -> str:
+    """What ``backend=auto`` runs when its fast choice is ``fast``: ``reference`` under ``torch.func``
+    transforms (:func:`functorch_active`), ``fast`` otherwise."""
+    return "reference" if functorch_active() else fast
+
+
 def resolve_backend(backend: str, x: torch.Tensor) -> str:
     """``reference`` or ``fast`` for the configured ``backend`` and an input ``x``."""
     if backend != "auto":

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._fast import CudaCompiled, check_backend, matmul_fp32, no_autocast, resolve_backend
+from ._fast import CudaCompiled, check_backend, functorch_active, matmul_fp32, no_autocast, resolve_backend
 from ._precision import working_dtype
 
 
@@ -675,20 +675,12 @@ def kernel_backend(backend: str, x: torch.Tensor) -> str:
     the Text step, see each variant's notes); under bf16/fp16 it is the reduced-precision policy of
     :mod:`attention_variants._fast` where a variant has one."""
     check_backend("kernel attention", backend)
-    if _functorch_active():
+    if functorch_active():
         # the fast paths' custom autograd functions have no forward-mode or vmap rules; under
         # torch.func transforms (the smoothness measures' jvp / vjp) the reference path runs:
         # the same function, with plain autograd
         return "reference"
     return "fast" if backend == "auto" else backend
-
-
-def _functorch_active() -> bool:
-    """Whether a ``torch.func`` transform (jvp, vjp, vmap, grad) is tracing the current call."""
-    try:
-        return torch._C._functorch.peek_interpreter_stack() is not None
-    except AttributeError:  # a torch without functorch
-        return False
 
 
 class ShiftedExpFeatures(torch.autograd.Function):

@@ -14,7 +14,7 @@ import pytest
 from lra import results
 from conftest import tiny_train_overrides
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _hold_slot(lock_dir, jobs_per_gpu, hold_s, out, acquired=None):

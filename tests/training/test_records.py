@@ -24,7 +24,7 @@ from lra.training import config, state
 from lra.training.job import run
 from conftest import compose_train, tiny_train_overrides
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @contextlib.contextmanager

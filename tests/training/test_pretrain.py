@@ -23,7 +23,7 @@ from lra.training.state import Preempted
 from lra.training.step import TrainStep
 from conftest import compose_train, tiny_train_overrides
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def last_wins(overrides):

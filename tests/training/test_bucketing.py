@@ -194,7 +194,7 @@ def _bucketed_overrides(cache, *extra):
 
 def test_bucketed_run_killed_mid_epoch_resumes_bit_identically(tmp_path):
     """SIGKILL after a checkpoint in the middle of an epoch (8 steps per epoch, checkpoints every 10),
-    then resume: the same record as an uninterrupted run (tests/test_faults.py's machinery)."""
+    then resume: the same record as an uninterrupted run (tests/training/test_faults.py's machinery)."""
     from test_faults import _train_cli, _wait_for_checkpoint
 
     overrides = _bucketed_overrides(tmp_path / "cache", "attention=full", "trainer.steps=40",

@@ -443,7 +443,7 @@ def test_bad_bench_grids_are_config_errors(overrides, message):
 
 def test_bench_cli_rejects_non_positive_lengths_with_exit_2(tmp_path):
     p = subprocess.run([sys.executable, "-m", "lra.cli.bench", f"hydra.run.dir={tmp_path}", "variants=[full]",
-                        "device=cpu", "lengths=[-8]"], cwd=Path(__file__).resolve().parent.parent,
+                        "device=cpu", "lengths=[-8]"], cwd=Path(__file__).resolve().parents[2],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-2000:]
     assert "lengths=[-8] is invalid" in p.stderr and "Traceback" not in p.stderr

@@ -10,7 +10,7 @@ compute-dtype tensors saved for backward along the length. It must be the *same 
   reference path, ``BF16_RTOL`` (torch.testing's bf16 rtol, 4 bf16 ulps) for outputs and twice that
   for gradients (a backward passes through twice the roundings), also with values that share an
   offset (what biased projections give, and where a careless backward cancels in bf16);
-* the kernel variants' fast paths against their float64 estimators (tests/test_kernel_scale.py's
+* the kernel variants' fast paths against their float64 estimators (tests/variants/test_kernel_scale.py's
   definition) at score std 1, 2, 4: fp32 < 1e-5, bf16 < 2 bf16 ulps.
 
 Measured worst cases of these checks (3 seeds, score std 1 and 4, offsets 0 and 3): outputs 0.3-0.7%,
@@ -119,7 +119,7 @@ def test_fast_agrees_with_reference_in_bf16(case, offset):
 @pytest.mark.parametrize("score_std", SCORE_STDS)
 @pytest.mark.parametrize("case", ["performer", "performer_relu", "linear"])
 def test_fast_kernel_variants_match_float64_estimator(case, score_std, d, m):
-    """tests/test_kernel_scale.py's check for the fast paths: fp32 to fp32 tolerance, bf16 (inputs
+    """tests/variants/test_kernel_scale.py's check for the fast paths: fp32 to fp32 tolerance, bf16 (inputs
     rounded to bf16 first, so only the path's own rounding counts) within two bf16 ulps."""
     name, knobs = SCALE_CASES[case]
     knobs = {**knobs, **({"num_features": m} if name == "performer" else {})}
@@ -191,8 +191,9 @@ def test_fast_bf16_module_finite_at_4096(name):
 
 
 #: the variants whose ``auto`` takes the fast path on CPU in fp32 too (issue 38: it is the faster path
-#: there and computes the same function; the kernel variants' fused fp32 path)
-CPU_FP32_FAST = {"linear", "performer", "hedgehog", "taylor", "random_feature"}
+#: there and computes the same function; the kernel variants' fused fp32 path, reformer's blocked
+#: windows, linformer's and nystrom's fused kernels)
+CPU_FP32_FAST = {"linear", "performer", "hedgehog", "taylor", "random_feature", "reformer", "linformer", "nystrom"}
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -209,6 +210,30 @@ def test_auto_backend_by_device_and_dtype(name):
     assert attn.last_backend == "fast"
     with pytest.raises(ValueError, match="reference"):
         av.build(name, heads=2, head_dim=16, backend="triton")
+
+
+#: the variants whose ``auto`` takes a path without a forward-mode rule on the CPU, with tiny knobs
+UNDER_FUNC = {"full": {}, "local": {"window": 8}, "bigbird": {"block_size": 4}, "reformer": {"bucket_size": 8},
+              "linformer": {"k": 8}, "nystrom": {"landmarks": 8, "conv_kernel": 5}, "performer": {"num_features": 16}}
+
+
+@pytest.mark.parametrize("name", sorted(UNDER_FUNC))
+def test_auto_runs_the_reference_path_under_torch_func(name):
+    """The fast paths' custom autograd functions and torch's fused CPU kernel have no forward-mode
+    rule: under ``torch.func.jvp`` (the smoothness measures) ``auto`` runs the reference path, its
+    output equals the plain forward's and (for the hash-free variants) its tangent equals the
+    central finite difference."""
+    attn = av.build(name, heads=2, head_dim=8, max_length=32, **UNDER_FUNC[name]).double().eval()
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 32, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    dq = torch.randn(q.shape, generator=g, dtype=torch.float64)
+    out, tangent = torch.func.jvp(lambda x: attn(x, k, v), (q,), (dq,))
+    assert (getattr(attn, "last_path", None) or attn.last_backend) == "reference"
+    torch.testing.assert_close(out, attn(q, k, v), rtol=1e-10, atol=1e-12)
+    if name != "reformer":  # its buckets move under a perturbation of q: no finite difference
+        eps = 1e-6
+        fd = (attn(q + eps * dq, k, v) - attn(q - eps * dq, k, v)) / (2 * eps)
+        torch.testing.assert_close(tangent, fd, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("name", ["hedgehog", "taylor", "random_feature"])
@@ -229,6 +254,30 @@ def test_auto_is_fast_for_the_fp32_kernel_variants(name):
     assert ref.last_backend == "reference"
     with pytest.raises(ValueError, match="reference"):
         av.build(name, heads=2, head_dim=16, backend="triton")
+
+
+#: the variants whose ``auto`` takes a path without a forward-mode rule on the CPU, with tiny knobs
+UNDER_FUNC = {"full": {}, "local": {"window": 8}, "bigbird": {"block_size": 4}, "reformer": {"bucket_size": 8},
+              "linformer": {"k": 8}, "nystrom": {"landmarks": 8, "conv_kernel": 5}, "performer": {"num_features": 16}}
+
+
+@pytest.mark.parametrize("name", sorted(UNDER_FUNC))
+def test_auto_runs_the_reference_path_under_torch_func(name):
+    """The fast paths' custom autograd functions and torch's fused CPU kernel have no forward-mode
+    rule: under ``torch.func.jvp`` (the smoothness measures) ``auto`` runs the reference path, its
+    output equals the plain forward's and (for the hash-free variants) its tangent equals the
+    central finite difference."""
+    attn = av.build(name, heads=2, head_dim=8, max_length=32, **UNDER_FUNC[name]).double().eval()
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 32, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    dq = torch.randn(q.shape, generator=g, dtype=torch.float64)
+    out, tangent = torch.func.jvp(lambda x: attn(x, k, v), (q,), (dq,))
+    assert (getattr(attn, "last_path", None) or attn.last_backend) == "reference"
+    torch.testing.assert_close(out, attn(q, k, v), rtol=1e-10, atol=1e-12)
+    if name != "reformer":  # its buckets move under a perturbation of q: no finite difference
+        eps = 1e-6
+        fd = (attn(q + eps * dq, k, v) - attn(q - eps * dq, k, v)) / (2 * eps)
+        torch.testing.assert_close(tangent, fd, rtol=1e-5, atol=1e-7)
 
 
 def test_cpu_never_compiles(monkeypatch):

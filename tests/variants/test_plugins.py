@@ -33,6 +33,7 @@ def test_entry_point_variant_is_available_and_trains(installed_plugin, tmp_path)
     attn = av.build("topk_example", heads=2, head_dim=8, top_k=3)
     assert attn.config.top_k == 3 and attn.name == "topk_example"
     cfg = compose_train(*tiny_train_overrides(tmp_path / "cache", "attention=full", "attention.name=topk_example",
+                                              "~attention.backend",  # full's knob; the plugin has none
                                               "+attention.top_k=2", "trainer.steps=1", "trainer.eval_every=1"))
     rec = run(cfg, tmp_path / "job")
     assert rec["status"] == "ok" and rec["variant"] == "topk_example"

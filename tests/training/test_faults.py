@@ -18,7 +18,7 @@ from lra.data import cached_tensors
 from lra.training.job import run
 from conftest import compose_train, tiny_train_overrides
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _cli_overrides(cache, steps):
