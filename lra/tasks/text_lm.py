@@ -62,6 +62,8 @@ def unigram_bits(train_labels: torch.Tensor, test_labels: torch.Tensor | None = 
 
 
 def prepare(cfg) -> TaskData:
+    """The three splits (``(n, seq_len)`` inputs and next-byte labels; see the module docstring) and the
+    unigram baselines in ``meta["metrics"]``; the reviews are read once, then cached. O(n seq_len)."""
     seq_len = int(cfg.seq_len)
     if not cfg.get("data_dir"):
         raise DataNotFoundError("task text_lm needs task.data_dir (a folder with the IMDb data). "
