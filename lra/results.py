@@ -16,7 +16,8 @@ A record (``SCHEMA_VERSION`` 1) holds at least::
     versions        {python, torch, cuda, cudnn, xformers, lra_bench}
     git_commit      commit of the code that produced it (with "-dirty" when modified)
     status          "ok" | "oom" | "nan" | "error" | "skipped";  message: why, when not ok
-                    (skipped: a bench case not run, with the reason: a cap, a refusal)
+                    (skipped: not run, with the reason: a bench case past a cap or refused, a
+                    learning rate of a cell another rate solved: lra.training.lr_sweep)
     metrics         {accuracy, loss, steps_per_s, tokens_per_s, ms_fwd, ms_fwd_bwd,
                      peak_mem_mb, tflops, approx_error, ...} (those that apply)
     case            free-form facts that identify a benchmark case (mode, heads, ...)

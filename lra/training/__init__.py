@@ -17,11 +17,14 @@ Modules, one job each; each imports only the ones above it in this list (no cycl
                    preemption signals (Preempted), how a loop ended (loop_failure, trained_and_evaluated)
     optim.py       AdamW and its learning-rate schedule (make_optimizer, lr_factor)
     step.py        one supervised optimizer step (TrainStep, also timed by lra-bench) and evaluate
+    token_task.py  token-level tasks (MQAR, text_lm): the token head's model, loss at the labelled
+                   positions, metrics, and the decoding state size every record states
     config.py      the effective configuration: layering (merge_layers, recipe_of, resolve), the
                    self-pretraining settings, validate (before any data), device_of, effective_config
     pretrain.py    the self-pretraining loop (masking, checkpoint selection): state, optim
-    finetune.py    the supervised loop (train, build_model): config, step, state, optim, pretrain
-    job.py         run: one job, its record written whatever happens: config, finetune, state
+    finetune.py    the supervised loop (train, build_model): config, step, token_task, state, optim, pretrain
+    lr_sweep.py    a learning-rate sweep's rule: a cell's other rates are skipped once one reached the target
+    job.py         run: one job, its record written whatever happens: config, finetune, state, lr_sweep
 
 Data flows one way::
 

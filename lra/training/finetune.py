@@ -15,6 +15,12 @@ Throughput (README "Training throughput"): length-bucketed batches (``trainer.bu
 (``trainer.device=packed``, :mod:`lra.devices`); the record says which ran (``case.bucketing``,
 ``case.compile``, ``case.packed``; :func:`throughput_facts`).
 
+Token-level tasks (MQAR, text_lm: ``TaskData.target == "token"``) train the encoder with a token
+head and score the labelled positions (:mod:`lra.training.token_task`); everything else is the same
+loop. ``trainer.stop_at_val_accuracy`` ends a run at the first validation that reaches it
+(``case.early_stop``). Every record states the decoding state of the model at the task's length
+(``metrics.state_bytes``, ``case.state``) and whether its attention was causal (``case.attention_causal``).
+
 Failures after validation never raise: NaN/inf losses give status ``nan`` (with the first bad
 step), out-of-memory ``oom``, a run that did not train or evaluate and anything else ``error``
 (:func:`lra.training.state.loop_failure`, :func:`lra.training.state.trained_and_evaluated`).
@@ -36,7 +42,7 @@ from ..distill import LayerDistiller
 from ..model import Encoder, EncoderConfig
 from ..progress import progress
 from ..results import host_info, make_record, now
-from . import pretrain
+from . import pretrain, token_task
 from .config import (autocast_dtype, device_of, distill_settings, effective_config, finetune_settings,
                      pretrain_settings, resolve, validate)
 from .optim import make_optimizer
@@ -60,6 +66,8 @@ def build_model(data: tasks.TaskData, model: dict, attention: str, knobs: dict) 
 
 def bucketing_of(tr: dict, data: tasks.TaskData, model: Encoder, attention: str) -> tuple[bool, str]:
     """Whether this run buckets by length, and why (:func:`lra.bucketing.choose` on the built model)."""
+    if data.target == "token":
+        return False, "off: the labels of a token-level task are per position (a cut batch would drop them)"
     return bucketing.choose(tr.get("bucketing", "auto"), pad_id=data.pad_id, variant=attention,
                             attention_module=model.blocks[0].attn.attention, pooling=model.cfg.pooling,
                             pool_masked=model.cfg.pool_masked, cls_last=model.causal)
@@ -94,8 +102,10 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
 
     torch.manual_seed(cfg.seed)
     model = build_model(data, model_kw, cfg.attention.name, {**knobs, "seed": int(cfg.seed)}).to(device)
+    token = data.target == "token"  # a label per position: the encoder trains with a token head (token_task)
+    net = token_task.predictor(model).to(device) if token else model
     steps = int(tr["steps"])
-    opt, sched = make_optimizer(model, tr)
+    opt, sched = make_optimizer(net, tr)
     bucket_on, bucket_why = bucketing_of(tr, data, model, cfg.attention.name)
     print(f"[lra] length bucketing {bucket_why}")
     batching = dict(bucket_multiple=int(tr.get("bucket_multiple") or bucketing.DEFAULT_MULTIPLE) if bucket_on else None,
@@ -104,8 +114,8 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
                             **batching)
     val_b = DeviceBatches(*data.splits["val"], tr["batch_size"], device, data.pad_id, shuffle=False, **batching)
     test_b = DeviceBatches(*data.splits["test"], tr["batch_size"], device, data.pad_id, shuffle=False, **batching)
-    step_fn = CompiledModel(model, mode=tr.get("compile_mode") or "auto", backend=tr.get("compile_backend") or "inductor",
-                            device=device) if tr.get("compile") else model
+    step_fn = CompiledModel(net, mode=tr.get("compile_mode") or "auto", backend=tr.get("compile_backend") or "inductor",
+                            device=device) if tr.get("compile") else net
 
     if train_b.batch_size != int(tr["batch_size"]):
         print(f"[lra] trainer.batch_size={tr['batch_size']} exceeds the {len(data.splits['train'][1])} training "
@@ -131,10 +141,19 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
         step_fn.fall_back(RuntimeError("attention.distill reads each layer's q, k through forward hooks, "
                                        "which a compiled (CUDA-graph) forward would not run as eager code"))
     step, train_time, history, best_val = 0, 0.0, [], 0.0
-    ckpt = LoopCheckpoint(ckpt_path, model, opt, sched, device)
+    ckpt = LoopCheckpoint(ckpt_path, net, opt, sched, device)
     if ckpt.exists():
         step, train_time, history, best_val = ckpt.restore(("step", "train_time", "history", "best_val")).values()
         print(f"[lra] resuming {job_dir} from step {step}")
+    stop_at = tr.get("stop_at_val_accuracy")
+    reached = stop_at is not None and any(h["val_accuracy"] >= stop_at for h in history)  # also when resumed
+
+    def score(batches: DeviceBatches, max_batches: int | None = None) -> tuple[float, float]:
+        """(accuracy, loss) of a split; token-level tasks: over its labelled positions."""
+        if token:
+            scores = token_task.evaluate(net, batches, amp, max_batches)
+            return scores["accuracy"], scores["loss"]
+        return evaluate(model, batches, amp, max_batches)
 
     def checkpoint():
         ckpt.save(step=step, train_time=train_time, history=history, best_val=best_val)
@@ -142,17 +161,17 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
     signals = PreemptionSignals()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    train_step = TrainStep(model, step_fn, opt, sched, train_b, amp, tr.get("grad_clip"),
-                           aux_loss=distiller.loss if distiller else None)
+    train_step = TrainStep(net, step_fn, opt, sched, train_b, amp, tr.get("grad_clip"),
+                           aux_loss=distiller.loss if distiller else None, outputs=token_task.outputs if token else None)
     last_window = None
     log_every = max(1, int(tr.get("log_every", 50)))
     status, message = "ok", None
-    model.train()
+    net.train()
     bar = progress(total=steps, initial=step, desc=f"{data.name}/{cfg.attention.name}", unit="step",
                    disable=not tr.get("progress", True))
     t0 = time.perf_counter()
     try:
-        while step < steps:
+        while step < steps and not reached:
             train_step(step)
             step += 1
             bar.update()
@@ -172,8 +191,9 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
                     torch.cuda.synchronize(device)
                 train_time += time.perf_counter() - t0
                 if eval_now:
-                    val_acc, val_loss = evaluate(model, val_b, amp, tr.get("eval_batches"))
+                    val_acc, val_loss = score(val_b, tr.get("eval_batches"))
                     best_val = max(best_val, val_acc)
+                    reached = stop_at is not None and val_acc >= stop_at
                     history.append({"step": step, "val_accuracy": val_acc, "val_loss": val_loss,
                                     # training loss / accuracy over the last log_every steps
                                     **({"train_loss": last_window[0], "train_accuracy": last_window[1]}
@@ -181,7 +201,8 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
                                     # per layer, mean over heads and the steps since the last evaluation
                                     **({"distill_loss": distiller.window()} if distiller else {})})
                     train_part = f" train_loss {last_window[0]:.4f}" if last_window else ""
-                    bar.write(f"[lra] step {step}:{train_part} val_accuracy {val_acc:.4f} val_loss {val_loss:.4f}")
+                    bar.write(f"[lra] step {step}:{train_part} val_accuracy {val_acc:.4f} val_loss {val_loss:.4f}"
+                              + (f"; reached trainer.stop_at_val_accuracy={stop_at}: stopping" if reached else ""))
                 if ckpt_now:
                     checkpoint()
                 if signals.received is not None:
@@ -202,8 +223,12 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
         metrics["distill_loss"] = round(sum(distill_layers) / len(distill_layers), 6)
     if status == "ok":
         checkpoint()
-        metrics["val_accuracy"], metrics["val_loss"] = evaluate(model, val_b, amp)
-        metrics["accuracy"], metrics["loss"] = evaluate(model, test_b, amp)
+        if token:
+            metrics.update(token_task.record_metrics(data, token_task.evaluate(net, val_b, amp),
+                                                     token_task.evaluate(net, test_b, amp)))
+        else:
+            metrics["val_accuracy"], metrics["val_loss"] = evaluate(model, val_b, amp)
+            metrics["accuracy"], metrics["loss"] = evaluate(model, test_b, amp)
         metrics["best_val_accuracy"] = max(best_val, metrics["val_accuracy"])
     if status == "ok":
         status, message = trained_and_evaluated(metrics)
@@ -213,9 +238,14 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
     metrics.update(speed)
     if device.type == "cuda":
         metrics["peak_mem_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    metrics["params"] = sum(p.numel() for p in model.parameters())
+    metrics["params"] = sum(p.numel() for p in net.parameters())
+    state = token_task.state_size(model, data.seq_len, torch.finfo(amp or torch.float32).bits // 8)
+    metrics["state_bytes"] = state["bytes"]
     backend = getattr(model.blocks[0].attn.attention, "last_backend", None)
-    case = {"history": history, **({"backend": backend} if backend else {}),
+    case = {"history": history, **({"backend": backend} if backend else {}), "state": state,
+            "attention_causal": model.causal,
+            **({"early_stop": {"threshold": stop_at, "reached": reached, "step": step if reached else None}}
+               if stop_at is not None else {}),
             **({"distill_loss_layers": distill_layers} if distill_layers else {}), **case}
     if spt_result is not None:
         metrics.update(pretrain.metrics(spt_result))

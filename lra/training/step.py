@@ -34,27 +34,34 @@ class TrainStep:
     ``step_fn`` may be a :class:`lra.compiled.CompiledModel`: when its compiled forward or
     backward raises, the step is redone eagerly from the random state it started with (the
     gradients cleared; nothing else has changed yet), and the run goes on eagerly.
+
+    ``outputs(step_fn, x, mask, y) -> (logits, targets)`` (default: ``(step_fn(x, mask), y)``, one
+    class per example) is what the loss compares: token-level tasks pass
+    :func:`lra.training.token_task.outputs` (logits at the labelled positions only), and the running
+    accuracy is then over those positions.
     """
 
     def __init__(self, model: torch.nn.Module, step_fn, opt, sched, batches: DeviceBatches,
-                 amp: torch.dtype | None, grad_clip: float | None, aux_loss: Callable[[], torch.Tensor] | None = None):
+                 amp: torch.dtype | None, grad_clip: float | None, aux_loss: Callable[[], torch.Tensor] | None = None,
+                 outputs: Callable | None = None):
         self.model, self.step_fn, self.opt, self.sched, self.batches = model, step_fn, opt, sched, batches
+        self.outputs = outputs or (lambda step_fn, x, mask, y: (step_fn(x, mask), y))
         self.amp, self.grad_clip = amp, grad_clip
         self.aux_loss = aux_loss  # added to the task loss after the forward (attention distillation)
         self.device = batches.labels.device
         self.bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         self.loss_sum = torch.zeros((), device=self.device)
         self.correct_sum = torch.zeros((), device=self.device)
-        self.seen, self.last_batch = 0, 1
+        self.seen, self.batches_seen = 0, 0
 
     def _forward_backward(self, x, mask, y):
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-            logits = self.step_fn(x, mask)
+            logits, y = self.outputs(self.step_fn, x, mask, y)
         loss = F.cross_entropy(logits.float(), y)
         total = loss if self.aux_loss is None else loss + self.aux_loss()
         self.opt.zero_grad(set_to_none=True)
         total.backward()
-        return logits, loss, total
+        return logits, y, loss, total
 
     def __call__(self, step: int) -> None:
         device = self.device
@@ -62,15 +69,15 @@ class TrainStep:
         if isinstance(self.step_fn, CompiledModel) and self.step_fn.active:
             rng = rng_state(device)
             try:
-                logits, loss, total = self._forward_backward(x, mask, y)
+                logits, y, loss, total = self._forward_backward(x, mask, y)
             except Exception as err:  # noqa: BLE001 - any failure of the compiled code: redo eagerly
                 if is_oom(err):
                     raise
                 self.step_fn.fall_back(err)
                 set_rng_state(rng, device)
-                logits, loss, total = self._forward_backward(x, mask, y)
+                logits, y, loss, total = self._forward_backward(x, mask, y)
         else:
-            logits, loss, total = self._forward_backward(x, mask, y)
+            logits, y, loss, total = self._forward_backward(x, mask, y)
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.opt.step()
@@ -80,7 +87,7 @@ class TrainStep:
         self.loss_sum += loss.detach()
         self.correct_sum += (logits.detach().argmax(-1) == y).sum()
         self.seen += len(y)
-        self.last_batch = len(y)
+        self.batches_seen += 1
 
     def boundary(self) -> tuple[int, tuple[float, float] | None]:
         """(first step with a non-finite loss or -1, (mean loss, accuracy) since the last
@@ -90,9 +97,9 @@ class TrainStep:
         first_bad = int(bad)
         if first_bad >= 0:
             return first_bad, None
-        window = (loss_sum / max(1, self.seen / self.last_batch), correct / max(1, self.seen))
+        window = (loss_sum / max(1, self.batches_seen), correct / max(1, self.seen))
         self.loss_sum.zero_(), self.correct_sum.zero_()
-        self.seen = 0
+        self.seen = self.batches_seen = 0
         return first_bad, window
 
 

@@ -322,7 +322,7 @@ def test_paper_defaults_per_task():
     (["pretrain=mlm", "pretrain.mask_rate=1.5"], r"pretrain.mask_rate=1.5 is invalid"),
     (["pretrain=mlm", "pretrain.budget=shared", "pretrain.steps=8"], r"leaves trainer.steps=8 - pretrain.steps=8"),
     (["pretrain=mlm", "pretrain.select=perplexity"], r"pretrain.select='perplexity' is invalid"),
-    (["pretrain=causal"], r"pretrain=causal predicts each next token, which needs causal attention"),
+    (["pretrain=causal", "attention=linformer"], r"pretrain=causal predicts each next token, which needs causal attention"),
 ])
 def test_bad_pretraining_config_fails_before_any_work(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
