@@ -8,6 +8,7 @@ backward, AdamW. Each variant runs with its ``conf/attention/<name>.yaml`` knobs
     python scripts/cpu_step.py time [--variants flash,performer] [--n 512]
     python scripts/cpu_step.py profile --variants performer          # top self-CPU ops
     python scripts/cpu_step.py compare OLD_CHECKOUT NEW_CHECKOUT [--rounds 3] [--out table.json]
+    python scripts/cpu_step.py compare . . --old-set backend=reference  # reference vs auto, one checkout
     python scripts/cpu_step.py gemm                                    # the machine's fp32 GEMM rate
 
 ``compare`` runs each (variant, checkout) in a fresh subprocess that imports ``lra`` and
@@ -48,6 +49,7 @@ torch.set_num_threads({threads})
 variant, n, batch, steps, warmup, flops_too = {variant!r}, {n}, {batch}, {steps}, {warmup}, {flops}
 path = {root!r} + "/conf/attention/" + variant + ".yaml"
 knobs = {{k: v for k, v in (OmegaConf.to_container(OmegaConf.load(path)) or {{}}).items() if k != "name" and v is not None}}
+knobs.update({extra!r})
 torch.manual_seed(0)
 cfg = EncoderConfig(vocab_size=257, num_classes=2, max_length=n, d_model=64, heads=4, mlp_dim=128, layers=2,
                     dropout=0.0, attention_dropout=0.0, attention=variant, attention_cfg=knobs)
@@ -117,9 +119,22 @@ def machine_rates(threads: int) -> dict:
     return json.loads(done.stdout.split("RESULT ", 1)[1])
 
 
-def run_worker(root: Path, variant: str, args, flops: bool = False) -> dict:
+def parse_knobs(pairs: list[str]) -> dict:
+    """``["backend=reference", "chunk_size=64"]`` -> knob overrides (values parsed as YAML scalars)."""
+    import yaml  # noqa: PLC0415 - only when knobs are given
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"a knob override is KEY=VALUE, got {pair!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def run_worker(root: Path, variant: str, args, flops: bool = False, extra: dict | None = None) -> dict:
     code = WORKER.format(root=str(root), threads=args.threads, variant=variant, n=args.n, batch=args.batch,
-                         steps=args.steps, warmup=args.warmup, flops=flops)
+                         steps=args.steps, warmup=args.warmup, flops=flops, extra=extra or {})
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd="/tmp")
     for line in done.stdout.splitlines():
@@ -150,7 +165,7 @@ def cmd_profile(args) -> None:
 
     for v in variants_of(args):
         code = WORKER.format(root=str(HERE), threads=args.threads, variant=v, n=args.n, batch=args.batch,
-                             steps=0, warmup=args.warmup, flops=False).split("times = []")[0]
+                             steps=0, warmup=args.warmup, flops=False, extra={}).split("times = []")[0]
         scope: dict = {}
         exec(compile(code, "worker", "exec"), scope)  # builds model, inputs and step(), runs the warm-up
         with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -172,6 +187,7 @@ def cmd_gemm(args) -> None:
 
 def cmd_compare(args) -> None:
     rates = [machine_rates(args.threads)]
+    knobs = {"old": parse_knobs(args.old_set), "new": parse_knobs(args.new_set)}
     roots = [Path(args.old).resolve(), Path(args.new).resolve()]
     variants = variants_of(args)
     results: dict = {v: {"old": [], "new": []} for v in variants}
@@ -180,10 +196,9 @@ def cmd_compare(args) -> None:
     t0 = time.time()
     for r in range(args.rounds):
         for v in variants:
-            order = roots if r % 2 == 0 else roots[::-1]
-            for root in order:
-                side = "old" if root == roots[0] else "new"
-                res = run_worker(root, v, args, flops=(r == 0))
+            sides = [("old", roots[0]), ("new", roots[1])]
+            for side, root in (sides if r % 2 == 0 else sides[::-1]):
+                res = run_worker(root, v, args, flops=(r == 0), extra=knobs[side])
                 if "error" in res:
                     print(f"[{side}] {v}: {res['error']}", file=sys.stderr)
                     continue
@@ -211,7 +226,7 @@ def cmd_compare(args) -> None:
         table.append(row)
     gm = statistics.geometric_mean([r["speedup"] for r in table]) if table else None
     summary = {"command": " ".join(sys.argv), "rounds": args.rounds, "steps": args.steps, "warmup": args.warmup,
-               "n": args.n, "batch": args.batch, "threads": args.threads, "wall_s": round(time.time() - t0),
+               "n": args.n, "batch": args.batch, "threads": args.threads, "knobs": knobs, "wall_s": round(time.time() - t0),
                "old": str(roots[0]), "new": str(roots[1]), "geomean_speedup": None if gm is None else round(gm, 3),
                "peak_gflops": args.peak_gflops, "machine_rates_before_after": rates,
                "rows": table}
@@ -243,6 +258,10 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=8)
     ap.add_argument("--peak-gflops", type=float, default=None, help="the machine's fp32 GEMM rate, GFLOP/s (default: measured)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--old-set", nargs="*", default=[], metavar="KNOB=VALUE",
+                    help="knob overrides for the old side, e.g. backend=reference (same checkout twice: a "
+                         "variant's reference path against its auto path)")
+    ap.add_argument("--new-set", nargs="*", default=[], metavar="KNOB=VALUE", help="knob overrides for the new side")
     args = ap.parse_args()
     {"time": cmd_time, "profile": cmd_profile, "compare": cmd_compare, "gemm": cmd_gemm}[args.command](args)
 
