@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("lra", "attention_variants")
 
 #: lra.training's modules in the order its docstring lists them: each imports only earlier ones
-TRAINING_ORDER = ("state", "optim", "step", "config", "pretrain", "finetune", "job")
+TRAINING_ORDER = ("state", "verdict", "curves", "optim", "step", "config", "pretrain", "finetune", "job")
 
 
 def modules_of(root: Path, packages=PACKAGES) -> dict[str, Path]:
