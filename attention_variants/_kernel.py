@@ -1,10 +1,22 @@
-"""Shared machinery of the kernel (feature-map) attention variants: performer, random_feature, linear.
+"""Shared machinery of the kernel (feature-map) attention variants: linear, performer,
+random_feature, hedgehog, taylor.
 
 Not a variant (the leading underscore keeps the package's auto-importer from registering it).
 
 Kernel attention replaces ``softmax(Q K^T) V`` by ``phi(Q) (phi(K)^T V) / (phi(Q) (phi(K)^T 1))``
 for a feature map ``phi: R^d -> R^m``. Computing ``phi(K)^T V`` first makes it O(N m d) in time
 and O((N + m) d) in memory per head: linear in the sequence length N.
+
+* Reference paths: :func:`kernel_attention` (non-causal), :func:`causal_kernel_attention_reference`
+  (causal: the cumulative-sum definition), :func:`gated_kernel_attention_reference` (gated RFA).
+* Fast paths (``backend="fast"``, what ``auto`` runs on every device, :func:`kernel_backend`):
+  :func:`fused_kernel_attention` in at least fp32 -- the normalizer as a ones column of the
+  values, a feature map's per-key factor carried as a log-weight on the small side -- and, causal,
+  the chunked :func:`causal_kernel_attention` (quadratic within a chunk, an ``F x (D + 1)`` state
+  between chunks, a causal running shift for the key weights); :func:`fast_kernel_attention` is
+  the bf16/fp16 policy of linear and performer (non-causal).
+* Decoding: :class:`KernelState`, :func:`kernel_decode_init`, :func:`kernel_decode_step`,
+  :func:`kernel_state_bytes`.
 """
 from __future__ import annotations
 
@@ -297,6 +309,278 @@ def _segment_sums(a: torch.Tensor) -> torch.Tensor:
     return x.cumsum(dim=-2).masked_fill(~ones.tril(), float("-inf"))
 
 
+def running_shift(log_w: torch.Tensor) -> torch.Tensor:
+    """The causal stabiliser of key log-weights ``log_w (B, H, N)``: ``M_t = max_{j <= t} log_w_j``
+    (detached; a padded key has ``log_w = -inf``), ``-inf`` until the first real key.
+
+    A factor ``exp(-M_t)`` multiplies every term query ``t`` sums (numerator, normalizer and the
+    floor's mass alike) and cancels; with it every key weight ``exp(log_w_j - M_t)`` is <= 1 (no
+    overflow) and the largest is 1 (no underflow of the row), and it uses no key after ``t``.
+    O(N) time and memory."""
+    return log_w.detach().cummax(dim=-1).values
+
+
+def _finite_or_zero(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
+
+
+def _chunked_sums(phi_q: torch.Tensor, phi_k: torch.Tensor, v1: torch.Tensor, chunk: int,
+                  log_w: torch.Tensor | None = None, log_g: torch.Tensor | None = None,
+                  shift: bool = False) -> torch.Tensor:
+    """Causal unnormalized sums ``s_t = sum_{j <= t} w_tj (phi_q_t . phi_k_j) v1_j``, chunked:
+    ``phi_q, phi_k (B, H, N, F)``, ``v1 (B, H, N, E)`` -> ``(B, H, N, E)``.
+
+    Weights ``w_tj = exp(log_w_j - M_t + sum_{j < s <= t} log_g_s)``: ``log_w (B, H, N)`` are key
+    log-weights (None: 0; -inf at a padded key), ``log_g (B, H, N)`` log decays <= 0 (None: 0), and
+    ``M_t`` the causal running maximum of ``log_w`` (:func:`running_shift`) when ``shift``, else 0.
+    With neither, ``w_tj = 1``: plain causal linear attention.
+
+    Chunked form (fla's "chunk" algorithm, in torch), chunk size ``C``, ``N`` padded to a multiple
+    of ``C`` with zero features (weight 0): inside a chunk the ``(C, C)`` lower-triangular matrix
+    ``(phi_q phi_k^T) * w`` multiplies ``v1``; between chunks a state ``sum_j w phi_k_j v1_j^T``
+    ``(B, H, F, E)`` is carried: unweighted, an exclusive ``cumsum`` of the chunks' ``phi_k^T v1``;
+    weighted, a loop over the ``N / C`` chunks that decays and rescales the state (one fused
+    multiply-add each). Every exponent is <= 0: weights are exponentials of non-positive
+    log-space sums (products of gates never divided, the shift never exceeded), so nothing
+    overflows and no ``0/0`` arises. Nothing at ``j > t`` reaches ``s_t``: the masked entries are
+    filled (not multiplied), so their gradient is exactly 0.
+
+    Time O(N C (F + E) + N F E); memory O(N (C + F + E) + (N / C) F E) per head (the chunk states;
+    never O(N F E)).
+    """
+    b, h, n, f = phi_q.shape
+    e = v1.shape[-1]
+    pad = (-n) % chunk
+    if pad:
+        phi_q, phi_k, v1 = (F.pad(t, (0, 0, 0, pad)) for t in (phi_q, phi_k, v1))
+        if log_g is not None:
+            log_g = F.pad(log_g, (0, pad))
+        if log_w is not None:
+            log_w = F.pad(log_w, (0, pad), value=float("-inf"))
+    nc = (n + pad) // chunk
+    qc, kc, vc = (t.reshape(b, h, nc, chunk, t.shape[-1]) for t in (phi_q, phi_k, v1))
+    causal = torch.ones(chunk, chunk, dtype=torch.bool, device=phi_q.device).tril()
+    scores = torch.matmul(qc, kc.transpose(-1, -2))                          # (B, H, nc, C, C)
+
+    if log_w is None and log_g is None:
+        out = torch.matmul(scores.masked_fill(~causal, 0.0), vc)              # within-chunk part
+        kv = torch.matmul(kc.transpose(-1, -2), vc)                          # (B, H, nc, F, E)
+        entering = F.pad(kv[:, :, :-1], (0, 0, 0, 0, 1, 0)).cumsum(dim=2)     # exclusive prefix sums
+        out = out + torch.matmul(qc, entering)
+        return out.reshape(b, h, nc * chunk, e)[:, :, :n]
+
+    zeros = phi_q.new_zeros(b, h, nc, chunk)
+    lw = zeros if log_w is None else log_w.reshape(b, h, nc, chunk)
+    lg = zeros if log_g is None else log_g.reshape(b, h, nc, chunk)
+    if shift and log_w is not None:
+        m_raw = running_shift(log_w).reshape(b, h, nc, chunk)                 # -inf before any real key
+    else:
+        m_raw = zeros
+    m = _finite_or_zero(m_raw)                                                # M_t, 0 where no key yet
+    m_end = m[..., -1]                                                        # (B, H, nc)
+    m_prev = F.pad(m_raw[..., -1], (1, 0), value=float("-inf"))[..., :-1]     # M at the previous chunk's end
+    seg = _segment_sums(lg) if log_g is not None else \
+        zeros.unsqueeze(-1).expand(b, h, nc, chunk, chunk).masked_fill(~causal, float("-inf"))
+    weights = torch.exp(seg + lw.unsqueeze(-2) - m.unsqueeze(-1))            # [i, j]: key j -> query i
+    out = torch.matmul(scores * weights, vc)                                 # within-chunk part
+
+    to_end = torch.exp(seg[..., -1, :] + lw - m_end.unsqueeze(-1))           # (B, H, nc, C)
+    update = torch.matmul((kc * to_end.unsqueeze(-1)).transpose(-1, -2), vc)   # (B, H, nc, F, E)
+    decay = torch.exp(lg.sum(dim=-1) + m_prev - m_end)      # state: end of c-1 -> end of c (0 before any key)
+    state = v1.new_zeros(b, h, f, e)
+    entering = []
+    for c in range(nc):
+        entering.append(state)
+        if c + 1 < nc:
+            state = torch.addcmul(update[:, :, c], state, decay[:, :, c, None, None])
+    entering = torch.stack(entering, dim=2)                                  # (B, H, nc, F, E)
+    from_start = torch.exp(lg.cumsum(dim=-1) + m_prev.unsqueeze(-1) - m)     # decay since the chunk's start
+    out = out + torch.matmul(qc * from_start.unsqueeze(-1), entering)
+    return out.reshape(b, h, nc * chunk, e)[:, :, :n]
+
+
+def _ones_column(v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``[v | 1]`` ``(B, H, M, D + 1)`` with padded keys' rows zeroed (masked_fill: no inf/NaN leaks)."""
+    if mask is None:
+        return torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
+    real = mask[:, None, :, None]
+    return torch.cat([v.masked_fill(~real, 0.0), real.to(v.dtype).expand(*v.shape[:-1], 1)], dim=-1)
+
+
+def causal_kernel_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor,
+                            mask: torch.Tensor | None, *, rel_floor: float = 0.0, chunk: int = 64,
+                            log_w: torch.Tensor | None = None, k_norm=None, q_norm=None) -> torch.Tensor:
+    """Causal normalized kernel attention, chunked (the fast path of every causal kernel variant):
+
+        out_t = sum_{j <= t} w_tj (phi_q_t . phi_k_j) v_j / guard(sum_{j <= t} w_tj phi_q_t . phi_k_j)
+
+    with ``w_tj = exp(log_w_j - M_t)`` (key log-weights ``log_w (B, H, N)``, e.g. a stabilised
+    key's own shift; ``M_t`` their causal running maximum, :func:`running_shift`) or ``w_tj = 1``
+    (``log_w=None``). ``phi_q, phi_k (B, H, N, F)`` (finite also at padded keys), ``v (B, H, N, D)``,
+    ``mask (B, N)`` (True = real) or None; returns ``(B, H, N, D)`` in the working dtype of
+    ``v`` (at least fp32). Numerator and normalizer come from one set of sums over ``[v | 1]``.
+
+    Padding: a padded key's ``[v | 1]`` row is zeroed (and its weight is 0), so it changes no
+    query; a query with no real key at or before it has normalizer 0 and outputs 0
+    (:func:`safe_denominator`). Guard: :func:`kernel_attention`'s; with ``rel_floor > 0`` the floor
+    ``rel_floor |phi_q_t| sum_{j <= t} w_tj |phi_k_j|`` uses past keys only (norms ``q_norm (B, H,
+    N)`` and ``k_norm (B, H, N)``, tensors or numbers, computed when None). ``chunk`` changes only
+    the speed. Time O(N C (F + D) + N F D), memory O(N (C + F + D) + (N / C) F D) per head
+    (:func:`_chunked_sums`).
+    """
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    d = v.shape[-1]
+    work = working_dtype(phi_q.dtype, phi_k.dtype, v.dtype)
+    with fp32(v.device):
+        phi_q, phi_k, v = phi_q.to(work), phi_k.to(work), v.to(work)
+        v1 = _ones_column(v, mask)
+        if log_w is not None:
+            log_w = log_w.to(work)
+            if mask is not None:
+                log_w = log_w.masked_fill(~mask[:, None, :], float("-inf"))
+        sums = _chunked_sums(phi_q, phi_k, v1, chunk, log_w=log_w, shift=log_w is not None)
+        floor = None
+        if rel_floor:
+            q_norm = phi_q.norm(dim=-1) if q_norm is None else q_norm
+            k_norm = phi_k.norm(dim=-1) if k_norm is None else k_norm
+            k_norm = torch.as_tensor(k_norm, dtype=work, device=v.device).expand(phi_k.shape[:-1])
+            if mask is not None:
+                k_norm = k_norm.masked_fill(~mask[:, None, :], 0.0)
+            if log_w is None:
+                mass = k_norm.cumsum(dim=-1)
+            else:
+                ones = torch.ones_like(phi_q[..., :1])
+                mass = _chunked_sums(ones, k_norm.unsqueeze(-1), ones, chunk, log_w=log_w, shift=True)[..., 0]
+            floor = rel_floor * q_norm * mass
+        return sums[..., :d] / safe_denominator(sums[..., d], floor).unsqueeze(-1)
+
+
+def causal_kernel_attention_reference(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor,
+                                      mask: torch.Tensor | None, *, rel_floor: float = 0.0,
+                                      log_w: torch.Tensor | None = None) -> torch.Tensor:
+    """The cumulative-sum definition of :func:`causal_kernel_attention` (its reference path):
+
+        S_t = sum_{j <= t} w_tj phi_k_j [v_j | 1]^T,   out_t = phi_q_t^T S_t[:, :D] / guard(phi_q_t . S_t[:, D])
+
+    ``log_w=None``: ``S = cumsum(phi_k [v | 1]^T)`` over positions, ``(B, H, N, F, D + 1)`` held in
+    memory: O(N F D) time and memory per head. With key log-weights ``log_w``, the shift ``M_t``
+    changes with ``t``, so the prefix sum is the recurrence ``S_t = exp(M_{t-1} - M_t) S_{t-1} +
+    exp(log_w_t - M_t) phi_k_t [v_t | 1]^T`` (a loop over the N positions; O(F D) state).
+    Computes in the working dtype (float64 stays float64); padded keys as in the fast path.
+    """
+    d = v.shape[-1]
+    work = working_dtype(phi_q.dtype, phi_k.dtype, v.dtype)
+    with fp32(v.device):
+        phi_q, phi_k, v = phi_q.to(work), phi_k.to(work), v.to(work)
+        phi_k = mask_keys(phi_k, mask)
+        v1 = _ones_column(v, mask)
+        k_norm = phi_k.norm(dim=-1)
+        if log_w is None:
+            s = torch.cumsum(phi_k.unsqueeze(-1) * v1.unsqueeze(-2), dim=2)        # (B, H, N, F, D + 1)
+            sums = torch.einsum("bhnf,bhnfe->bhne", phi_q, s)
+            mass = k_norm.cumsum(dim=-1)
+        else:
+            log_w = log_w.to(work)
+            if mask is not None:
+                log_w = log_w.masked_fill(~mask[:, None, :], float("-inf"))
+            state = kernel_decode_init(phi_q.shape[0], phi_q.shape[1], phi_q.shape[-1], d, v.device, work,
+                                       shift=True)
+            outs, masses = [], []
+            for t in range(phi_q.shape[2]):
+                state = _decode_update(state, phi_k[:, :, t], v1[:, :, t], log_w[:, :, t], None, k_norm[:, :, t])
+                outs.append(torch.einsum("bhf,bhfe->bhe", phi_q[:, :, t], state.s))
+                masses.append(state.mass)
+            sums, mass = torch.stack(outs, dim=2), torch.stack(masses, dim=2)
+        floor = rel_floor * phi_q.norm(dim=-1) * mass if rel_floor else None
+        return sums[..., :d] / safe_denominator(sums[..., d], floor).unsqueeze(-1)
+
+
+class KernelState:
+    """The decoding state of a kernel variant, per sequence and head: ``s (B, H, F, D + 1)`` =
+    ``sum_j w_j phi_k_j [v_j | 1]^T`` (numerator state and normalizer), and where used the running
+    shift ``m (B, H)`` (:func:`running_shift`; -inf before any key) and the floor's mass
+    ``mass (B, H)`` = ``sum_j w_j |phi_k_j|``. Constant size in the length."""
+
+    def __init__(self, s: torch.Tensor, m: torch.Tensor | None, mass: torch.Tensor):
+        self.s, self.m, self.mass = s, m, mass
+
+
+def kernel_decode_init(batch: int, heads: int, features: int, head_dim: int, device, dtype,
+                       shift: bool = False) -> KernelState:
+    """The empty :class:`KernelState` (no token yet) in the working dtype of ``dtype``."""
+    work = working_dtype(dtype)
+    s = torch.zeros(batch, heads, features, head_dim + 1, device=device, dtype=work)
+    m = torch.full((batch, heads), float("-inf"), device=device, dtype=work) if shift else None
+    return KernelState(s, m, torch.zeros(batch, heads, device=device, dtype=work))
+
+
+def _decode_update(state: KernelState, phi_k: torch.Tensor, v1: torch.Tensor, log_w: torch.Tensor | None,
+                   log_g: torch.Tensor | None, k_norm) -> KernelState:
+    """Add one key: ``phi_k (B, H, F)``, ``v1 (B, H, D + 1)`` (``[v | 1]``), ``log_w, log_g (B, H)``
+    or None: ``S <- g exp(M_old - M) S + exp(log_w - M) phi_k v1^T`` (``M`` the running shift when
+    the state has one). O(F D) per head."""
+    s, m, mass = state.s, state.m, state.mass
+    decay = None if log_g is None else torch.exp(log_g)
+    weight = None
+    if log_w is not None:
+        if m is not None:
+            m_new = torch.maximum(m, log_w)
+            m_eff = _finite_or_zero(m_new)
+            rescale = torch.exp(m - m_eff)                      # exp(-inf) = 0 before any key
+            decay = rescale if decay is None else decay * rescale
+            weight = torch.exp(log_w - m_eff)
+            m = m_new
+        else:
+            weight = torch.exp(log_w)
+    term = phi_k.unsqueeze(-1) * v1.unsqueeze(-2)
+    kn = torch.as_tensor(k_norm, dtype=s.dtype, device=s.device)
+    if weight is not None:
+        term = term * weight[..., None, None]
+        kn = kn * weight
+    if decay is not None:
+        s = s * decay[..., None, None]
+        mass = mass * decay
+    return KernelState(s + term, m, mass + kn)
+
+
+def kernel_decode_step(state: KernelState, phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor,
+                       *, log_w: torch.Tensor | None = None, log_g: torch.Tensor | None = None,
+                       rel_floor: float = 0.0, q_norm=None, k_norm=None):
+    """One generated token of causal kernel attention: the new position's ``phi_q, phi_k (B, H, 1, F)``,
+    ``v (B, H, 1, D)``, its key log-weight ``log_w`` and log decay ``log_g (B, H, 1)`` or None ->
+    ``(out (B, H, 1, D), new state)``, equal to :func:`causal_kernel_attention` at that position
+    (same guard; the floor's mass is carried in the state). O(F D) time per head, O(F D) memory."""
+    d = v.shape[-1]
+    work = state.s.dtype
+    phi_q, phi_k, v = phi_q[:, :, 0].to(work), phi_k[:, :, 0].to(work), v[:, :, 0].to(work)
+    v1 = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
+    kn = phi_k.norm(dim=-1) if k_norm is None else _row(k_norm, work)
+    state = _decode_update(state, phi_k, v1, None if log_w is None else log_w[:, :, 0].to(work),
+                           None if log_g is None else log_g[:, :, 0].to(work), kn)
+    sums = torch.einsum("bhf,bhfe->bhe", phi_q, state.s)
+    floor = None
+    if rel_floor:
+        qn = phi_q.norm(dim=-1) if q_norm is None else _row(q_norm, work)
+        floor = rel_floor * qn * state.mass
+    out = sums[..., :d] / safe_denominator(sums[..., d], floor).unsqueeze(-1)
+    return out.unsqueeze(2), state
+
+
+def _row(x, dtype):
+    """A per-row norm given as a number or a ``(B, H, 1)`` tensor, for one decoding position."""
+    return x[:, :, 0].to(dtype) if torch.is_tensor(x) and x.dim() > 0 else float(x)
+
+
+def kernel_state_bytes(heads: int, features: int, head_dim: int, element_bytes: int, *, shift: bool = False,
+                       floor: bool = False) -> int:
+    """Bytes of a kernel variant's decoding state per sequence (all heads): per head the
+    ``features x head_dim`` state ``sum phi(k) v^T`` and the ``features`` normalizer ``sum phi(k)``,
+    plus one number for a running shift and one for the floor's mass where used. Independent of
+    the length."""
+    return heads * (features * (head_dim + 1) + int(shift) + int(floor)) * element_bytes
+
+
 def gated_kernel_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor,
                            gate_logit: torch.Tensor, mask: torch.Tensor | None, *, rel_floor: float = 0.0,
                            chunk: int = 64, key_log_scale: torch.Tensor | None = None) -> torch.Tensor:
@@ -316,8 +600,11 @@ def gated_kernel_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Te
     normalizer is exactly 0, and with ``rel_floor > 0`` ``|phi_q_t . z_t|`` raised to
     ``rel_floor |phi_q_t| sum_j w_tj |phi_k_j|`` (sign kept); that mass is one more run of the
     chunked recurrence with a single feature ``|phi_k_j|``, O(N C) extra.
-    Chunked form: see :func:`_gated_sums`. Time O(N C F + N F D), memory
-    O(N (C + F + D) + (N / C) F D) per head. fp32 with autocast disabled (float64 stays float64).
+    Chunked form: see :func:`_chunked_sums` (log decays ``log g``, key log-weights ``log (1 - g) +
+    key_log_scale``; with ``key_log_scale`` the weights are shifted by their causal running maximum
+    ``M_t``, :func:`running_shift`: no key after ``t`` enters query ``t``, not even through the
+    stabiliser). Time O(N C F + N F D), memory O(N (C + F + D) + (N / C) F D) per head. fp32 with
+    autocast disabled (float64 stays float64).
     """
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
@@ -337,74 +624,14 @@ def gated_kernel_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Te
             log_g = log_g.masked_fill(~real, 0.0)                             # padded: g = 1
             log_w = log_w.masked_fill(~real, float("-inf"))                   # padded: weight 0
         shift = key_log_scale is not None
-        sums = _gated_sums(phi_q, phi_k, v1, log_g, log_w, chunk, shift)     # [numerator | normalizer]
+        sums = _chunked_sums(phi_q, phi_k, v1, chunk, log_w, log_g, shift)   # [numerator | normalizer]
         floor = None
         if rel_floor:
             ones = torch.ones_like(phi_q[..., :1])
-            mass = _gated_sums(ones, phi_k.norm(dim=-1, keepdim=True), ones, log_g, log_w, chunk, shift)
+            mass = _chunked_sums(ones, phi_k.norm(dim=-1, keepdim=True), ones, chunk, log_w, log_g, shift)
             floor = normalizer_floor(phi_q, mass[..., 0], rel_floor)
         out = sums[..., :d] / safe_denominator(sums[..., d], floor).unsqueeze(-1)
     return out.to(out_dtype)
-
-
-def _gated_sums(phi_q: torch.Tensor, phi_k: torch.Tensor, v1: torch.Tensor, log_g: torch.Tensor,
-                log_w: torch.Tensor, chunk: int, shift: bool) -> torch.Tensor:
-    """Unnormalized gated sums ``sum_{j <= t} w_tj (phi_q_t . phi_k_j) v1_j``, chunked: ``(B, H, N, E)``.
-
-    ``phi_q, phi_k (B, H, N, F)``, ``v1 (B, H, N, E)``, ``log_g`` (log gates) and ``log_w`` (log key
-    weights) ``(B, H, N)``, with ``w_tj = exp(log_w_j + sum_{j < s <= t} log_g_s)``.
-
-    Chunked parallel form, chunk size ``C``: inside a chunk the weights form a lower-triangular
-    ``(C, C)`` matrix ``exp(log g segment sums + log weight)``; across chunks the state
-    ``sum_j w phi_k_j v1_j^T: (B, H, F, E)`` is carried (a loop over the ``N / C`` chunks, one fused
-    multiply-add each). Decays and weights are exponentials of non-positive log-space sums
-    (products of gates are never divided): no overflow, no 0/0. With ``shift``, ``log_w`` is
-    shifted by its running maximum up to the end of each chunk (the carried state is rescaled when
-    the maximum grows): key weights cannot overflow, and every sum of chunk c is multiplied by the
-    same ``exp(-m_c)``, which cancels in any ratio of two such sums (normalizer, floor).
-    """
-    b, h, n, f = phi_q.shape
-    e = v1.shape[-1]
-    pad = (-n) % chunk            # pad to a multiple of the chunk: g = 1, weight 0, zero features
-    if pad:
-        phi_q, phi_k, v1 = (F.pad(t, (0, 0, 0, pad)) for t in (phi_q, phi_k, v1))
-        log_g = F.pad(log_g, (0, pad))
-        log_w = F.pad(log_w, (0, pad), value=float("-inf"))
-    nc = (n + pad) // chunk
-    phi_q, phi_k, v1 = (t.reshape(b, h, nc, chunk, t.shape[-1]) for t in (phi_q, phi_k, v1))
-    log_g, log_w = log_g.reshape(b, h, nc, chunk), log_w.reshape(b, h, nc, chunk)
-
-    ratio = None                                                          # exp(m_c - m_{c+1})
-    if shift:   # per-chunk shift m_c: running max of the key log-weights (a shared factor cancels)
-        top = log_w.detach().amax(dim=-1).cummax(dim=-1).values          # (B, H, nc)
-        seen = torch.isfinite(top)
-        m = torch.where(seen, top, torch.zeros_like(top))
-        log_w = log_w - m.unsqueeze(-1)
-        nxt = torch.cat([m[..., 1:], m[..., -1:]], dim=-1)
-        ratio = torch.where(seen, torch.exp(m - nxt), torch.ones_like(m))
-
-    seg = _segment_sums(log_g)                                            # (B, H, nc, C, C)
-    weights = torch.exp(seg + log_w.unsqueeze(-2))                        # [i, j]: key j -> query i
-    scores = torch.einsum("bhcif,bhcjf->bhcij", phi_q, phi_k) * weights
-    out = torch.einsum("bhcij,bhcjd->bhcid", scores, v1)                  # within-chunk part
-
-    # state contributions of each chunk at its end, and the state entering each chunk
-    to_end = torch.exp(seg[..., -1, :] + log_w)                           # (B, H, nc, C)
-    update = torch.einsum("bhcjf,bhcjd->bhcfd", phi_k * to_end.unsqueeze(-1), v1)  # (B, H, nc, F, E)
-    decay = torch.exp(log_g.sum(dim=-1))                                  # prod of the chunk's g
-    if ratio is not None:
-        update = update * ratio[..., None, None]
-        decay = decay * ratio
-    state = v1.new_zeros(b, h, f, e)
-    entering = []
-    for c in range(nc):
-        entering.append(state)
-        if c + 1 < nc:
-            state = torch.addcmul(update[:, :, c], state, decay[:, :, c, None, None])
-    entering = torch.stack(entering, dim=2)                               # (B, H, nc, F, E)
-    from_start = torch.exp(log_g.cumsum(dim=-1))                          # decay since chunk start
-    out = out + torch.einsum("bhcif,bhcfd->bhcid", phi_q * from_start.unsqueeze(-1), entering)
-    return out.reshape(b, h, nc * chunk, e)[:, :, :n]
 
 
 def gated_kernel_attention_reference(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor,
@@ -437,3 +664,161 @@ def gated_kernel_attention_reference(phi_q: torch.Tensor, phi_k: torch.Tensor, v
         floor = normalizer_floor(phi_q[:, :, t], mass, rel_floor) if rel_floor else None
         outs.append(num / safe_denominator(den, floor).unsqueeze(-1))
     return torch.stack(outs, dim=2)
+
+
+# ----------------------------------------------------------------------------- fused (fp32) fast paths
+
+def kernel_backend(backend: str, x: torch.Tensor) -> str:
+    """``reference`` or ``fast`` for a kernel variant's ``backend`` knob: ``auto`` is ``fast`` on every
+    device and dtype, except under ``torch.func`` transforms, where both run the reference path. On CPU in fp32 the fast path computes the same function with fewer passes
+    over the ``(N, F)`` features (measured faster than the reference path at every N >= 256 of
+    the Text step, see each variant's notes); under bf16/fp16 it is the reduced-precision policy of
+    :mod:`attention_variants._fast` where a variant has one."""
+    check_backend("kernel attention", backend)
+    if _functorch_active():
+        # the fast paths' custom autograd functions have no forward-mode or vmap rules; under
+        # torch.func transforms (the smoothness measures' jvp / vjp) the reference path runs:
+        # the same function, with plain autograd
+        return "reference"
+    return "fast" if backend == "auto" else backend
+
+
+def _functorch_active() -> bool:
+    """Whether a ``torch.func`` transform (jvp, vjp, vmap, grad) is tracing the current call."""
+    try:
+        return torch._C._functorch.peek_interpreter_stack() is not None
+    except AttributeError:  # a torch without functorch
+        return False
+
+
+class ShiftedExpFeatures(torch.autograd.Function):
+    """``(x (..., N, d), w (..., d, F)) -> (exp(x w - r), r)`` with ``r = max_f (x w)`` per row
+    ``(..., N)``: exponential features of a projection, each row shifted by its own maximum (every
+    entry in (0, 1], the largest exactly 1). ``r`` is returned as a constant (no gradient): a
+    per-row factor ``exp(r)`` cancels in a query's row, and for a key the caller carries it as the
+    key's log-weight (see :func:`fused_kernel_attention`), so the gradient of the true feature
+    ``exp(x w)`` is exact. ``w`` broadcasts over the leading dimensions (e.g. ``(d, F)`` or
+    ``(H, d, F)`` for ``x (B, H, N, d)``).
+
+    The projection is computed here and shifted and exponentiated in place (no ``(N, F)``
+    temporaries); only the features are saved. Backward: ``d proj = g * phi`` (one pass, in the
+    incoming gradient's buffer: internal use only, the features must not be an autograd root), then
+    ``d x = d proj w^T`` and, if ``w`` needs it, ``d w = x^T d proj`` summed over broadcast
+    dimensions. Time O(N d F), memory O(N F)."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        proj = torch.matmul(x, w)
+        r = proj.amax(dim=-1, keepdim=True)
+        phi = proj.sub_(r).exp_()
+        ctx.save_for_backward(x, w, phi)
+        ctx.mark_non_differentiable(r)
+        return phi, r.squeeze(-1)
+
+    @staticmethod
+    def backward(ctx, g_phi, _g_r):
+        x, w, phi = ctx.saved_tensors
+        # the features are an intermediate of a variant's forward (never an autograd root), so their
+        # incoming gradient is a fresh buffer of the consuming matmul's backward: reuse it in place
+        d_proj = g_phi.mul_(phi) if g_phi.is_contiguous() and g_phi.shape == phi.shape else g_phi * phi
+        d_x = torch.matmul(d_proj, w.transpose(-1, -2)) if ctx.needs_input_grad[0] else None
+        d_w = None
+        if ctx.needs_input_grad[1]:
+            d_w = torch.matmul(x.transpose(-1, -2), d_proj)
+            lead = d_w.dim() - w.dim()
+            if lead:
+                d_w = d_w.sum(dim=tuple(range(lead)))
+            for i, size in enumerate(w.shape[:-2]):
+                if size == 1 and d_w.shape[i] != 1:
+                    d_w = d_w.sum(dim=i, keepdim=True)
+        return d_x, d_w
+
+
+#: on CPU, the fast paths may run the batch in groups whose ``(N, F)`` feature tensors hold at most
+#: this many bytes each (0: off, the default). Why it exists: tensors above glibc's largest mmap
+#: threshold (32 MiB) are mapped and unmapped at every allocation and page-faulted on first touch
+#: (at the Text step's size one 134 MB RFA feature tensor took longer to allocate-and-write in a
+#: matmul than an in-place ``sin`` over it); groups of <= 8 MiB come from the heap and stay in cache.
+#: Why it is off: measured on the shared 2-core machine, attention forward+backward at batch 32,
+#: N = 512, with 8 MiB groups: 1 thread -23% (RFA) / -26% (Performer) CPU time, but 2 threads
+#: (what the CPU step runs) +240% / +170%: each group multiplies the ops, hence the OpenMP
+#: barriers, and on an oversubscribed machine a barrier waits for a descheduled thread.
+CPU_GROUP_BYTES = 0
+
+
+def in_batch_groups(fn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                    features: int) -> torch.Tensor:
+    """``fn(q, k, v, mask)`` (a fast path's attention, ``(B, H, N, D)`` in and out), over groups of the
+    batch on CPU when :data:`CPU_GROUP_BYTES` > 0 (off by default, see there), concatenated: each
+    group's ``(H, N, features)`` feature tensors fit :data:`CPU_GROUP_BYTES`. The same function (rows of a batch never interact); on other devices,
+    or when the whole batch fits, one call. O(1) extra memory; ``B / group`` calls."""
+    b = q.shape[0]
+    item = torch.empty((), dtype=working_dtype(q.dtype)).element_size()
+    per_row = q.shape[1] * max(q.shape[-2], k.shape[-2]) * features * item
+    if CPU_GROUP_BYTES <= 0 or q.device.type != "cpu" or b == 1 or per_row * b <= CPU_GROUP_BYTES:
+        return fn(q, k, v, mask)
+    g = max(1, CPU_GROUP_BYTES // per_row)
+    return torch.cat([fn(q[i:i + g], k[i:i + g], v[i:i + g], None if mask is None else mask[i:i + g])
+                      for i in range(0, b, g)])
+
+
+def augment_ones(x: torch.Tensor) -> torch.Tensor:
+    """``[x | 1]``: ``(..., d) -> (..., d + 1)``, so that a bias or a constant feature folds into one matmul."""
+    return torch.cat([x, torch.ones_like(x[..., :1])], dim=-1)
+
+
+def fused_kernel_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor,
+                           mask: torch.Tensor | None, *, causal: bool = False, chunk: int = 64,
+                           log_w: torch.Tensor | None = None, rel_floor: float = 0.0,
+                           q_norm=None, k_norm=None) -> torch.Tensor:
+    """The fast path's kernel attention in the working dtype (at least fp32; float64 stays float64):
+
+        out_i = sum_j w_ij (phi_q_i . phi_k_j) v_j / guard(sum_j w_ij phi_q_i . phi_k_j)
+
+    over the real keys ``j`` (``j <= i`` when ``causal``), with key weights ``w_ij = exp(log_w_j -
+    c_i)`` (``log_w (B, H, M)``, None: ``w = 1``): a feature map's per-key factor kept in log space
+    on the small side, ``c`` a shift that cancels: the maximum over the real keys (non-causal) or
+    the causal running maximum (:func:`running_shift`). ``phi_q (B, H, N, F)``, ``phi_k (B, H, M,
+    F)`` (must be finite at padded keys: the fast paths compute them from zeroed key rows),
+    ``v (B, H, M, D)``, ``mask (B, M)`` or None; returns ``(B, H, N, D)`` in the working dtype.
+
+    Non-causal: ``[num | den] = phi_q (phi_k^T (w [v | 1]))``, two matmuls, the normalizer
+    appended to the values as a ones column (no pass over ``(N, F)`` for it); padded keys have a
+    zero ``w [v | 1]`` row, so they change nothing and get zero gradient. Causal:
+    :func:`causal_kernel_attention` (chunked, ``chunk`` tokens). Guard: :func:`safe_denominator`,
+    with ``rel_floor > 0`` the floor ``rel_floor |phi_q_i| sum_j w_ij |phi_k_j|`` from the norms
+    ``q_norm (B, H, N)``, ``k_norm (B, H, M)`` (tensors or numbers, e.g. a feature map's analytic
+    norm; computed when None). Time O((N + M) F D), memory O((N + M)(F + D) + F D) per head
+    (non-causal); autograd saves only the features, ``[v | 1]`` and ``(F, D)`` statistics.
+    """
+    if causal:
+        return causal_kernel_attention(phi_q, phi_k, v, mask, rel_floor=rel_floor, chunk=chunk,
+                                       log_w=log_w, q_norm=q_norm, k_norm=k_norm)
+    d = v.shape[-1]
+    work = working_dtype(phi_q.dtype, phi_k.dtype, v.dtype)
+    with fp32(v.device):
+        phi_q, phi_k, v = phi_q.to(work), phi_k.to(work), v.to(work)
+        v1 = _ones_column(v, mask)                                             # (B, H, M, D + 1)
+        w = None
+        if log_w is not None:
+            log_w = log_w.to(work)
+            if mask is not None:
+                log_w = log_w.masked_fill(~mask[:, None, :], float("-inf"))
+            c = _finite_or_zero(log_w.detach().amax(dim=-1, keepdim=True))
+            w = torch.exp(log_w - c)                                           # (B, H, M), <= 1, 0 if padded
+            v1 = v1 * w.unsqueeze(-1)
+        # (phi_k^T v1)^T = v1^T phi_k, so that the features' gradients come out contiguous
+        kv_t = torch.matmul(v1.transpose(-1, -2), phi_k)                       # (B, H, D + 1, F)
+        sums = torch.matmul(phi_q, kv_t.transpose(-1, -2))                     # (B, H, N, D + 1)
+        floor = None
+        if rel_floor:
+            q_norm = phi_q.norm(dim=-1) if q_norm is None else q_norm
+            if k_norm is None:
+                k_norm = phi_k.norm(dim=-1)
+            k_norm = torch.as_tensor(k_norm, dtype=work, device=v.device).expand(phi_k.shape[:-1])
+            if w is not None:
+                k_norm = k_norm * w
+            if mask is not None:
+                k_norm = k_norm.masked_fill(~mask[:, None, :], 0.0)
+            floor = rel_floor * q_norm * k_norm.sum(dim=-1, keepdim=True)
+        return sums[..., :d] / safe_denominator(sums[..., d], floor).unsqueeze(-1)

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ._fast import CudaCompiled, check_backend, compute_dtype, no_autocast, resolve_backend
-from ._kernel import fast_kernel_attention, fp32, kernel_attention
+from ._fast import REDUCED, CudaCompiled, check_backend, compute_dtype, no_autocast
+from ._kernel import (causal_kernel_attention_reference, fast_kernel_attention, fp32, fused_kernel_attention,
+                      in_batch_groups, kernel_attention, kernel_backend, kernel_decode_init, kernel_decode_step, kernel_state_bytes,
+                      mask_keys)
 from ._precision import upcast, working_dtype
 from .base import Attention, AttentionConfig
 from .masking import normalize_key_padding_mask
@@ -40,8 +42,11 @@ def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
 
 @CudaCompiled
 def _elu_plus_one(x: torch.Tensor, cd: torch.dtype) -> torch.Tensor:
-    """``elu(x) + 1`` computed in at least fp32 without cancellation (:func:`elu_plus_one`), cast to ``cd``."""
-    return elu_plus_one(x.to(working_dtype(cd))).to(cd)
+    """``elu(x) + 1`` computed in at least fp32 without cancellation, cast to ``cd``: ``exp(min(x, 0)) +
+    max(x, 0)``, which is :func:`elu_plus_one` bit for bit (``1 + x`` for ``x >= 0``, ``exp(x) + 0``
+    below), in two allocations instead of four (no autograd here: :class:`_EluFeatures` owns it)."""
+    x = x.to(working_dtype(cd))
+    return x.clamp(max=0.0).exp_().add_(x.clamp(min=0.0)).to(cd)
 
 
 @CudaCompiled
@@ -68,24 +73,34 @@ class _EluFeatures(torch.autograd.Function):
 
 @dataclass
 class LinearConfig(AttentionConfig):
-    #: "auto" (fast on CUDA or in bf16/fp16, reference for fp32 on CPU) | "reference" | "fast"
+    #: "auto" (= fast, on every device and dtype) | "reference" | "fast"
     backend: str = "auto"
+    #: tokens per chunk of the causal chunked kernel (causal=True); changes nothing but speed
+    chunk_size: int = 64
 
 
 @register("linear", LinearConfig)
 class LinearAttention(Attention):
     """Katharopoulos et al. 2020: ``q, k, v (B, H, N, D) -> (B, H, N, D)``, O(N), no parameters.
 
-    Backends (``backend``): ``reference`` (at least fp32), ``fast`` (features and matmuls in the compute
-    dtype, :func:`attention_variants._kernel.fast_kernel_attention`), ``auto``
-    (:mod:`attention_variants._fast`)."""
+    Backends (``backend``): ``reference`` (at least fp32), ``fast`` (in fp32/float64:
+    :func:`attention_variants._kernel.fused_kernel_attention`, the normalizer as a ones column of
+    the values; under bf16/fp16: features and matmuls in the compute dtype,
+    :func:`attention_variants._kernel.fast_kernel_attention`), ``auto`` = ``fast``.
+
+    ``causal=True``: causal linear attention by prefix sums; the fast path is chunked
+    (``chunk_size`` tokens, :func:`attention_variants._kernel.causal_kernel_attention`), the
+    reference path the cumulative-sum definition; decoding keeps ``S = sum phi(k) [v | 1]^T``."""
 
     exact = False
     complexity = "O(N)"
+    supports_causal = True
 
     def __init__(self, config: LinearConfig):
         super().__init__(config)
         check_backend("linear", config.backend)
+        if config.chunk_size < 1:
+            raise ValueError(f"linear needs chunk_size >= 1, got {config.chunk_size}")
         self.last_backend: str | None = None
 
     def feature_map(self, x: torch.Tensor, is_query: bool, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -94,12 +109,39 @@ class LinearAttention(Attention):
 
     def forward(self, q, k, v, key_padding_mask=None):
         mask = normalize_key_padding_mask(key_padding_mask, q.shape[0], k.shape[-2], q.device)
-        self.last_backend = resolve_backend(self.config.backend, q)
+        self.last_backend = kernel_backend(self.config.backend, q)
         if self.last_backend == "fast":
             cd = compute_dtype(q)
-            with no_autocast(q.device):
-                phi_q, phi_k = _EluFeatures.apply(q, cd), _EluFeatures.apply(k, cd)
-            return fast_kernel_attention(phi_q, phi_k, v, mask)
+            if cd in REDUCED and not self.causal:
+                with no_autocast(q.device):
+                    phi_q, phi_k = _EluFeatures.apply(q, cd), _EluFeatures.apply(k, cd)
+                return fast_kernel_attention(phi_q, phi_k, v, mask)
+            return in_batch_groups(self._fused_attention, q, k, v, mask, q.shape[-1])
         with fp32(q.device):
             phi_q, phi_k = elu_feature_map(q), elu_feature_map(k)
+        if self.causal:
+            return causal_kernel_attention_reference(phi_q, phi_k, v, mask).to(v.dtype)
         return kernel_attention(phi_q, phi_k, v, mask)
+
+    def _fused_attention(self, q, k, v, mask):
+        """The fp32/float64 fast path: :class:`_EluFeatures` (saving only the features; padded keys'
+        rows zeroed so their features are finite) and :func:`~attention_variants._kernel.fused_kernel_attention`."""
+        work = working_dtype(compute_dtype(q))
+        with fp32(q.device):
+            phi_q, phi_k = _EluFeatures.apply(q, work), _EluFeatures.apply(mask_keys(k, mask), work)
+            out = fused_kernel_attention(phi_q, phi_k, v, mask, causal=self.causal, chunk=self.config.chunk_size)
+        return out.to(v.dtype)
+
+    def decode_state_bytes(self, length: int, element_bytes: int = 4) -> tuple[int | None, str]:
+        c = self.config
+        return (kernel_state_bytes(c.heads, c.head_dim, c.head_dim, element_bytes),
+                "running state sum phi(k) v^T (head_dim x head_dim) and normaliser sum phi(k) per head")
+
+    def decode_init(self, batch: int, device: torch.device, dtype: torch.dtype):
+        return kernel_decode_init(batch, self.config.heads, self.config.head_dim, self.config.head_dim, device, dtype)
+
+    def decode_step(self, q, k, v, state):
+        """One token: add ``phi(k) [v | 1]^T`` to the state and read it with ``phi(q)``: O(D^2) per head."""
+        with fp32(q.device):
+            out, state = kernel_decode_step(state, elu_feature_map(q), elu_feature_map(k), v)
+        return out.to(v.dtype), state

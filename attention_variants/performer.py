@@ -48,8 +48,10 @@ from dataclasses import dataclass
 
 import torch
 
-from ._fast import CudaCompiled, check_backend, compute_dtype, matmul_fp32, no_autocast, resolve_backend
-from ._kernel import fast_kernel_attention, fp32, kernel_attention, mask_keys, splitmix64
+from ._fast import REDUCED, CudaCompiled, check_backend, compute_dtype, matmul_fp32, no_autocast
+from ._kernel import (ShiftedExpFeatures, causal_kernel_attention_reference, fast_kernel_attention, fp32,
+                      fused_kernel_attention, in_batch_groups, kernel_attention, kernel_backend, kernel_decode_init,
+                      kernel_decode_step, kernel_state_bytes, mask_keys, splitmix64)
 from ._precision import upcast, working_dtype
 from .base import Attention, AttentionConfig
 from .masking import normalize_key_padding_mask
@@ -100,6 +102,23 @@ def softmax_features(x: torch.Tensor, w: torch.Tensor, is_query: bool,
         c = expo.amax(dim=(-2, -1), keepdim=True).detach()
         c = torch.where(torch.isfinite(c), c, torch.zeros_like(c))  # every key padded
     return torch.exp(expo - c) * (1.0 / math.sqrt(m))
+
+
+def causal_softmax_key_features(x: torch.Tensor, w: torch.Tensor,
+                                mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal FAVOR+ key features of ``x (B, H, N, d)`` (already scaled by ``d^-1/4``): each key
+    stabilised by its *own* shift ``r_j = max_f (W x_j - |x_j|^2 / 2)`` (detached), returned as
+    ``(exp(W x_j - |x_j|^2/2 - r_j) / sqrt(m) (B, H, N, m), r (B, H, N))``; padded keys get feature 0
+    and ``r = -inf``. The true feature is ``phi_j exp(r_j)``: the causal kernel carries ``r`` as the
+    key's log-weight and shifts it by its running maximum over past keys
+    (:func:`attention_variants._kernel.running_shift`), so no statistic of a later key enters an
+    earlier query (unlike the non-causal stabiliser, a maximum over all keys)."""
+    x = upcast(x, w.dtype)
+    expo = torch.einsum("bhnd,md->bhnm", x, w.to(x.dtype)) - 0.5 * x.square().sum(-1, keepdim=True)
+    expo = mask_keys(expo, mask, float("-inf"))
+    r = expo.amax(dim=-1).detach()                                          # (B, H, N)
+    shift = torch.where(torch.isfinite(r), r, torch.zeros_like(r))
+    return torch.exp(expo - shift.unsqueeze(-1)) * (1.0 / math.sqrt(w.shape[0])), r
 
 
 def relu_features(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
@@ -224,8 +243,11 @@ class PerformerConfig(AttentionConfig):
     scaling: str = "chi"
     #: added to relu features (keeps them positive); unused by the softmax kernel
     kernel_eps: float = 1e-3
-    #: "auto" (fast on CUDA or in bf16/fp16, reference for fp32 on CPU) | "reference" | "fast"
+    #: "auto" (= fast, on every device and dtype) | "reference" | "fast"
     backend: str = "auto"
+    #: tokens per chunk of the causal chunked kernel (causal=True); changes nothing but speed (128:
+    #: fastest measured for 256 features with the causal key shift, fwd+bwd at N = 4096)
+    chunk_size: int = 128
 
 
 @register("performer", PerformerConfig)
@@ -234,10 +256,20 @@ class Performer(Attention):
 
     Buffers: ``projection (num_features, head_dim)`` (shared by all heads, as in the reference
     implementations), ``steps`` (training forwards seen), ``draws`` (index of the current draw).
+
+    Backends: ``reference`` (:meth:`feature_map` and :func:`~attention_variants._kernel.kernel_attention`),
+    ``fast`` (fp32/float64: :meth:`_fused`; bf16/fp16: :func:`fast_features` and
+    :func:`~attention_variants._kernel.fast_kernel_attention`), ``auto`` = ``fast``.
+
+    ``causal=True``: every key is stabilised by its own shift and the kernel shifts the key weights
+    by their running maximum over past keys (:func:`causal_softmax_key_features`); queries keep
+    their per-row shift. Redraws happen between forwards, so a sequence is always encoded with one
+    projection. Fast path chunked (``chunk_size``), reference the prefix-sum recurrence.
     """
 
     exact = False
     complexity = "O(N)"
+    supports_causal = True
 
     def __init__(self, config: PerformerConfig):
         super().__init__(config)
@@ -292,15 +324,79 @@ class Performer(Attention):
     def forward(self, q, k, v, key_padding_mask=None):
         mask = normalize_key_padding_mask(key_padding_mask, q.shape[0], k.shape[-2], q.device)
         self._maybe_redraw()
-        self.last_backend = resolve_backend(self.config.backend, q)
+        self.last_backend = kernel_backend(self.config.backend, q)
+        cfg = self.config
         if self.last_backend == "fast":
             cd = compute_dtype(q)
-            cfg = self.config
-            with no_autocast(q.device):
-                phi_q = fast_features(q, self.projection, True, None, cd, cfg.kernel, cfg.kernel_eps)
-                phi_k = fast_features(k, self.projection, False, mask, cd, cfg.kernel, cfg.kernel_eps)
-            return fast_kernel_attention(phi_q, phi_k, v, mask)
+            if cd in REDUCED and not self.causal:
+                with no_autocast(q.device):
+                    phi_q = fast_features(q, self.projection, True, None, cd, cfg.kernel, cfg.kernel_eps)
+                    phi_k = fast_features(k, self.projection, False, mask, cd, cfg.kernel, cfg.kernel_eps)
+                return fast_kernel_attention(phi_q, phi_k, v, mask)
+            return in_batch_groups(self._fused_attention, q, k, v, mask, cfg.num_features)
         with fp32(q.device):
             phi_q = self.feature_map(q, is_query=True)
+            if self.causal:
+                phi_k, log_w = self._causal_key_features(k, mask)
+                return causal_kernel_attention_reference(phi_q, phi_k, v, mask, log_w=log_w).to(v.dtype)
             phi_k = self.feature_map(k, is_query=False, mask=mask)
         return kernel_attention(phi_q, phi_k, v, mask)
+
+    def _fused_attention(self, q, k, v, mask):
+        """The fast path (fp32/float64): :meth:`_fused_features` and
+        :func:`~attention_variants._kernel.fused_kernel_attention` (causal: chunked)."""
+        with fp32(q.device):
+            phi_q, phi_k, log_w = self._fused_features(q, mask_keys(k, mask))
+            out = fused_kernel_attention(phi_q, phi_k, v, mask, causal=self.causal, chunk=self.config.chunk_size,
+                                         log_w=log_w)
+        return out.to(v.dtype)
+
+    def _causal_key_features(self, k: torch.Tensor, mask: torch.Tensor | None):
+        """Reference causal key features and log-weights (None for the relu kernel)."""
+        if self.config.kernel == "relu":
+            return self.feature_map(k, is_query=False), None
+        x = upcast(k) * k.shape[-1] ** -0.25
+        return causal_softmax_key_features(x, self.projection, mask)
+
+    def _fused_features(self, q: torch.Tensor, k: torch.Tensor):
+        """The fast path's features in the working dtype (at least fp32): ``(phi_q, phi_k, log_w)``.
+
+        Softmax kernel: the true features ``exp(x W^T - |x|^2 / 2) / sqrt(m)`` (``x = q d^-1/4``) are
+        ``exp(x W^T - r)`` (``r`` the row's maximum, :class:`ShiftedExpFeatures`: one matmul, one
+        max, an in-place shift and exp) times a per-row scalar. A query's scalar cancels in its
+        row (so no ``|x|^2`` and no ``1/sqrt(m)`` for queries); a key's is carried as its log-weight
+        ``log_w_j = r_j - |x_j|^2 / 2`` (``1/sqrt(m)`` is shared by every key and cancels), which
+        the kernel shifts by the maximum over the real keys (over the past keys when causal).
+        Every feature is in (0, 1]; the function is the reference path's (FAVOR+ with its
+        stabilisers), rounded differently. ``k`` must have its padded rows zeroed. Relu kernel:
+        the reference features. Time O(N m d), memory O(N m) per head; saved for backward: the
+        features only."""
+        work = working_dtype(q.dtype)
+        q, k = q.to(work), k.to(work)
+        if self.config.kernel == "relu":
+            return self.feature_map(q, is_query=True), self.feature_map(k, is_query=False), None
+        d = q.shape[-1]
+        w_t = (self.projection.to(work) * d ** -0.25).t()                  # (d, m)
+        phi_q, _ = ShiftedExpFeatures.apply(q, w_t)
+        phi_k, r = ShiftedExpFeatures.apply(k, w_t)
+        return phi_q, phi_k, r - (0.5 / math.sqrt(d)) * k.square().sum(dim=-1)
+
+    def decode_state_bytes(self, length: int, element_bytes: int = 4) -> tuple[int | None, str]:
+        c = self.config
+        shift = c.kernel == "softmax"
+        return (kernel_state_bytes(c.heads, c.num_features, c.head_dim, element_bytes, shift=shift),
+                "running state sum phi(k) v^T (num_features x head_dim) and normaliser sum phi(k) per head"
+                + (", plus the running key shift" if shift else ""))
+
+    def decode_init(self, batch: int, device: torch.device, dtype: torch.dtype):
+        c = self.config
+        return kernel_decode_init(batch, c.heads, c.num_features, c.head_dim, device, dtype,
+                                  shift=c.kernel == "softmax")
+
+    def decode_step(self, q, k, v, state):
+        """One token: the fast path's features of the new query and key, the key's log-weight
+        rescaling the state when it raises the running shift. O(m d) per head."""
+        with fp32(q.device):
+            phi_q, phi_k, log_w = self._fused_features(q, k)
+            out, state = kernel_decode_step(state, phi_q, phi_k, v, log_w=log_w)
+        return out.to(v.dtype), state

@@ -77,13 +77,24 @@ The recurrence is computed in a chunked parallel form
 O(N C F + N F d) time and O(N (C + F + d) + N F d / C) memory per head with ``F = 2 D``
 features, still O(N); decays are taken in log space. A padded key gets ``g = 1`` and weight 0
 and so changes nothing. With ``normalize=False`` the key correction ``exp(sigma^2 |y|^2 / 2)``
-is folded into the key weights and shifted by its running maximum over chunks instead of the
-maximum over the whole sequence, so a later, larger key cannot underflow earlier queries' key
-weights.
+is folded into the key weights and shifted by their causal running maximum ``M_t`` over the keys
+``j <= t`` (:func:`attention_variants._kernel.running_shift`) instead of the maximum over the whole
+sequence, so no later key -- however large -- enters or underflows an earlier query. Gated RFA has
+this one path (both backends).
+
+``causal=True`` without the gate: causal RFA by prefix sums (the fast path chunked with
+``gate_chunk`` tokens, :func:`attention_variants._kernel.causal_kernel_attention`; the reference
+path the cumulative-sum definition), the floor's mass ``sum_{j <= t} |phi(k_j)|`` over past keys.
 
 Redraws are not implemented: the projection is fixed (a buffer drawn once from ``config.seed``).
 
-Precision: always fp32 (autocast disabled; no ``fast`` backend, unlike performer / linear). The
+Backends (``backend``): ``reference`` (:meth:`feature_map`, norms computed) and ``fast``
+(:class:`FourierFeatures`: one ``sin`` of a phase-shifted projection with ``sigma`` folded in,
+analytic feature norms, the normalizer as a ones column of the values,
+:func:`attention_variants._kernel.fused_kernel_attention`); ``auto`` = ``fast``. The two compute
+the same function.
+
+Precision: always at least fp32 (autocast disabled; no bf16 policy, unlike performer / linear). The
 sin/cos features are signed, so the normalizer is a sum that cancels; rounding the features to
 bf16 moves ``den_i`` by up to ~2^-9 of the row's mass ``M_i`` (the floor's own scale), which is
 more than the floor ``delta M_i = 1e-3 M_i`` itself: rows near the floor -- exactly the ones it
@@ -99,11 +110,53 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._kernel import fp32, gated_kernel_attention, kernel_attention, mask_keys
-from ._precision import upcast
+from ._kernel import (augment_ones, causal_kernel_attention_reference, fp32, fused_kernel_attention,
+                      gated_kernel_attention, in_batch_groups, kernel_attention, kernel_backend, kernel_decode_init, kernel_decode_step,
+                      kernel_state_bytes, mask_keys)
+from ._precision import upcast, working_dtype
 from .base import Attention, AttentionConfig
 from .masking import normalize_key_padding_mask
 from .registry import register
+
+
+class FourierFeatures(torch.autograd.Function):
+    """Unscaled random Fourier features ``[sin(sigma_h W x), cos(sigma_h W x)]`` of ``x (B, H, N, d)``
+    as one ``sin`` of a phase-shifted projection: ``sin([x | 1] [sigma_h W | 0 ; sigma_h W | pi/2]^T)``
+    (the phase rides in the matmul as a ones column), computed in place: ``(B, H, N, 2 D)``.
+    ``w (D, d)``, ``sigma (H,)``. Saves only ``x`` and the features: the derivative of each
+    feature is its partner (``d sin(a) = cos(a)``, the second half; ``d cos(a) = -sin(a)``, the
+    first), so the backward is two half-width products and one ``(N, 2D) x (2D, d)`` matmul
+    ``Y = dphi' [W; -W]`` giving ``dx = sigma_h Y`` and ``d sigma_h = sum x . Y``. No ``cos``, no
+    ``(N, 2D)`` temporaries in the forward; the backward reuses the incoming gradient's buffer
+(internal use only: the features must not be an autograd root). Time O(N D d), memory O(N D) per head."""
+
+    @staticmethod
+    def forward(ctx, x, w, sigma):
+        half = w.shape[0]
+        ws = sigma[:, None, None] * w                                       # (H, D, d)
+        phase = torch.cat([torch.zeros(half, dtype=x.dtype, device=x.device),
+                           torch.full((half,), math.pi / 2, dtype=x.dtype, device=x.device)])
+        w_aug = torch.cat([torch.cat([ws, ws], dim=1), phase.expand(ws.shape[0], 2 * half)[..., None]], dim=-1)
+        phi = torch.matmul(augment_ones(x), w_aug.transpose(-1, -2)).sin_()  # (B, H, N, 2 D)
+        ctx.save_for_backward(x, w, sigma, phi)
+        return phi
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w, sigma, phi = ctx.saved_tensors
+        half = w.shape[0]
+        if g.is_contiguous() and g.shape == phi.shape:   # a fresh buffer (the features are never a root)
+            d_unsigned = g
+            d_unsigned[..., :half].mul_(phi[..., half:])
+            d_unsigned[..., half:].mul_(phi[..., :half])
+        else:
+            d_unsigned = torch.empty_like(phi)
+            torch.mul(g[..., :half], phi[..., half:], out=d_unsigned[..., :half])
+            torch.mul(g[..., half:], phi[..., :half], out=d_unsigned[..., half:])
+        y = torch.matmul(d_unsigned, torch.cat([w, -w], dim=0))            # (B, H, N, d)
+        d_x = y * sigma[:, None, None] if ctx.needs_input_grad[0] else None
+        d_sigma = (x * y).sum(dim=(0, 2, 3)) if ctx.needs_input_grad[2] else None
+        return d_x, None, d_sigma
 
 
 @dataclass
@@ -123,8 +176,10 @@ class RandomFeatureConfig(AttentionConfig):
     gate: bool = False
     #: initial gate bias b_h (2.0: g = 0.88, an ~8-token recency window at initialisation)
     gate_bias_init: float = 2.0
-    #: chunk size of the gated recurrence's chunked parallel form
+    #: chunk size of the gated recurrence's chunked parallel form, and of the ungated causal kernel
     gate_chunk: int = 64
+    #: "auto" (= fast) | "reference" | "fast" (both always at least fp32; see the module docstring)
+    backend: str = "auto"
 
 
 @register("random_feature", RandomFeatureConfig)
@@ -139,9 +194,12 @@ class RandomFeatureAttention(Attention):
 
     exact = False
     complexity = "O(N)"
+    supports_causal = True
 
     def __init__(self, config: RandomFeatureConfig):
         super().__init__(config)
+        kernel_backend(config.backend, torch.empty(0))
+        self.last_backend: str | None = None
         if config.num_features < 1:
             raise ValueError("random_feature needs num_features >= 1")
         if not 0 <= config.normalizer_floor < 1:
@@ -163,8 +221,9 @@ class RandomFeatureAttention(Attention):
 
     @property
     def causal(self) -> bool:
-        """Gated RFA is causal (query t sees keys <= t); ungated RFA is not."""
-        return self.config.gate
+        """Gated RFA is causal by construction (query t sees keys <= t); ungated RFA is causal with
+        ``causal=True`` (prefix sums)."""
+        return self.config.gate or self.config.causal
 
     def feature_map(self, x: torch.Tensor, is_query: bool, mask: torch.Tensor | None = None):
         """``(B, H, N, d) -> (B, H, N, 2 num_features)`` fp32 random Fourier features."""
@@ -199,8 +258,70 @@ class RandomFeatureAttention(Attention):
         return (torch.einsum("bhnd,hd->bhn", k, self.gate_weight.to(k.dtype))
                 + self.gate_bias.to(k.dtype)[None, :, None])
 
+    def _fused_features(self, q: torch.Tensor, k: torch.Tensor):
+        """The fast path's features (at least fp32): ``(phi_q, phi_k, log_w)`` with unscaled
+        :class:`FourierFeatures` (the ``1/sqrt(D)`` factor is shared and cancels, and every feature
+        vector has the analytic norm ``sqrt(D)``, ``sin^2 + cos^2 = 1``) and, with
+        ``normalize=False``, the key correction as log-weights ``sigma^2 |y_j|^2 / 2`` (shifted by the
+        kernel; else None). ``k`` must have its padded rows zeroed."""
+        if q.shape[1] != self.sigma.shape[0]:
+            raise ValueError(f"random_feature was built for {self.sigma.shape[0]} heads, got {q.shape[1]}")
+        work = working_dtype(q.dtype, self.sigma.dtype)
+        q, k = q.to(work), k.to(work)
+        if self.config.normalize:
+            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        else:
+            q, k = q * q.shape[-1] ** -0.25, k * k.shape[-1] ** -0.25
+        w, sigma = self.projection.to(work), self.sigma.to(work)
+        phi_q, phi_k = FourierFeatures.apply(q, w, sigma), FourierFeatures.apply(k, w, sigma)
+        log_w = None if self.config.normalize else 0.5 * sigma.square()[:, None] * k.square().sum(dim=-1)
+        return phi_q, phi_k, log_w
+
+    def _fused_attention(self, q, k, v, mask):
+        """The fast path (ungated): :meth:`_fused_features`, analytic norms ``sqrt(D)`` for the floor,
+        :func:`~attention_variants._kernel.fused_kernel_attention` (causal: chunked)."""
+        half = math.sqrt(self.config.num_features)
+        with fp32(q.device):
+            phi_q, phi_k, log_w = self._fused_features(q, mask_keys(k, mask))
+            out = fused_kernel_attention(phi_q, phi_k, v, mask, causal=self.causal, chunk=self.config.gate_chunk,
+                                         log_w=log_w, rel_floor=self.config.normalizer_floor, q_norm=half, k_norm=half)
+        return out.to(v.dtype)
+
+    def decode_state_bytes(self, length: int, element_bytes: int = 4) -> tuple[int | None, str]:
+        c = self.config
+        shift = not c.normalize
+        return (kernel_state_bytes(c.heads, 2 * c.num_features, c.head_dim, element_bytes, shift=shift,
+                                   floor=c.normalizer_floor > 0),
+                "running state sum phi(k) v^T (2 num_features x head_dim) and normaliser sum phi(k) per head"
+                + (", the running key shift" if shift else "") + (", the floor's mass" if c.normalizer_floor else "")
+                + (" (decayed by the gate)" if c.gate else ""))
+
+    def decode_init(self, batch: int, device: torch.device, dtype: torch.dtype):
+        c = self.config
+        return kernel_decode_init(batch, c.heads, 2 * c.num_features, c.head_dim, device, dtype, shift=not c.normalize)
+
+    def decode_step(self, q, k, v, state):
+        """One token: add the key's features (decayed by the gate when gated) to the running state
+        and read it with the query's. O(D d) per head."""
+        c = self.config
+        half = math.sqrt(c.num_features)
+        with fp32(q.device):
+            phi_q, phi_k, log_w = self._fused_features(q, k)
+            log_g = None
+            if c.gate:
+                logit = self.gate_logits(k)
+                log_g = F.logsigmoid(logit)
+                gate_w = F.logsigmoid(-logit)
+                log_w = gate_w if log_w is None else log_w + gate_w
+            out, state = kernel_decode_step(state, phi_q, phi_k, v, log_w=log_w, log_g=log_g,
+                                            rel_floor=c.normalizer_floor, q_norm=half, k_norm=half)
+        return out.to(v.dtype), state
+
     def forward(self, q, k, v, key_padding_mask=None):
         mask = normalize_key_padding_mask(key_padding_mask, q.shape[0], k.shape[-2], q.device)
+        self.last_backend = kernel_backend(self.config.backend, q)
+        if self.last_backend == "fast" and not self.config.gate:
+            return in_batch_groups(self._fused_attention, q, k, v, mask, 2 * self.config.num_features)
         with fp32(q.device):
             phi_q = self.feature_map(q, is_query=True)
             if self.config.gate:
@@ -211,5 +332,9 @@ class RandomFeatureAttention(Attention):
                 return gated_kernel_attention(phi_q, phi_k, v, logit, mask,
                                               rel_floor=self.config.normalizer_floor,
                                               chunk=self.config.gate_chunk, key_log_scale=log_c)
+            if self.causal:
+                phi_k, log_c = self._features(k, is_query=False, mask=mask)
+                return causal_kernel_attention_reference(phi_q, phi_k, v, mask, log_w=log_c,
+                                                         rel_floor=self.config.normalizer_floor).to(v.dtype)
             phi_k = self.feature_map(k, is_query=False, mask=mask)
         return kernel_attention(phi_q, phi_k, v, mask, rel_floor=self.config.normalizer_floor)

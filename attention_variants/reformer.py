@@ -49,10 +49,32 @@ Backends (``backend``), computing the same function (the same buckets, windows a
   overlapping strided views (no copies); scores, probabilities and the products in the compute
   dtype with fp32 accumulation, the masked softmax and its log-sum-exp in fp32 (one compiled
   pointwise kernel on CUDA), a hand-written backward that saves only the gathered rows and the
-  probabilities (:class:`_LookBackAttention`); the rounds combined in fp32 weights;
-* ``auto`` -- ``fast`` on CUDA or in bf16/fp16, ``reference`` for fp32 on CPU.
+  probabilities (:class:`_LookBackAttention`); the rounds combined in fp32 weights. On the CPU the
+  window attention is :class:`_BlockedLookBack` (the same function): blocks of windows with every
+  pass in place, the self entries set through the diagonal view, the padding as an additive
+  ``finfo.min`` bias, one in-place softmax whose log-sum-exp comes from two row maxima;
+* ``auto`` -- ``fast`` on every device and dtype (fp32 on the CPU: 4.4x faster than ``reference``
+  for forward and backward at the Text size, measured, the same function to fp32 rounding).
 
 ``last_backend`` records which one ran.
+
+Causal (``causal=True``; Kitaev et al. 2020, Sec. 3: keys after the query are masked inside the
+chunk and in the look-back; a position attends to itself only when nothing else is allowed; a
+padded query with no real key at or before it outputs 0). The paper's chunks are cut from the
+whole sorted sequence, so a *future* token hashed into an earlier bucket shifts every later slot and
+moves a past query's chunk boundary: what the query attends (its output) would depend on future
+tokens. Here every bucket starts a new chunk (a bucket's tokens in position order, cut every
+``bucket_size``; its last chunk filled up with empty slots) and a query attends the keys of **its own
+bucket** in its chunk and the previous one, at or before its position: a token's chunk then depends
+only on earlier tokens of its bucket (the causal tests: no output at <= t changes with the tokens
+after t). ``attend_across_buckets`` has no effect when causal (a chunk holds one bucket). The layout
+has at most ``N / L + n_buckets + 1`` chunks per round (empty slots included), up to about twice the
+non-causal work.
+
+Decoding: no cached path (``decode_step`` raises). :meth:`ReformerAttention.decode_state_bytes`
+states what a decoder keeps: every past token's key source and value (a later query can land in any
+bucket, and the last ``2 bucket_size - 1`` tokens of every bucket are in reach; with the default
+``n_buckets ~ max_length / bucket_size`` that is every token) plus its bucket in each round.
 
 Same function as reformer-pytorch's ``LSHAttention`` (tested with the same rotations,
 ``tests/test_peers_equivalence.py``) except for two choices, where ours is the one documented above:
@@ -76,8 +98,9 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
-from ._fast import CudaCompiled, check_backend, compute_dtype, no_autocast, resolve_backend
+from ._fast import CudaCompiled, check_backend, compute_dtype, no_autocast
 from ._precision import lowest, upcast, working_dtype
 from .base import Attention, AttentionConfig
 from .masking import normalize_key_padding_mask, pad_mask_to_multiple, pad_to_multiple
@@ -106,7 +129,7 @@ class ReformerConfig(AttentionConfig):
     n_buckets: int | None = None
     #: attend to keys of other buckets that share the query's chunk window
     attend_across_buckets: bool = True
-    #: "auto" (fast on CUDA or in bf16/fp16, reference for fp32 on CPU) | "reference" | "fast"
+    #: "auto" (= fast, on every device) | "reference" | "fast"
     backend: str = "auto"
 
 
@@ -119,6 +142,7 @@ class ReformerAttention(Attention):
 
     exact = False
     complexity = "O(N log N)"
+    supports_causal = True
     #: keys are derived from q; the k argument is ignored (so k gets no gradient)
     shared_qk: ClassVar[bool] = True
 
@@ -141,6 +165,14 @@ class ReformerAttention(Attention):
         gen = torch.Generator().manual_seed(config.seed)
         rotations = torch.randn(config.head_dim, config.n_hashes, max(max_buckets // 2, 1), generator=gen)
         self.register_buffer("rotations", rotations)
+
+    def decode_state_bytes(self, length: int, element_bytes: int = 4) -> tuple[int | None, str]:
+        """``2 N H D`` numbers (each past token's key source ``q`` and value) plus ``N H n_hashes``
+        int32 bucket ids (module docstring)."""
+        c = self.config
+        return (length * c.heads * (2 * c.head_dim * element_bytes + 4 * c.n_hashes),
+                "every past token's key (q) and value and its bucket per round (int32): a new query can land "
+                "in any bucket, whose last 2 bucket_size - 1 tokens it may attend; no cached decoding path")
 
     def n_buckets_for(self, padded_length: int) -> int:
         if self.config.n_buckets is not None:
@@ -166,12 +198,53 @@ class ReformerAttention(Attention):
         low, i_low = rotated.min(dim=-1)
         return torch.where(top >= -low, i_top, i_low + n_buckets // 2)
 
+    def layout(self, buckets: torch.Tensor, n_pad: int, as_written: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Where each token sits in the chunked sequence of its round (no gradient).
+
+        ``buckets (B, H, R, Np)`` (padded tokens already in the extra bucket ``n_buckets``) ->
+        ``(slots, undo, T)``: ``slots (B, H, R, T L)`` the position at each slot (``Np``: an empty slot,
+        causal only), ``undo (B, H, R, Np)`` the slot of each position, ``T`` the number of chunks.
+
+        Not causal: the positions sorted by ``(bucket, position)``, ``T = Np / L`` (the paper).
+        Causal: the same order, but every bucket starts a new chunk (its tokens, in position order,
+        are cut every ``L``; the last chunk of a bucket is filled up with empty slots): a token's
+        chunk then depends only on the earlier tokens of its bucket, so no future token can move a
+        past query into another chunk. ``T`` is the largest number of chunks over ``(B, H, R)``.
+
+        ``as_written`` (the reference path, not causal): the sort and its inverse as two argsorts.
+        Time O(B H R Np log Np) (the sort; causal adds O(B H R (Np + n_buckets)) counts and scatters),
+        memory O(B H R T L) longs. Causal reads one ``T`` back to the host (a sync on CUDA).
+        """
+        chunk = self.config.bucket_size
+        pos = torch.arange(n_pad, device=buckets.device)
+        if as_written and not self.causal:
+            order = (buckets * n_pad + pos).argsort(dim=-1)
+            return order, order.argsort(dim=-1), n_pad // chunk
+        s_key, order = (buckets * n_pad + pos).sort(dim=-1)
+        if not self.causal:
+            undo = torch.empty_like(order).scatter_(-1, order, pos.expand_as(order))
+            return order, undo, n_pad // chunk
+        s_bucket = s_key // n_pad
+        n_b = int(buckets.max()) + 1
+        counts = torch.zeros(*buckets.shape[:-1], n_b, dtype=torch.long, device=buckets.device)
+        counts.scatter_add_(-1, buckets, torch.ones_like(buckets))
+        chunks = (counts + chunk - 1) // chunk
+        chunk_start = chunks.cumsum(-1) - chunks                          # first chunk of each bucket
+        count_start = counts.cumsum(-1) - counts                          # first sorted slot of each bucket
+        rank = pos - count_start.gather(-1, s_bucket)                      # rank inside the bucket
+        new_slot = chunk * chunk_start.gather(-1, s_bucket) + rank         # (B, H, R, Np)
+        n_chunks = max(int(chunks.sum(-1).max()), 1)
+        slots = torch.full((*buckets.shape[:-1], n_chunks * chunk), n_pad, dtype=torch.long, device=buckets.device)
+        slots.scatter_(-1, new_slot, order)
+        undo = torch.empty_like(order).scatter_(-1, order, new_slot)
+        return slots, undo, n_chunks
+
     def forward(self, q, k, v, key_padding_mask=None):
         cfg = self.config
         b, h, n, d = q.shape
         mask = normalize_key_padding_mask(key_padding_mask, b, n, q.device)
         mask = pad_mask_to_multiple(mask, b, n, cfg.bucket_size, q.device)
-        self.last_backend = resolve_backend(cfg.backend, q)
+        self.last_backend = "fast" if cfg.backend == "auto" else cfg.backend
         if self.last_backend == "fast":
             cd = compute_dtype(q)
             with no_autocast(q.device):
@@ -183,25 +256,24 @@ class ReformerAttention(Attention):
             mask = torch.ones(b, n_pad, dtype=torch.bool, device=q.device)
         n_buckets = self.n_buckets_for(n_pad)
         rounds, chunk = cfg.n_hashes, cfg.bucket_size
-        n_chunks = n_pad // chunk
+        causal = self.causal
 
         with torch.no_grad():
             buckets = self.hash(qp.detach(), n_buckets)  # (B, H, R, Np)
             # padded tokens go to an extra bucket after the real ones
             buckets = buckets.masked_fill(~mask[:, None, None, :], n_buckets)
-            pos = torch.arange(n_pad, device=q.device)
-            sort_key = buckets * n_pad + pos
-            order = sort_key.argsort(dim=-1)  # (B, H, R, Np): sorted slot -> position
-            undo = order.argsort(dim=-1)  # position -> sorted slot
-            s_buckets = buckets.gather(-1, order)
-            s_mask = mask[:, None, None, :].expand(b, h, rounds, n_pad).gather(-1, order)
+            order, undo, n_chunks = self.layout(buckets, n_pad, as_written=True)  # slot -> position (Np: empty), position -> slot
+            slots = order.shape[-1]
+            # per slot: bucket (-1: empty) and real (False: empty or padded)
+            s_buckets = F.pad(buckets, (0, 1), value=-1).gather(-1, order)
+            s_mask = F.pad(mask, (0, 1), value=False)[:, None, None, :].expand(b, h, rounds, n_pad + 1).gather(-1, order)
 
-        def sort(x):  # (B, H, Np, D) -> (B, H, R, C, L, D)
-            x = x.unsqueeze(2).expand(b, h, rounds, n_pad, x.shape[-1])
-            x = x.gather(3, order[..., None].expand(b, h, rounds, n_pad, x.shape[-1]))
+        def sort(x):  # (B, H, Np, D) -> (B, H, R, C, L, D); an empty slot reads a zero row
+            x = F.pad(x, (0, 0, 0, 1)).unsqueeze(2).expand(b, h, rounds, n_pad + 1, x.shape[-1])
+            x = x.gather(3, order[..., None].expand(b, h, rounds, slots, x.shape[-1]))
             return x.reshape(b, h, rounds, n_chunks, chunk, x.shape[-1])
 
-        def chunked(x):  # (B, H, R, Np) -> (B, H, R, C, L)
+        def chunked(x):  # (B, H, R, T L) -> (B, H, R, C, L)
             return x.reshape(b, h, rounds, n_chunks, chunk)
 
         def look_one_back(x):  # chunk c sees chunks c and c-1 (wrapping); dim 3 = chunks
@@ -218,19 +290,24 @@ class ReformerAttention(Attention):
 
         scores = upcast(torch.matmul(sq, sk.transpose(-2, -1))) * (1.0 / math.sqrt(d))  # (B,H,R,C,L,W)
         scores = scores.masked_fill(q_pos[..., :, None] == k_pos[..., None, :], SELF_ATTN_SCORE)
-        if not cfg.attend_across_buckets:
+        allowed = k_mask[..., None, :]
+        if causal:  # the query's bucket only (its chunk's keys of other buckets could move), at or before it
+            allowed = allowed & (q_bkt[..., :, None] == k_bkt[..., None, :]) & (k_pos[..., None, :] <= q_pos[..., :, None])
+        elif not cfg.attend_across_buckets:
             scores = scores.masked_fill(q_bkt[..., :, None] != k_bkt[..., None, :], SELF_ATTN_SCORE * 2)
-        scores = scores.masked_fill(~k_mask[..., None, :], torch.finfo(scores.dtype).min)
+        scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
 
         lse = torch.logsumexp(scores, dim=-1, keepdim=True)
         probs = torch.exp(scores - lse).to(sv.dtype)
+        if causal:  # a padded query with no real key at or before it outputs 0
+            probs = probs * allowed.any(dim=-1, keepdim=True).to(probs.dtype)
         out = torch.matmul(probs, sv)  # (B, H, R, C, L, D)
 
         # undo the sort, then combine the rounds weighted by softmax over their logsumexps
         dv = v.shape[-1]
-        out = out.reshape(b, h, rounds, n_pad, dv)
+        out = out.reshape(b, h, rounds, slots, dv)
         out = out.gather(3, undo[..., None].expand(b, h, rounds, n_pad, dv))
-        lse = lse.reshape(b, h, rounds, n_pad).gather(-1, undo)
+        lse = lse.reshape(b, h, rounds, slots).gather(-1, undo)
         weights = torch.softmax(lse, dim=2).unsqueeze(-1)
         out = (upcast(out, weights.dtype) * weights).sum(dim=2).to(out.dtype)
         return out[..., :n, :]
@@ -239,39 +316,36 @@ class ReformerAttention(Attention):
         """The ``fast`` backend on ``q, v (B, H, N, D)`` in the compute dtype, ``mask`` already
         padded to the chunk multiple (or None); returns ``(B, H, N_pad, D)``.
 
-        Layout: per (batch, head, round) ``g`` the sorted sequence's ``C`` chunks of ``L`` rows are
-        stored after a copy of its last chunk, ``[c_{C-1}, c_0, ..., c_{C-1}]``, and all ``g`` one
-        after another (plus ``L`` spare rows at the end). Window ``w = g (C + 1) + c`` -- the keys
-        of chunk ``c`` (its look-back chunk, then itself) -- is then rows ``[w L, w L + 2 L)`` and
-        its queries rows ``[(w + 1) L, (w + 2) L)``: uniform strides over ``w``. Window ``c = C`` of
-        each ``g`` is a spare whose outputs are dropped.
+        Layout: per (batch, head, round) ``g`` the chunked sequence's ``T`` chunks of ``L`` rows
+        (:meth:`layout`) are stored after a copy of its last chunk, ``[c_{T-1}, c_0, ..., c_{T-1}]``, and
+        all ``g`` one after another (plus ``L`` spare rows at the end). Window ``w = g (T + 1) + c`` --
+        the keys of chunk ``c`` (its look-back chunk, then itself) -- is then rows ``[w L, w L + 2 L)``
+        and its queries rows ``[(w + 1) L, (w + 2) L)``: uniform strides over ``w``. Window ``c = T`` of
+        each ``g`` is a spare whose outputs are dropped. An empty slot (causal) reads a zero row.
         """
         cfg = self.config
         chunk, rounds = cfg.bucket_size, cfg.n_hashes
         qp, _ = pad_to_multiple(q, chunk)
         vp, _ = pad_to_multiple(v, chunk)
         b, h, n_pad, d = qp.shape
-        n_chunks = n_pad // chunk
         n_buckets = self.n_buckets_for(n_pad)
         groups = b * h * rounds
         with torch.no_grad():
             buckets = self.hash(qp, n_buckets)                                   # (B, H, R, Np)
             if mask is not None:  # padded tokens go to an extra bucket after the real ones
                 buckets = buckets.masked_fill(~mask[:, None, None, :], n_buckets)
-            pos = torch.arange(n_pad, device=q.device)
-            s_key, order = (buckets * n_pad + pos).sort(dim=-1)                 # the one sort
-            undo = torch.empty_like(order).scatter_(-1, order, pos.expand_as(order))
-            s_bucket = s_key // n_pad
-            # the look-back layout (see the docstring): row r of group g holds sorted slot ext[r]
-            lead = order.reshape(groups, n_chunks, chunk)
-            ext = torch.cat([lead[:, -1:], lead], dim=1)                        # (G, C + 1, L)
+            slots, undo, n_chunks = self.layout(buckets, n_pad)
+            s_bucket = F.pad(buckets, (0, 1), value=-1).gather(-1, slots)        # -1: an empty slot
+            # the look-back layout (see the docstring): row r of group g holds slot ext[r]
+            lead = slots.reshape(groups, n_chunks, chunk)
+            ext = torch.cat([lead[:, -1:], lead], dim=1)                        # (G, T + 1, L)
             bh = torch.arange(b * h, device=q.device).repeat_interleave(rounds)
-            rows = (bh[:, None, None] * n_pad + ext).reshape(-1)
+            rows = torch.where(ext < n_pad, bh[:, None, None] * n_pad + ext, b * h * n_pad).reshape(-1)
             rows = torch.cat([rows, rows[:chunk]])                              # L spare rows
             lead_b = s_bucket.reshape(groups, n_chunks, chunk)
             ext_bucket = torch.cat([lead_b[:, -1:], lead_b], dim=1).reshape(-1)
             ext_bucket = torch.cat([ext_bucket, ext_bucket[:chunk]])
-            ext_real = ext_bucket < n_buckets
+            ext_real = (ext_bucket < n_buckets) & (ext_bucket >= 0)
             if n_chunks == 1:  # a single chunk has no look-back: its copy attends nowhere
                 ext_real = ext_real.view(-1, chunk).clone()
                 ext_real[0::2] = False
@@ -281,9 +355,11 @@ class ReformerAttention(Attention):
         inv_norm = 1.0 / torch.linalg.vector_norm(qp, dim=-1, keepdim=True, dtype=acc).clamp_min(1e-12)
         kn = (qp * inv_norm).to(qp.dtype)                                        # shared QK: unit keys
         table = torch.cat([qp, kn, vp], dim=-1).reshape(b * h * n_pad, 3 * d)
+        table = F.pad(table, (0, 0, 0, 1))                                       # the empty slots' zero row
         gathered = table[rows]                                                   # the one gather
-        out, lse = _LookBackAttention.apply(gathered, ext_pos, ext_bucket, ext_real, chunk,
-                                            1.0 / math.sqrt(d), cfg.attend_across_buckets)
+        attend = _BlockedLookBack if q.device.type == "cpu" else _LookBackAttention
+        out, lse = attend.apply(gathered, ext_pos, ext_bucket, ext_real, chunk, 1.0 / math.sqrt(d),
+                                cfg.attend_across_buckets, self.causal)
         # undo the sort (spare windows dropped: each position's row in the output, per round), then
         # combine the rounds with fp32 weights
         with torch.no_grad():
@@ -295,30 +371,40 @@ class ReformerAttention(Attention):
 
 
 @CudaCompiled
-def _window_softmax(scores, q_pos, k_pos, k_real, q_bucket, k_bucket, scale: float, across: bool):
+def _window_softmax(scores, q_pos, k_pos, k_real, q_bucket, k_bucket, scale: float, across: bool, causal: bool):
     """The masked softmax of a window in fp32: ``scores (W, L, 2L)`` (raw ``q . k``), positions /
     buckets of the queries ``(W, L)`` and keys ``(W, 2L)``, ``k_real (W, 2L)``. Same masking as the
-    reference path (self ``SELF_ATTN_SCORE``, other buckets twice that, padded keys ``finfo.min``).
+    reference path (self ``SELF_ATTN_SCORE``, other buckets twice that, padded keys ``finfo.min``;
+    causal: keys of other buckets or after the query ``finfo.min`` too, and a row with no allowed key 0).
     Returns probabilities in ``scores``' dtype and the fp32 log-sum-exp ``(W, L)``."""
     s = upcast(scores) * scale
     s = torch.where(q_pos[:, :, None] == k_pos[:, None, :], SELF_ATTN_SCORE, s)
-    if not across:
+    allowed = k_real[:, None, :]
+    if causal:
+        allowed = allowed & (q_bucket[:, :, None] == k_bucket[:, None, :]) & (k_pos[:, None, :] <= q_pos[:, :, None])
+    elif not across:
         s = torch.where(q_bucket[:, :, None] != k_bucket[:, None, :], SELF_ATTN_SCORE * 2, s)
-    s = torch.where(k_real[:, None, :], s, lowest(s.dtype))
+    s = torch.where(allowed, s, lowest(s.dtype))
     lse = torch.logsumexp(s, dim=-1)
-    return torch.exp(s - lse[..., None]).to(scores.dtype), lse
+    p = torch.exp(s - lse[..., None])
+    if causal:
+        p = p * allowed.any(dim=-1, keepdim=True)
+    return p.to(scores.dtype), lse
 
 
 @CudaCompiled
 def _window_softmax_backward(p, dp, d_lse, q_pos, k_pos, k_real, q_bucket, k_bucket, scale: float,
-                             across: bool):
+                             across: bool, causal: bool):
     """Gradient w.r.t. the raw scores of :func:`_window_softmax` (``p`` the probabilities, ``dp``
     and ``d_lse`` the incoming gradients): ``scale p (dp - sum_j p dp + d_lse)``, 0 at every
-    replaced entry (self, other buckets, padded keys), as ``masked_fill`` gives the reference."""
+    replaced entry (self, other buckets, padded keys; causal: later keys), as ``masked_fill`` gives the
+    reference."""
     pf, dpf = upcast(p, d_lse.dtype), upcast(dp, d_lse.dtype)
     ds = pf * (dpf - (pf * dpf).sum(dim=-1, keepdim=True) + d_lse[..., None])
     replaced = (q_pos[:, :, None] == k_pos[:, None, :]) | ~k_real[:, None, :]
-    if not across:
+    if causal:
+        replaced = replaced | (q_bucket[:, :, None] != k_bucket[:, None, :]) | (k_pos[:, None, :] > q_pos[:, :, None])
+    elif not across:
         replaced = replaced | (q_bucket[:, :, None] != k_bucket[:, None, :])
     return (ds.masked_fill(replaced, 0.0) * scale).to(p.dtype)
 
@@ -333,7 +419,8 @@ def _windows(t: torch.Tensor, chunk: int, width: int, offset_rows: int, column: 
 
 
 class _LookBackAttention(torch.autograd.Function):
-    """Chunked attention over the look-back layout of :meth:`ReformerAttention._fast`.
+    """Chunked attention over the look-back layout of :meth:`ReformerAttention._fast` (CUDA: the
+    masked softmax is one compiled pointwise kernel; :class:`_BlockedLookBack` on the CPU).
 
     Input ``rows (R, 3D)``: ``[q | k | v]`` per row; window ``w`` has queries rows
     ``[(w + 1) L, (w + 2) L)`` and keys/values rows ``[w L, w L + 2 L)`` (overlapping strided
@@ -342,17 +429,17 @@ class _LookBackAttention(torch.autograd.Function):
     reference's masks; backward by hand (saves the rows and the probabilities only)."""
 
     @staticmethod
-    def forward(ctx, rows, pos, bucket, real, chunk, scale, across):
+    def forward(ctx, rows, pos, bucket, real, chunk, scale, across, causal):
         d = rows.shape[1] // 3
         q = _windows(rows, chunk, d, 1, 0, chunk)
         k = _windows(rows, chunk, d, 0, d, 2 * chunk)
         v = _windows(rows, chunk, d, 0, 2 * d, 2 * chunk)
         meta = _window_meta(pos, bucket, real, chunk)
         scores = torch.bmm(q, k.transpose(1, 2))                                 # (W, L, 2L)
-        p, lse = _window_softmax(scores, *meta, scale, across)
+        p, lse = _window_softmax(scores, *meta, scale, across, causal)
         out = torch.bmm(p, v)
         ctx.save_for_backward(rows, pos, bucket, real, p)
-        ctx.chunk, ctx.scale, ctx.across = chunk, scale, across
+        ctx.chunk, ctx.scale, ctx.across, ctx.causal = chunk, scale, across, causal
         return out, lse
 
     @staticmethod
@@ -366,7 +453,7 @@ class _LookBackAttention(torch.autograd.Function):
         d_out = d_out.to(rows.dtype)
         dp = torch.bmm(d_out, v.transpose(1, 2))
         ds = _window_softmax_backward(p, dp, d_lse, *_window_meta(pos, bucket, real, chunk), ctx.scale,
-                                      ctx.across)
+                                      ctx.across, ctx.causal)
         d_rows = torch.zeros_like(rows)
         _windows(d_rows, chunk, d, 1, 0, chunk).copy_(torch.bmm(ds, k))           # queries: disjoint
         d_k = torch.bmm(ds.transpose(1, 2), q)                                   # (W, 2L, D)
@@ -374,7 +461,7 @@ class _LookBackAttention(torch.autograd.Function):
         for col, grad in ((d, d_k), (2 * d, d_v)):  # each window's two halves, one strided add each
             _windows(d_rows, chunk, d, 0, col, chunk).add_(grad[:, :chunk])
             _windows(d_rows, chunk, d, 1, col, chunk).add_(grad[:, chunk:])
-        return d_rows, None, None, None, None, None, None
+        return d_rows, None, None, None, None, None, None, None
 
 
 def _window_meta(pos, bucket, real, chunk):
@@ -385,3 +472,111 @@ def _window_meta(pos, bucket, real, chunk):
 
     return (win(pos, 1, chunk), win(pos, 0, 2 * chunk), win(real, 0, 2 * chunk), win(bucket, 1, chunk),
             win(bucket, 0, 2 * chunk))
+
+
+#: scores per block of :class:`_BlockedLookBack` (4 MiB of fp32): small allocations the C allocator
+#: reuses (a full-size ``(W, L, 2L)`` temporary is fresh ``mmap`` pages every call on the CPU)
+BLOCK_ELEMENTS = 1 << 20
+
+
+class _BlockedLookBack(torch.autograd.Function):
+    """:class:`_LookBackAttention`'s function (same inputs, outputs and gradients) for the CPU: the
+    windows in blocks of at most :data:`BLOCK_ELEMENTS` scores, every pass in place on the block.
+
+    Per block: ``s = (q / sqrt(D)) k^T`` (one ``bmm``); the self entries -- the diagonal of the
+    second half, where window ``w``'s queries sit among its keys -- set to ``SELF_ATTN_SCORE``
+    (a strided view, no comparison of positions); other buckets (``attend_across_buckets=False``)
+    ``2 SELF_ATTN_SCORE``; the padded keys' ``finfo.min`` added as a ``(W, 1, 2L)`` bias (``s + finfo.min
+    == finfo.min``: the reference's replacement); causal: keys of other buckets or after the query set
+    to ``finfo.min``; the softmax in place, its log-sum-exp from two row maxima
+    (``lse = max s - log max p``, no second ``exp`` pass); rows with no allowed key (causal) 0;
+    ``p v``. The probabilities are stored per block (``W L 2L`` numbers, as the reference).
+    Backward per block: ``ds = p (dp - rowsum(dO O) + d_lse)`` in place, 0 on the self diagonal
+    and (other buckets, causal masks, windows without a real key) where the reference's
+    ``masked_fill`` stops the gradient. Time O(W L^2 D), memory O(W L^2) + one block."""
+
+    @staticmethod
+    def forward(ctx, rows, pos, bucket, real, chunk, scale, across, causal):
+        d = rows.shape[1] // 3
+        q = _windows(rows, chunk, d, 1, 0, chunk)
+        k = _windows(rows, chunk, d, 0, d, 2 * chunk)
+        v = _windows(rows, chunk, d, 0, 2 * d, 2 * chunk)
+        q_pos, k_pos, k_real, q_bucket, k_bucket = _window_meta(pos, bucket, real, chunk)
+        n_windows = q.shape[0]
+        acc = working_dtype(rows.dtype)
+        neg = lowest(acc)
+        pad_bias = torch.zeros(k_real.shape, dtype=acc, device=rows.device).masked_fill_(~k_real, neg)[:, None, :]
+        empty = ~k_real.any(dim=-1)                                   # windows without a real key
+        out = rows.new_empty(n_windows, chunk, d)
+        lse = torch.empty(n_windows, chunk, dtype=acc, device=rows.device)
+        step = max(1, BLOCK_ELEMENTS // (2 * chunk * chunk))
+        probs = []
+        for w0 in range(0, n_windows, step):
+            ws = slice(w0, min(w0 + step, n_windows))
+            s = torch.bmm(q[ws] * scale, k[ws].transpose(1, 2))
+            if s.dtype != acc:
+                s = s.to(acc)
+            s[:, :, chunk:].diagonal(dim1=1, dim2=2).fill_(SELF_ATTN_SCORE)
+            has_key = None
+            if causal:
+                allowed = ((q_bucket[ws, :, None] == k_bucket[ws, None, :])
+                           & (k_pos[ws, None, :] <= q_pos[ws, :, None]) & k_real[ws, None, :])
+                s.masked_fill_(~allowed, neg)
+                has_key = allowed.any(dim=-1)
+            else:
+                if not across:
+                    s.masked_fill_(q_bucket[ws, :, None] != k_bucket[ws, None, :], SELF_ATTN_SCORE * 2)
+                s.add_(pad_bias[ws])
+            top = s.amax(dim=-1)
+            torch.softmax(s, dim=-1, out=s)
+            lse[ws] = top - torch.log(s.amax(dim=-1))
+            if has_key is not None and not bool(has_key.all()):
+                s.mul_(has_key[..., None])
+            p = s.to(rows.dtype)
+            torch.bmm(p, v[ws], out=out[ws])
+            probs.append(p)
+        ctx.probs = probs
+        ctx.save_for_backward(rows, pos, bucket, real, out, empty)
+        ctx.chunk, ctx.scale, ctx.across, ctx.causal, ctx.step = chunk, scale, across, causal, step
+        return out, lse
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, d_out, d_lse):
+        rows, pos, bucket, real, out, empty = ctx.saved_tensors
+        chunk, scale, step = ctx.chunk, ctx.scale, ctx.step
+        d = rows.shape[1] // 3
+        q = _windows(rows, chunk, d, 1, 0, chunk)
+        k = _windows(rows, chunk, d, 0, d, 2 * chunk)
+        v = _windows(rows, chunk, d, 0, 2 * d, 2 * chunk)
+        q_pos, k_pos, _, q_bucket, k_bucket = _window_meta(pos, bucket, real, chunk)
+        acc = d_lse.dtype
+        d_out = d_out.to(rows.dtype).contiguous()
+        shift = upcast(d_out * out, acc).sum(dim=-1) - d_lse                     # rowsum(p dp) - d_lse
+        any_empty = bool(empty.any())
+        d_rows = torch.zeros_like(rows)
+        dq_view = _windows(d_rows, chunk, d, 1, 0, chunk)
+        halves = [(_windows(d_rows, chunk, d, 0, col, chunk), _windows(d_rows, chunk, d, 1, col, chunk))
+                  for col in (d, 2 * d)]
+        for w0, p in zip(range(0, q.shape[0], step), ctx.probs):
+            ws = slice(w0, w0 + p.shape[0])
+            ds = torch.bmm(d_out[ws], v[ws].transpose(1, 2))
+            if ds.dtype != acc:
+                ds = ds.to(acc)
+            ds.sub_(shift[ws, :, None]).mul_(p)
+            ds[:, :, chunk:].diagonal(dim1=1, dim2=2).zero_()                    # self: replaced, no gradient
+            if ctx.causal:
+                ds.masked_fill_((q_bucket[ws, :, None] != k_bucket[ws, None, :])
+                                | (k_pos[ws, None, :] > q_pos[ws, :, None]), 0.0)
+            elif not ctx.across:
+                ds.masked_fill_(q_bucket[ws, :, None] != k_bucket[ws, None, :], 0.0)
+            if any_empty:                                                        # only those windows
+                ds[empty[ws]] = 0.0
+            ds = ds.to(rows.dtype)
+            dq_view[ws].copy_(torch.bmm(ds, k[ws]).mul_(scale))              # (a strided out= loops per window)
+            d_k = torch.bmm(ds.transpose(1, 2), q[ws] * scale)                  # (w, 2L, D)
+            d_v = torch.bmm(p.transpose(1, 2), d_out[ws])
+            for (first, second), grad in zip(halves, (d_k, d_v)):
+                first[ws].add_(grad[:, :chunk])
+                second[ws].add_(grad[:, chunk:])
+        return d_rows, None, None, None, None, None, None, None

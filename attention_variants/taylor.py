@@ -42,8 +42,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ._kernel import fp32, kernel_attention, mask_keys
-from ._precision import upcast
+from ._kernel import (augment_ones, causal_kernel_attention_reference, fp32, fused_kernel_attention, in_batch_groups,
+                      kernel_attention,
+                      kernel_backend, kernel_decode_init, kernel_decode_step, kernel_state_bytes, mask_keys)
+from ._precision import upcast, working_dtype
 from .base import Attention, AttentionConfig
 from .masking import normalize_key_padding_mask
 from .registry import register
@@ -65,6 +67,28 @@ def taylor_features(x: torch.Tensor, symmetric: bool = True) -> torch.Tensor:
     return torch.cat([torch.ones_like(x[..., :1]), x * f ** -0.25, quad], dim=-1)
 
 
+def taylor_factor_weights(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The symmetric Taylor features of ``x P`` as a product of two affine maps of ``[x | 1]``:
+    ``phi = ([x | 1] A) * ([x | 1] B)`` with ``A, B (H, d + 1, F)``, ``F = 1 + f + f (f + 1) / 2``, from
+    the projection ``p (H, d, f)``. Column by column: the constant ``1 = 1 * 1``; the linear
+    ``(x P)_a / f^(1/4) = ((x P)_a / f^(1/4)) * 1``; the quadratic ``(x P)_a (x P)_b s_ab = ((x P)_a s_ab)
+    * (x P)_b`` (``a <= b``, ``s`` = ``1 / sqrt(2 f)`` on the diagonal, ``1 / sqrt(f)`` off it): the
+    columns of :func:`taylor_features` (``symmetric=True``) in the same order. Gathers on the small
+    ``(H, d, f)`` projection replace the ``(N, f, f)`` outer product and its ``index``/``index_put_``;
+    differentiable in ``p``. O(H d F)."""
+    h, d, f = p.shape
+    rows, cols = torch.triu_indices(f, f, device=p.device)
+    scale = torch.full(rows.shape, 1.0 / math.sqrt(f), dtype=p.dtype, device=p.device)
+    scale = scale.masked_fill(rows == cols, 1.0 / math.sqrt(2.0 * f))
+    zero = p.new_zeros(h, d, 1)
+    a = torch.cat([zero, p * f ** -0.25, p[..., rows] * scale], dim=-1)            # (H, d, F)
+    b = torch.cat([zero, torch.zeros_like(p), p[..., cols]], dim=-1)
+    ones, nil = p.new_ones(h, 1, 1), p.new_zeros(h, 1, f * (f + 1) // 2)
+    a = torch.cat([a, torch.cat([ones, p.new_zeros(h, 1, f), nil], dim=-1)], dim=1)  # constant row
+    b = torch.cat([b, torch.cat([ones, p.new_ones(h, 1, f), nil], dim=-1)], dim=1)
+    return a, b
+
+
 def semi_orthogonal(rows: int, cols: int, generator: torch.Generator) -> torch.Tensor:
     """A Haar-random ``(rows, cols)`` matrix with orthonormal columns (rows >= cols) or rows."""
     big, small = max(rows, cols), min(rows, cols)
@@ -81,6 +105,10 @@ class TaylorConfig(AttentionConfig):
     feature_dim: int | None = 16
     #: train the per-head head_dim -> feature_dim projection (Based's q/k projections are learned)
     learned_projection: bool = True
+    #: "auto" (= fast) | "reference" (outer products, fp32) | "fast" (two matmuls and a product)
+    backend: str = "auto"
+    #: tokens per chunk of the causal chunked kernel (causal=True); changes nothing but speed
+    chunk_size: int = 64
 
 
 @register("taylor", TaylorConfig)
@@ -93,9 +121,14 @@ class TaylorAttention(Attention):
 
     exact = False
     complexity = "O(N)"
+    supports_causal = True
 
     def __init__(self, config: TaylorConfig):
         super().__init__(config)
+        kernel_backend(config.backend, torch.empty(0))
+        if config.chunk_size < 1:
+            raise ValueError(f"taylor needs chunk_size >= 1, got {config.chunk_size}")
+        self.last_backend: str | None = None
         d = config.head_dim
         if config.feature_dim is None:
             self.feature_dim, self.projection = d, None
@@ -134,8 +167,52 @@ class TaylorAttention(Attention):
                 x = mask_keys(x, mask)
             return taylor_features(self.project(x))
 
+    def _fused_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The fast path's features of ``x (B, H, N, head_dim)`` (at least fp32): ``([x | 1] A) * ([x | 1] B)``
+        (:func:`taylor_factor_weights`, the projection folded into ``A`` and ``B``): two
+        ``(N, d + 1) x (d + 1, F)`` matmuls and one product, the same features as
+        :meth:`feature_map`, rounded differently. Time O(N d F), memory O(N F) per head."""
+        work = working_dtype(x.dtype)
+        x = x.to(work)
+        if self.projection is None:
+            p = torch.eye(x.shape[-1], dtype=work, device=x.device).expand(x.shape[1], -1, -1)
+        else:
+            if self.projection.shape[0] != x.shape[1]:
+                raise ValueError(f"taylor was built for {self.projection.shape[0]} heads, got {x.shape[1]}")
+            p = self.projection.to(work)
+        a, b = taylor_factor_weights(p)
+        x1 = augment_ones(x)
+        return torch.matmul(x1, a) * torch.matmul(x1, b)
+
+    def _fused_attention(self, q, k, v, mask):
+        """The fast path: :meth:`_fused_features` and :func:`~attention_variants._kernel.fused_kernel_attention`."""
+        with fp32(q.device):
+            phi_q, phi_k = self._fused_features(q), self._fused_features(mask_keys(k, mask))
+            out = fused_kernel_attention(phi_q, phi_k, v, mask, causal=self.causal, chunk=self.config.chunk_size)
+        return out.to(v.dtype)
+
+    def decode_state_bytes(self, length: int, element_bytes: int = 4) -> tuple[int | None, str]:
+        c = self.config
+        return (kernel_state_bytes(c.heads, self.num_features, c.head_dim, element_bytes),
+                "running state sum phi(k) v^T ((1 + f + f (f + 1) / 2) x head_dim, f = feature_dim) and "
+                "normaliser sum phi(k) per head")
+
+    def decode_init(self, batch: int, device: torch.device, dtype: torch.dtype):
+        return kernel_decode_init(batch, self.config.heads, self.num_features, self.config.head_dim, device, dtype)
+
+    def decode_step(self, q, k, v, state):
+        """One token: O(F d) per head with ``F = 1 + f + f (f + 1) / 2`` features."""
+        with fp32(q.device):
+            out, state = kernel_decode_step(state, self._fused_features(q), self._fused_features(k), v)
+        return out.to(v.dtype), state
+
     def forward(self, q, k, v, key_padding_mask=None):
         mask = normalize_key_padding_mask(key_padding_mask, q.shape[0], k.shape[-2], q.device)
+        self.last_backend = kernel_backend(self.config.backend, q)
+        if self.last_backend == "fast":
+            return in_batch_groups(self._fused_attention, q, k, v, mask, self.num_features)
         phi_q = self.feature_map(q, is_query=True)
         phi_k = self.feature_map(k, is_query=False, mask=mask)
+        if self.causal:
+            return causal_kernel_attention_reference(phi_q, phi_k, v, mask).to(v.dtype)
         return kernel_attention(phi_q, phi_k, v, mask=mask)

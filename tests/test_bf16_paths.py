@@ -190,18 +190,43 @@ def test_fast_bf16_module_finite_at_4096(name):
         assert torch.isfinite(t.grad).all()
 
 
+#: the variants whose ``auto`` takes the fast path on CPU in fp32 too (issue 38: it is the faster path
+#: there and computes the same function; the kernel variants' fused fp32 path)
+CPU_FP32_FAST = {"linear", "performer", "hedgehog", "taylor", "random_feature"}
+
+
 @pytest.mark.parametrize("name", VARIANTS)
 def test_auto_backend_by_device_and_dtype(name):
     attn = av.build(name, heads=2, head_dim=16, max_length=64, **CASES[name][1]).eval()
     assert attn.config.backend == "auto"
     q, k, v = (torch.randn(1, 2, 64, 16) for _ in range(3))
     attn(q, k, v)
-    assert attn.last_backend == "reference"                       # fp32 on CPU
+    assert attn.last_backend == ("fast" if name in CPU_FP32_FAST else "reference")   # fp32 on CPU
     with torch.autocast("cpu", dtype=torch.bfloat16):
         attn(q, k, v)
     assert attn.last_backend == "fast"                            # reduced precision
     attn(*(t.to(torch.bfloat16) for t in (q, k, v)))
     assert attn.last_backend == "fast"
+    with pytest.raises(ValueError, match="reference"):
+        av.build(name, heads=2, head_dim=16, backend="triton")
+
+
+@pytest.mark.parametrize("name", ["hedgehog", "taylor", "random_feature"])
+def test_auto_is_fast_for_the_fp32_kernel_variants(name):
+    """The kernel variants without a bf16 policy run their fused fp32 fast path under ``auto`` on
+    every dtype (bf16 inputs are computed in fp32); ``reference`` stays selectable."""
+    attn = av.build(name, heads=2, head_dim=16, max_length=64).eval()
+    assert attn.config.backend == "auto"
+    q, k, v = (torch.randn(1, 2, 64, 16) for _ in range(3))
+    attn(q, k, v)
+    assert attn.last_backend == "fast"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert attn(q, k, v).dtype == torch.float32
+    assert attn.last_backend == "fast"
+    ref = av.build(name, heads=2, head_dim=16, max_length=64, backend="reference").eval()
+    ref.load_state_dict(attn.state_dict())
+    torch.testing.assert_close(ref(q, k, v), attn(q, k, v), rtol=1e-5, atol=1e-6)
+    assert ref.last_backend == "reference"
     with pytest.raises(ValueError, match="reference"):
         av.build(name, heads=2, head_dim=16, backend="triton")
 

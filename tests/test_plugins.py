@@ -36,7 +36,8 @@ def test_entry_point_variant_is_available_and_trains(installed_plugin, tmp_path)
                                               "+attention.top_k=2", "trainer.steps=1", "trainer.eval_every=1"))
     rec = run(cfg, tmp_path / "job")
     assert rec["status"] == "ok" and rec["variant"] == "topk_example"
-    assert rec["variant_config"] == {"heads": 2, "head_dim": 8, "max_length": 33, "seed": 0, "top_k": 2}
+    assert rec["variant_config"] == {"heads": 2, "head_dim": 8, "max_length": 33, "seed": 0, "causal": False,
+                                     "top_k": 2}
 
 
 def test_register_decorator_from_outside_the_package():

@@ -205,7 +205,8 @@ def test_record_of_a_quick_run_holds_the_effective_configuration(tmp_path):
     assert "model" not in c["task"] and "recipes" not in c["task"]
     assert "task_overrides" not in c["trainer"] and "model_overrides" not in c["trainer"]
     assert c["attention"] == {"name": "linear", **rec["variant_config"]}
-    assert rec["variant_config"] == {"heads": 4, "head_dim": 16, "max_length": 129, "seed": 0, "causal": False, "backend": "auto"}
+    assert rec["variant_config"] == {"heads": 4, "head_dim": 16, "max_length": 129, "seed": 0, "causal": False,
+                                     "backend": "auto", "chunk_size": 64}
 
 
 def test_variant_config_lists_every_knob_with_its_default(tmp_path):

@@ -80,12 +80,15 @@ def test_local_flex_eager_matches_reference(window):
                                        atol=1e-5, rtol=1e-5)
 
 
-def test_local_auto_is_reference_on_cpu_and_knobs_checked():
+def test_local_auto_is_the_fused_kernel_on_cpu_and_knobs_checked():
+    """On the CPU ``auto`` runs torch's fused flash kernel with the band mask (issue 38: the fastest
+    path that computes the method's function), and it is the reference's function."""
     attn = local(window=4)
     q, k, v = qkv(n=20)
-    attn(q, k, v)
-    assert attn.last_backend == "reference"
-    assert attn.exact is False and attn.complexity == "O(N w)" and attn.fast_devices == ("cuda",)
+    out = attn(q, k, v)
+    assert attn.last_backend == "sdpa"
+    torch.testing.assert_close(out, local(window=4, backend="reference")(q, k, v), atol=1e-5, rtol=1e-5)
+    assert attn.exact is False and attn.complexity == "O(N w)" and attn.fast_devices == ("cuda", "cpu")
     with pytest.raises(ValueError, match="window"):
         local(window=-1)
     with pytest.raises(ValueError, match="backend"):
@@ -213,7 +216,7 @@ def test_bigbird_errors_are_clear():
     q, k, v = qkv(h=3, n=20)
     with pytest.raises(ValueError, match="heads"):
         attn(q, k, v)
-    assert attn.exact is False and attn.complexity == "O(N)" and attn.fast_devices == ("cuda",)
+    assert attn.exact is False and attn.complexity == "O(N)" and attn.fast_devices == ("cuda", "cpu")
 
 
 # ----------------------------------------------------------------------------- GPU

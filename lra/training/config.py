@@ -356,5 +356,6 @@ def effective_config(cfg: DictConfig, model_cfg: EncoderConfig | None = None,
     except (KeyError, TypeError, ValueError, ZeroDivisionError):
         attention = dict(knobs)
     return {"task": task, "model": model, "trainer": trainer, "attention": {"name": name, **attention},
-            "recipe": cfg.get("recipe") or "lra", "seed": cfg.get("seed"), "threads": cfg.get("threads", "auto"),
-            "logger": cfg.get("logger", "none"), "results_dir": cfg.get("results_dir")}
+            "recipe": cfg.get("recipe") or "lra", "protocol": cfg.get("protocol"), "seed": cfg.get("seed"),
+            "threads": cfg.get("threads", "auto"), "logger": cfg.get("logger", "none"),
+            "results_dir": cfg.get("results_dir")}

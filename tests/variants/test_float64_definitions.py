@@ -55,6 +55,36 @@ def normalised(phi_q, phi_k, v, mask):
     return (a @ v) / a.sum(-1, keepdim=True)
 
 
+def causal_normalised(phi_q, phi_k, v, mask, rel_floor=0.0):
+    """Causal: ``sum_{j <= i} phi(q_i).phi(k_j) v_j / sum_{j <= i} phi(q_i).phi(k_j)`` over the real keys,
+    with RFA's relative floor ``rel_floor |phi(q_i)| sum_{j <= i} |phi(k_j)|`` when given; a row with
+    no real key at or before it gives 0."""
+    n = phi_q.shape[-2]
+    allowed = torch.ones(n, n, dtype=torch.bool).tril() & mask[:, None, None, :]
+    a = (phi_q @ phi_k.transpose(-1, -2)).masked_fill(~allowed, 0.0)
+    den = a.sum(-1)
+    if rel_floor:
+        mass = (phi_k.norm(dim=-1)[..., None, :] * allowed).sum(-1) * phi_q.norm(dim=-1)
+        den = torch.where(den >= 0, torch.maximum(den, rel_floor * mass), torch.minimum(den, -rel_floor * mass))
+    den = torch.where(den == 0, torch.ones_like(den), den)
+    return (a @ v) / den.unsqueeze(-1)
+
+
+def floored(phi_q, phi_k, v, mask, rel_floor):
+    """:func:`normalised` with RFA's relative floor (sign kept)."""
+    a = (phi_q @ phi_k.transpose(-1, -2)).masked_fill(~mask[:, None, None, :], 0.0)
+    den = a.sum(-1)
+    mass = phi_q.norm(dim=-1) * (phi_k.norm(dim=-1) * mask[:, None, :]).sum(-1, keepdim=True)
+    den = torch.where(den >= 0, torch.maximum(den, rel_floor * mass), torch.minimum(den, -rel_floor * mass))
+    return (a @ v) / den.unsqueeze(-1)
+
+
+def definition(phi_q, phi_k, v, mask, causal, rel_floor=0.0):
+    if causal:
+        return causal_normalised(phi_q, phi_k, v, mask, rel_floor)
+    return floored(phi_q, phi_k, v, mask, rel_floor) if rel_floor else normalised(phi_q, phi_k, v, mask)
+
+
 def real_queries(out, mask):
     """The outputs of real queries only (padded queries' outputs are the encoder's business)."""
     return out[mask[:, None, :, None].expand_as(out)]
@@ -162,14 +192,16 @@ def elu_plus_one(x):
     return torch.where(x > 0, x + 1, torch.exp(x))
 
 
+@pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("backend", ["reference", "fast", "auto"])
 @pytest.mark.parametrize("shift", [0.0, -14.0])
-def test_linear_elu(shift, backend):
+def test_linear_elu(shift, backend, causal):
     """At a shift of -14 every feature is ~e^-14: ``F.elu(x) + 1`` in fp32 returned them with
     relative errors of ~1e-3 (and exact zeros below -16.6)."""
     q, k, v, mask = inputs(0.25 if shift else 4.0, shift=shift)
-    out = av.build("linear", heads=H, head_dim=D, backend=backend)(q, k, v, key_padding_mask=mask)
-    check(out, normalised(elu_plus_one(q), elu_plus_one(k), v, mask), mask)
+    out = av.build("linear", heads=H, head_dim=D, backend=backend, causal=causal, chunk_size=5)(
+        q, k, v, key_padding_mask=mask)
+    check(out, definition(elu_plus_one(q), elu_plus_one(k), v, mask, causal), mask)
 
 
 def test_linear_elu_fp32_keeps_its_features_at_large_negative_inputs():
@@ -192,11 +224,14 @@ def test_linear_elu_backward_is_the_derivative():
     torch.testing.assert_close(x.grad, torch.where(x > 0, 1.0, torch.exp(x.detach())).double(), rtol=1e-15, atol=0)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("backend", ["reference", "fast"])
 @pytest.mark.parametrize("kernel", ["softmax", "relu"])
 @pytest.mark.parametrize("score_std", [1.0, 4.0])
-def test_performer(kernel, score_std):
+def test_performer(kernel, score_std, backend, causal):
     q, k, v, mask = inputs(score_std)
-    attn = av.build("performer", heads=H, head_dim=D, num_features=16, kernel=kernel, backend="reference").eval()
+    attn = av.build("performer", heads=H, head_dim=D, num_features=16, kernel=kernel, backend=backend,
+                    causal=causal, chunk_size=5).eval()
     out = attn(q, k, v, key_padding_mask=mask)
     w = attn.projection.double()
 
@@ -206,13 +241,18 @@ def test_performer(kernel, score_std):
             return torch.relu(x @ w.T) + attn.config.kernel_eps
         return torch.exp(x @ w.T - x.square().sum(-1, keepdim=True) / 2)
 
-    check(out, normalised(features(q), features(k), v, mask), mask)
+    check(out, definition(features(q), features(k), v, mask, causal), mask)
 
 
-@pytest.mark.parametrize("normalize", [True, False])
-def test_random_feature(normalize):
-    q, k, v, mask = inputs(1.0)
-    attn = av.build("random_feature", heads=H, head_dim=D, num_features=16, normalize=normalize).eval()
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("backend", ["reference", "fast"])
+@pytest.mark.parametrize("normalize,score_std", [(True, 1.0), (True, 4.0), (False, 1.0), (False, 4.0)])
+def test_random_feature(normalize, score_std, backend, causal):
+    """With the relative normalizer floor in the definition (it is part of the estimator); with
+    ``normalize`` the score scale is sigma^2 (the cosine is in [-1, 1]), else the inputs'."""
+    q, k, v, mask = inputs(1.0 if normalize else score_std)
+    attn = av.build("random_feature", heads=H, head_dim=D, num_features=16, normalize=normalize, backend=backend,
+                    causal=causal, gate_chunk=5, sigma_init=math.sqrt(score_std) if normalize else 1.0).eval()
     out = attn(q, k, v, key_padding_mask=mask)
     w, sigma = attn.projection.double(), attn.sigma.double()[None, :, None, None]
 
@@ -222,7 +262,7 @@ def test_random_feature(normalize):
         phi = torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1)
         return phi if normalize or is_query else phi * torch.exp(sigma.square() * x.square().sum(-1, keepdim=True) / 2)
 
-    check(out, normalised(features(q, True), features(k, False), v, mask), mask)
+    check(out, definition(features(q, True), features(k, False), v, mask, causal, attn.config.normalizer_floor), mask)
 
 
 def test_gated_random_feature_is_its_recurrence():
@@ -253,10 +293,14 @@ def test_gated_random_feature_is_its_recurrence():
     check(out, ref, mask)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("backend", ["reference", "fast"])
+@pytest.mark.parametrize("score_std", [1.0, 4.0])
 @pytest.mark.parametrize("activation", ["softmax", "exp"])
-def test_hedgehog(activation):
-    q, k, v, mask = inputs(4.0)
-    attn = av.build("hedgehog", heads=H, head_dim=D, activation=activation).eval()
+def test_hedgehog(activation, score_std, backend, causal):
+    q, k, v, mask = inputs(score_std)
+    attn = av.build("hedgehog", heads=H, head_dim=D, activation=activation, backend=backend, causal=causal,
+                    chunk_size=5).eval()
     g = torch.Generator().manual_seed(5)
     with torch.no_grad():  # off the identity, so the q and k maps differ
         for p in attn.parameters():
@@ -268,23 +312,28 @@ def test_hedgehog(activation):
         f = (lambda t: torch.softmax(t, -1)) if activation == "softmax" else torch.exp
         return torch.cat([f(u), f(-u)], dim=-1)
 
-    check(out, normalised(features(q, attn.q_weight, attn.q_bias), features(k, attn.k_weight, attn.k_bias), v, mask),
-          mask)
+    check(out, definition(features(q, attn.q_weight, attn.q_bias), features(k, attn.k_weight, attn.k_bias), v, mask,
+                          causal), mask)
 
 
-def test_taylor():
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("backend", ["reference", "fast"])
+@pytest.mark.parametrize("score_std", [1.0, 4.0])
+def test_taylor(score_std, backend, causal):
     """Based's 2nd-order Taylor kernel 1 + s + s^2 / 2 of the projected score s = qP.kP / sqrt(f)."""
-    q, k, v, mask = inputs(4.0)
-    attn = av.build("taylor", heads=H, head_dim=D, feature_dim=4).eval()
+    q, k, v, mask = inputs(score_std)
+    attn = av.build("taylor", heads=H, head_dim=D, feature_dim=4, backend=backend, causal=causal, chunk_size=5).eval()
     out = attn(q, k, v, key_padding_mask=mask)
     p = attn.projection.double()
     pq, pk = (torch.einsum("bhnd,hdf->bhnf", x, p) for x in (q, k))
     s = pq @ pk.transpose(-1, -2) / math.sqrt(4)
-    kernel = (1 + s + s * s / 2).masked_fill(~mask[:, None, None, :], 0.0)
+    allowed = mask[:, None, None, :] & (torch.ones(N, N, dtype=torch.bool).tril() if causal else True)
+    kernel = (1 + s + s * s / 2).masked_fill(~allowed, 0.0)
     check(out, kernel @ v / kernel.sum(-1, keepdim=True), mask)
 
 
-def test_every_registered_variant_is_covered_here():
+def test_every_in_tree_variant_is_covered_here():
     covered = {"full", "flash", "local", "bigbird", "reformer", "linformer", "nystrom", "linear", "performer",
                "random_feature", "hedgehog", "taylor"}
-    assert set(av.available()) - {"nan_test"} <= covered | {n for n in av.available() if n.endswith("_test")}
+    in_tree = {n for n in av.available() if av.get(n)[0].__module__.startswith("attention_variants.")}
+    assert in_tree == covered
