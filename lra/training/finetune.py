@@ -168,8 +168,8 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
     train_step.load_window_state(saved.get("window"))
 
     def checkpoint():
-        ckpt.save(step=step, train_time=train_time, history=history, best_val=best.accuracy or 0.0,
-                  best=best.state(), curves=curves.rows, chance_warned=chance.warned, window=train_step.window_state())
+        ckpt.save(step=step, train_time=train_time, history=history, best=best.state(), curves=curves.rows,
+                  chance_warned=chance.warned, window=train_step.window_state())
         curves.write()
 
     signals = PreemptionSignals()
