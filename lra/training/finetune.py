@@ -154,7 +154,8 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
     saved: dict[str, Any] = {}
     ckpt = LoopCheckpoint(ckpt_path, model, opt, sched, device)
     if ckpt.exists():
-        saved = ckpt.restore(("step", "train_time", "history", "best", "curves", "chance_warned", "window"))
+        saved = ckpt.restore(("step", "train_time", "history", "best", "curves", "chance_warned", "window",
+                              "last_window"))
         step, train_time, history = saved["step"], saved["train_time"], saved["history"]
         print(f"[lra] resuming {job_dir} from step {step}")
     accumulate = int(tr.get("accumulate") or 1)
@@ -169,13 +170,13 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
 
     def checkpoint():
         ckpt.save(step=step, train_time=train_time, history=history, best=best.state(), curves=curves.rows,
-                  chance_warned=chance.warned, window=train_step.window_state())
+                  chance_warned=chance.warned, window=train_step.window_state(), last_window=last_window)
         curves.write()
 
     signals = PreemptionSignals()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    last_window = None
+    last_window = saved.get("last_window")  # the last closed log window (a validation's train_loss)
     log_every = max(1, int(tr.get("log_every", 50)))
     status, message = "ok", None
     model.train()

@@ -130,7 +130,9 @@ def test_the_record_states_the_effective_batch_and_counts_optimizer_steps(tmp_pa
 
 
 def test_resume_with_accumulation_is_bit_identical(tmp_path, monkeypatch):
-    overrides = _tiny(tmp_path, "trainer.bucketing=true", "trainer.bucket_multiple=8", "trainer.log_every=3")
+    # validations at 5 and 10: the one at 5 reads the log window closed at 3, before the checkpoint at 4
+    overrides = _tiny(tmp_path, "trainer.bucketing=true", "trainer.bucket_multiple=8", "trainer.log_every=3",
+                      "trainer.steps=12", "trainer.eval_every=5")
     full = run(compose_train(*overrides), tmp_path / "a")
     real_batch = DeviceBatches.batch
 
@@ -149,6 +151,7 @@ def test_resume_with_accumulation_is_bit_identical(tmp_path, monkeypatch):
     b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
     for name in a["model"]:
         assert torch.equal(a["model"][name], b["model"][name]), name
+    assert [h["step"] for h in full["case"]["history"]] == [5, 10] and "train_loss" in full["case"]["history"][0]
     assert resumed["case"]["history"] == full["case"]["history"]   # the loss windows too (log_every 3, checkpoint 4)
     for key in ("accuracy", "loss", "val_accuracy", "accuracy_final", "accuracy_best_val"):
         assert resumed["metrics"][key] == full["metrics"][key], key
