@@ -21,6 +21,7 @@ computes in bf16; float64 stays float64).
 from __future__ import annotations
 
 import contextlib
+import threading
 import warnings
 from typing import Callable
 
@@ -47,6 +48,46 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     if x.dtype in (torch.float32, *REDUCED) and torch.is_autocast_enabled(x.device.type):
         return torch.get_autocast_dtype(x.device.type)
     return x.dtype
+
+
+def functorch_active() -> bool:
+    """Whether a ``torch.func`` transform (jvp, vjp, vmap, grad) is tracing the current call.
+
+    The fast paths' custom autograd functions and torch's fused CPU attention kernel have no
+    forward-mode or vmap rules, so ``auto`` resolves to the reference path there (the smoothness
+    measures run under ``jvp`` / ``vjp``): the same function, with plain autograd."""
+    try:
+        return torch._C._functorch.peek_interpreter_stack() is not None
+    except AttributeError:  # a torch without functorch
+        return False
+
+
+_REFERENCE_ONLY = threading.local()
+
+
+@contextlib.contextmanager
+def reference_paths():
+    """Within this context ``backend=auto`` runs every variant's reference path: plain autograd,
+    differentiable twice (the smoothness search's double backward), with forward-mode rules. The
+    fast paths' hand-written backwards and torch's fused CPU kernel are differentiable once."""
+    before = getattr(_REFERENCE_ONLY, "on", False)
+    _REFERENCE_ONLY.on = True
+    try:
+        yield
+    finally:
+        _REFERENCE_ONLY.on = before
+
+
+def reference_required() -> bool:
+    """Whether ``auto`` must run the reference path: under :func:`reference_paths` or a ``torch.func``
+    transform (:func:`functorch_active`)."""
+    return getattr(_REFERENCE_ONLY, "on", False) or functorch_active()
+
+
+def auto_or_reference(fast: str) -> str:
+    """What ``backend=auto`` runs when its fast choice is ``fast``: ``reference`` where
+    :func:`reference_required`, ``fast`` otherwise."""
+    return "reference" if reference_required() else fast
 
 
 def resolve_backend(backend: str, x: torch.Tensor) -> str:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._fast import CudaCompiled, check_backend, matmul_fp32, no_autocast, resolve_backend
+from ._fast import CudaCompiled, check_backend, matmul_fp32, no_autocast, reference_required, resolve_backend
 from ._precision import working_dtype
 
 
@@ -670,25 +670,18 @@ def gated_kernel_attention_reference(phi_q: torch.Tensor, phi_k: torch.Tensor, v
 
 def kernel_backend(backend: str, x: torch.Tensor) -> str:
     """``reference`` or ``fast`` for a kernel variant's ``backend`` knob: ``auto`` is ``fast`` on every
-    device and dtype, except under ``torch.func`` transforms, where both run the reference path. On CPU in fp32 the fast path computes the same function with fewer passes
+    device and dtype, except where :func:`attention_variants._fast.reference_required` (``torch.func``
+    transforms, :func:`attention_variants.reference_paths`). On CPU in fp32 the fast path computes the same function with fewer passes
     over the ``(N, F)`` features (measured faster than the reference path at every N >= 256 of
     the Text step, see each variant's notes); under bf16/fp16 it is the reduced-precision policy of
     :mod:`attention_variants._fast` where a variant has one."""
     check_backend("kernel attention", backend)
-    if _functorch_active():
+    if reference_required():
         # the fast paths' custom autograd functions have no forward-mode or vmap rules; under
         # torch.func transforms (the smoothness measures' jvp / vjp) the reference path runs:
         # the same function, with plain autograd
         return "reference"
     return "fast" if backend == "auto" else backend
-
-
-def _functorch_active() -> bool:
-    """Whether a ``torch.func`` transform (jvp, vjp, vmap, grad) is tracing the current call."""
-    try:
-        return torch._C._functorch.peek_interpreter_stack() is not None
-    except AttributeError:  # a torch without functorch
-        return False
 
 
 class ShiftedExpFeatures(torch.autograd.Function):

@@ -33,7 +33,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from ._decode import KVCache
-from ._fast import no_autocast
+from ._fast import auto_or_reference, no_autocast
 from ._precision import lowest, upcast, working_dtype
 from .base import Attention, AttentionConfig
 from .masking import normalize_key_padding_mask
@@ -221,7 +221,7 @@ class FullAttention(Attention):
         mask = normalize_key_padding_mask(key_padding_mask, q.shape[0], k.shape[-2], q.device)
         backend = self.config.backend
         if backend == "auto":
-            backend = "fast" if q.device.type == "cpu" else "reference"
+            backend = auto_or_reference("fast") if q.device.type == "cpu" else "reference"
         self.last_path = backend
         if backend == "fast":
             return materialized_attention(q, k, v, mask, causal=self.causal)

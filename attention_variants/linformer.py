@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._fast import check_backend, compute_dtype, no_autocast
+from ._fast import auto_or_reference, check_backend, compute_dtype, no_autocast
 from ._precision import upcast
 from .base import Attention, AttentionConfig
 from .masking import normalize_key_padding_mask
@@ -108,7 +108,7 @@ class LinformerAttention(Attention):
             k = k.masked_fill(~keep, 0)
             v = v.masked_fill(~keep, 0)
         e, f = self.projections(k.shape[-2])
-        self.last_backend = "fast" if self.config.backend == "auto" else self.config.backend
+        self.last_backend = auto_or_reference("fast") if self.config.backend == "auto" else self.config.backend
         if self.last_backend == "fast":
             cd = compute_dtype(q)
             with no_autocast(q.device):

@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from ._decode import KVCache
+from ._fast import auto_or_reference
 from ._precision import lowest, upcast
 from .base import Attention, AttentionConfig
 from .full import softmax_attention
@@ -333,7 +334,7 @@ def dispatch_backend(module, q, k, v, mask, reference, fused):
             out = run_flex_or_none(module, q, k, v, mask)
             if out is not None:
                 return out
-        backend = "sdpa" if q.device.type == "cpu" else "reference"
+        backend = auto_or_reference("sdpa") if q.device.type == "cpu" else "reference"
     module.last_backend = backend
     if backend == "flex":
         return module._flex(q, k, v, mask)

@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._fast import check_backend, compute_dtype, no_autocast
+from ._fast import auto_or_reference, check_backend, compute_dtype, no_autocast
 from .base import Attention, AttentionConfig
 from ._kernel import _value_center
 from ._precision import lowest, upcast, working_dtype
@@ -154,7 +154,7 @@ class NystromAttention(Attention):
         padded = full_mask is not None
         if full_mask is None:
             full_mask = torch.ones(b, n, dtype=torch.bool, device=q.device)
-        self.last_backend = "fast" if cfg.backend == "auto" else cfg.backend
+        self.last_backend = auto_or_reference("fast") if cfg.backend == "auto" else cfg.backend
         if self.last_backend == "fast":
             cd = compute_dtype(q)
             with no_autocast(q.device):

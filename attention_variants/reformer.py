@@ -77,7 +77,7 @@ bucket, and the last ``2 bucket_size - 1`` tokens of every bucket are in reach; 
 ``n_buckets ~ max_length / bucket_size`` that is every token) plus its bucket in each round.
 
 Same function as reformer-pytorch's ``LSHAttention`` (tested with the same rotations,
-``tests/test_peers_equivalence.py``) except for two choices, where ours is the one documented above:
+``tests/variants/test_peers_equivalence.py``) except for two choices, where ours is the one documented above:
 
 * look-back wrap: reformer-pytorch (like Trax) sorts all rounds as one sequence, so the first
   chunk of round r looks back to the *last chunk of round r - 1* (of round ``n_hashes - 1`` for
@@ -100,7 +100,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from ._fast import CudaCompiled, check_backend, compute_dtype, no_autocast
+from ._fast import CudaCompiled, auto_or_reference, check_backend, compute_dtype, no_autocast
 from ._precision import lowest, upcast, working_dtype
 from .base import Attention, AttentionConfig
 from .masking import normalize_key_padding_mask, pad_mask_to_multiple, pad_to_multiple
@@ -244,7 +244,7 @@ class ReformerAttention(Attention):
         b, h, n, d = q.shape
         mask = normalize_key_padding_mask(key_padding_mask, b, n, q.device)
         mask = pad_mask_to_multiple(mask, b, n, cfg.bucket_size, q.device)
-        self.last_backend = "fast" if cfg.backend == "auto" else cfg.backend
+        self.last_backend = auto_or_reference("fast") if cfg.backend == "auto" else cfg.backend
         if self.last_backend == "fast":
             cd = compute_dtype(q)
             with no_autocast(q.device):

@@ -21,7 +21,7 @@ capped at ``seq_len``), and batches are formed from examples of similar length:
 Which runs bucket (:func:`choose`): ``trainer.bucketing=auto`` (the task configs' default for
 token tasks) turns it on only where the trailing padding cannot change what the model computes
 for the real tokens -- variants whose output on real queries does not depend on how many padded
-keys follow (:data:`PADDING_INVARIANT`; ``tests/test_bucketing.py`` checks the list against every
+keys follow (:data:`PADDING_INVARIANT`; ``tests/training/test_bucketing.py`` checks the list against every
 registered variant) and pooling that ignores padded positions. Pixel tasks have no padding.
 
 Costs: :func:`example_lengths` reads the split once (O(n L), in chunks); a plan is O(n log n)

@@ -426,14 +426,18 @@ class Encoder(nn.Module):
 
 
 class TokenPredictor(nn.Module):
-    """The self-pretraining model: an :class:`Encoder` and a token head on its per-position states.
+    """An :class:`Encoder` and a token head on its per-position states: the self-pretraining model
+    and the model of the token-level tasks (MQAR, text_lm; :mod:`lra.training.token_task`).
 
-    ``forward(tokens, mask)``: tokens ``(B, N)`` int64 (may hold the [MASK] id), mask ``(B, N)`` bool
-    (True = real) or None -> logits ``(B, N, vocab_size)`` over the task's tokens (pixel tasks: the
-    256 intensities), one row per input position (the CLS state is dropped). Masked modelling reads
-    row i as the prediction of token i, next-token modelling (causal attention) as that of token
-    i + 1. The head is one linear layer (as the SPT code's sequence decoder); the encoder's
-    classifier is not used, so its weights stay as initialised. Cost: the encoder's plus O(N d V).
+    ``forward(tokens, mask, where=None)``: tokens ``(B, N)`` int64 (may hold the [MASK] id), mask
+    ``(B, N)`` bool (True = real) or None -> logits ``(B, N, vocab_size)`` over the task's tokens
+    (pixel tasks: the 256 intensities), one row per input position (the CLS state is dropped); with
+    ``where`` ``(B, N)`` bool, the states at the K positions it marks are gathered first and the
+    logits are ``(K, vocab_size)``, in row-major order (``logits[where]`` of the full output): the head
+    then costs O(K d V) instead of O(N d V), which is what a vocabulary of 8,192 at every position
+    would need. Masked modelling reads row i as the prediction of token i, next-token modelling
+    (causal attention) as that of token i + 1. The head is one linear layer (as the SPT code's sequence
+    decoder); the encoder's classifier is not used, so its weights stay as initialised.
     """
 
     def __init__(self, encoder: Encoder):
@@ -441,6 +445,8 @@ class TokenPredictor(nn.Module):
         self.encoder = encoder
         self.head = nn.Linear(encoder.cfg.d_model, encoder.cfg.vocab_size)
 
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None,
+                where: torch.Tensor | None = None) -> torch.Tensor:
         x, _ = self.encoder.hidden_states(tokens, mask)
-        return self.head(x[:, self.encoder.token_positions(tokens.shape[1])])
+        x = x[:, self.encoder.token_positions(tokens.shape[1])]
+        return self.head(x if where is None else x[where])

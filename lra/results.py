@@ -15,7 +15,9 @@ A record (``SCHEMA_VERSION`` 1) holds at least::
                     so timings are not trustworthy), omp_num_threads, mkl_num_threads, affinity
     versions        {python, torch, cuda, cudnn, xformers, lra_bench}
     git_commit      commit of the code that produced it (with "-dirty" when modified)
-    status          "ok" | "oom" | "nan" | "error";  message: why, when not ok
+    status          "ok" | "oom" | "nan" | "error" | "skipped";  message: why, when not ok
+                    (skipped: not run, with the reason: a bench case past a cap or refused, a
+                    learning rate of a cell another rate solved: lra.training.lr_sweep)
     metrics         {accuracy, loss, steps_per_s, tokens_per_s, ms_fwd, ms_fwd_bwd,
                      peak_mem_mb, tflops, approx_error, ...} (those that apply)
     case            free-form facts that identify a benchmark case (mode, heads, ...)
@@ -48,7 +50,7 @@ import pandas as pd
 from .io import write_json
 
 SCHEMA_VERSION = 1
-STATUSES = ("ok", "oom", "nan", "error")
+STATUSES = ("ok", "oom", "nan", "error", "skipped")
 RECORD_FILENAME = "record.json"
 
 

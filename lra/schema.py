@@ -185,6 +185,13 @@ TASK_EXTRA = {
               Int("gen_batch_size", optional=True, means="images per generator batch", example=128),
               Int("gen_workers", optional=True, means="generator processes; null = the CPUs available", example=2),
               Int("generator_version", means="lra.pathfinder.GENERATOR_VERSION expected", example=2)],
+    "mqar": [Int("vocab_size", low=2, means="tokens; keys from the lower half, values from the upper", example=8192),
+             Int("num_kv_pairs", means="key-value pairs per example (4 x pairs <= seq_len)", example=4),
+             Float("power_a", low=0, open_low=True, means="exponent of the query-gap power law", example=0.01),
+             Bool("random_non_queries"),
+             Int("num_train", means="training examples", example=20000),
+             Int("num_val", means="validation examples", example=1000),
+             Int("num_test", means="test examples", example=1000)],
 }
 
 def task_rules(name: str) -> list[Rule]:
@@ -242,6 +249,9 @@ TRAINER = [
     Choice("weight_decay_params", DECAY_SCOPES, optional=True),
     Float("grad_clip", low=0, optional=True, means="gradient-norm clipping; 0 or null = off", example=1.0),
     Int("eval_every", means="steps between validations", example=500),
+    Float("stop_at_val_accuracy", low=0, high=1, open_low=True, optional=True,
+          means="stop training once the validation accuracy reaches this; null = never", example=0.99),
+    Bool("lr_sweep_skip", optional=True),
     Int("eval_batches", optional=True, means="cap on validation batches; null = all", example=10),
     Int("checkpoint_every", means="steps between checkpoints", example=500),
     Int("log_every", means="steps between progress/NaN checks", example=50),

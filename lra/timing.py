@@ -3,10 +3,13 @@
 :func:`time_fn` times one function (warm-up, synchronize, timed calls, synchronize) with a clock
 per device (:class:`CudaEventClock` on CUDA, :class:`PerfCounterClock` elsewhere) and returns a
 :class:`Timing` (median, percentiles, every per-call time); :func:`time_interleaved` times
-several functions in rotated rounds. :class:`PeakMemory` measures a block's peak CUDA memory.
-:func:`attention_flops` is the analytic FLOP count of exact attention (:data:`FLOP_CONVENTIONS`,
-:func:`exact_kernel`), :func:`count_flops` asks ``FlopCounterMode``, :func:`peak_bf16_tflops`
-gives a device's dense BF16 peak. :func:`is_oom` and :func:`free_memory` handle out-of-memory.
+several functions in rotated rounds. :class:`PeakMemory` measures a block's peak memory: CUDA
+allocator peaks on CUDA, the process's peak resident set (``VmHWM``) over its baseline on CPU
+(:func:`rss_kib`, :func:`reset_peak_rss`, :data:`MEMORY_METHODS`). :func:`attention_flops` is
+the analytic FLOP count of exact attention (:data:`FLOP_CONVENTIONS`, :func:`exact_kernel`,
+causal or not), :func:`count_flops` asks ``FlopCounterMode``, :func:`peak_bf16_tflops` gives a
+device's dense BF16 peak and :func:`gemm_gflops` measures the machine's own GEMM rate (the CPU's
+peak). :func:`is_oom` and :func:`free_memory` handle out-of-memory.
 
 The rules these implement -- warm-up, synchronisation, CUDA events vs ``perf_counter``,
 ``min_time_s``, medians and spread, peak memory, FLOP conventions, TFLOP/s fractions -- are
@@ -211,13 +214,57 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], *, warmup: int = 3, repe
     return {name: summarize(times[name], timer=timer, warmup=warmup) for name in names}
 
 
-class PeakMemory:
-    """Context manager: peak tensor memory of a block on CUDA, in MiB; ``None`` elsewhere.
+#: ``case.memory_method`` of each way :class:`PeakMemory` measures (docs/numerics.md, "Peak memory")
+MEMORY_METHODS = {
+    "cuda": "cuda_max_memory_allocated",
+    "fresh_process": "rss_hwm_fresh_process",   # CPU: VmHWM - VmRSS at the start, in a process of its own
+    "in_process": "rss_hwm_in_process",         # CPU: the same in a process that ran other work before
+}
+_fresh_process = False
 
-    ``peak_mb``: the most allocated during the block, counted from what was allocated when it
-    began (so memory held by earlier cases does not count); ``inputs_mb`` is what the block
-    had allocated when :meth:`mark` was called (e.g. after creating the inputs), and
-    ``extra_mb = peak_mb - inputs_mb`` the working memory on top of them.
+
+def mark_fresh_process() -> None:
+    """Say that this process was started for one case (:mod:`lra.bench.isolation`): its CPU peak
+    memory is then ``rss_hwm_fresh_process`` (no heap of earlier cases can hide its use)."""
+    global _fresh_process
+    _fresh_process = True
+
+
+def rss_kib(key: str = "VmRSS", pid: int | str = "self") -> int | None:
+    """``VmRSS`` (resident set now) or ``VmHWM`` (its peak) of a process in KiB, from
+    ``/proc/<pid>/status``; None where there is no such file (not Linux, process gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak resident set (``VmHWM``) to its current size (Linux >= 4.0:
+    ``5`` written to ``/proc/self/clear_refs``); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+class PeakMemory:
+    """Context manager: peak memory of a block in MiB, over what was held when it began.
+
+    On CUDA: PyTorch's allocator peak (``torch.cuda.max_memory_allocated``, tensors only). On CPU:
+    the process's peak resident set (``VmHWM``, reset to the current size at the start) minus its
+    resident set at the start (``VmRSS``): every page the block touched that was not resident
+    before -- tensors, allocator and library buffers, thread stacks -- i.e. the memory the block
+    needs on top of an idle process. ``method`` names it (:data:`MEMORY_METHODS`); ``None``
+    (with ``peak_mb`` None) where neither is available. ``inputs_mb``: what was held at
+    :meth:`mark` (e.g. after creating the inputs), ``extra_mb = peak_mb - inputs_mb``: the working
+    memory on top of them. Rules: ``docs/numerics.md``, "Peak memory".
     """
 
     def __init__(self, device: torch.device | str):
@@ -228,26 +275,41 @@ class PeakMemory:
         self.peak_mb: float | None = None
         self.inputs_mb: float | None = None
         self.extra_mb: float | None = None
+        self.method: str | None = None
+
+    def _now(self) -> int | None:
+        """Bytes held now (CUDA allocated, or the resident set)."""
+        if self.cuda:
+            return torch.cuda.memory_allocated(self.device)
+        kib = rss_kib("VmRSS")
+        return None if kib is None else kib * 1024
 
     def __enter__(self) -> "PeakMemory":
         if self.cuda:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
-            self.base = torch.cuda.memory_allocated(self.device)
+            self.method = MEMORY_METHODS["cuda"]
+        elif reset_peak_rss() and rss_kib("VmHWM") is not None:
+            self.method = MEMORY_METHODS["fresh_process" if _fresh_process else "in_process"]
+        self.base = self._now() or 0
         return self
 
     def mark(self) -> None:
-        if self.cuda:
-            self.marked = torch.cuda.memory_allocated(self.device)
+        if self.method is not None:
+            self.marked = self._now()
 
     def __exit__(self, *exc) -> None:
-        if self.cuda and exc[0] is None:
+        if self.method is None or exc[0] is not None:
+            return
+        if self.cuda:
             torch.cuda.synchronize(self.device)
             peak = torch.cuda.max_memory_allocated(self.device)
-            self.peak_mb = round((peak - self.base) / 2**20, 2)
-            if self.marked is not None:
-                self.inputs_mb = round((self.marked - self.base) / 2**20, 2)
-                self.extra_mb = round((peak - self.marked) / 2**20, 2)
+        else:
+            peak = (rss_kib("VmHWM") or 0) * 1024
+        self.peak_mb = round((peak - self.base) / 2**20, 2)
+        if self.marked is not None:
+            self.inputs_mb = round((self.marked - self.base) / 2**20, 2)
+            self.extra_mb = round((peak - self.marked) / 2**20, 2)
 
 
 #: forward+backward / forward FLOPs of exact attention, and the record's ``flops_convention``
@@ -257,6 +319,11 @@ FLOP_CONVENTIONS = {
 }
 FLOPS_FWD = "fwd = 4 B H N^2 D (analytic)"
 FLOPS_COUNTED = "counted (FlopCounterMode)"
+#: what causal=True does to the analytic count, by kernel (appended to the convention)
+CAUSAL_CONVENTIONS = {
+    "materialized": "causal: x 1 (the materialized path computes the whole score matrix, then masks it)",
+    "fused": "causal: x 1/2 (fused kernels skip the masked half of the score matrix; FlashAttention's convention)",
+}
 #: backends (``last_backend``) that run the materialized math path; None: no backend choice (``full``)
 MATERIALIZED_BACKENDS = (None, "math", "reference")
 
@@ -268,13 +335,17 @@ def exact_kernel(backend: str | None) -> str:
 
 
 def attention_flops(batch: int, heads: int, seq_len: int, head_dim: int, mode: str, *,
-                    kernel: str) -> int:
+                    kernel: str, causal: bool = False) -> int:
     """Analytic FLOPs of exact attention: 4·B·H·N²·D forward (QK^T and PV, 2 FLOPs per MAC);
     ``mode``: ``"fwd"`` or ``"fwd_bwd"``: 3.0x forward for ``kernel="materialized"``, 3.5x for
-    ``"fused"`` (see :data:`FLOP_CONVENTIONS`)."""
+    ``"fused"`` (see :data:`FLOP_CONVENTIONS`). ``causal``: half of that on a fused kernel, which
+    skips the blocks above the diagonal; all of it on the materialized path, which computes the
+    whole score matrix and masks it (:data:`CAUSAL_CONVENTIONS`)."""
     if kernel not in FLOP_CONVENTIONS:
         raise ValueError(f"kernel must be one of {list(FLOP_CONVENTIONS)}, got {kernel!r}")
     fwd = 4 * batch * heads * seq_len * seq_len * head_dim
+    if causal and kernel == "fused":
+        fwd //= 2
     if mode == "fwd":
         return fwd
     if mode == "fwd_bwd":
@@ -282,9 +353,10 @@ def attention_flops(batch: int, heads: int, seq_len: int, head_dim: int, mode: s
     raise ValueError(f"mode must be 'fwd' or 'fwd_bwd', got {mode!r}")
 
 
-def flops_convention(mode: str, kernel: str) -> str:
-    """The record's ``case.flops_convention`` for an analytic count."""
-    return FLOPS_FWD if mode == "fwd" else FLOP_CONVENTIONS[kernel][1]
+def flops_convention(mode: str, kernel: str, causal: bool = False) -> str:
+    """The record's ``case.flops_convention`` for an analytic count (causal: with its rule appended)."""
+    base = FLOPS_FWD if mode == "fwd" else FLOP_CONVENTIONS[kernel][1]
+    return f"{base}; {CAUSAL_CONVENTIONS[kernel]}" if causal else base
 
 
 def count_flops(fn: Callable[[], Any]) -> int:
@@ -295,6 +367,19 @@ def count_flops(fn: Callable[[], Any]) -> int:
     with counter:
         fn()
     return int(counter.get_total_flops())
+
+
+def gemm_gflops(size: int, dtype: torch.dtype, device: torch.device | str = "cpu", **timing_kw: Any
+                ) -> tuple[float, Timing]:
+    """The machine's GEMM rate in GFLOP/s: ``torch.mm`` of two random square ``size x size``
+    matrices of ``dtype`` into a preallocated output (2·size³ FLOPs per call), timed by
+    :func:`time_fn` (``timing_kw``: warmup, repeats, min_time_s, ...) with the threads in force.
+    Returns the rate at the median call and the :class:`Timing`. O(size³) time, 3·size² memory."""
+    gen = torch.Generator(device).manual_seed(0)
+    a, b = (torch.randn(size, size, generator=gen, device=device).to(dtype) for _ in range(2))
+    out = torch.empty(size, size, device=device, dtype=dtype)
+    timing = time_fn(lambda: torch.mm(a, b, out=out), device=device, **timing_kw)
+    return 2 * size**3 / (timing.median_ms * 1e-3) / 1e9, timing
 
 
 def tflops(flops: int | float | None, ms: float | None) -> float | None:

@@ -8,14 +8,19 @@ backward, AdamW. Each variant runs with its ``conf/attention/<name>.yaml`` knobs
     python scripts/cpu_step.py time [--variants flash,performer] [--n 512]
     python scripts/cpu_step.py profile --variants performer          # top self-CPU ops
     python scripts/cpu_step.py compare OLD_CHECKOUT NEW_CHECKOUT [--rounds 3] [--out table.json]
+    python scripts/cpu_step.py gemm                                    # the machine's fp32 GEMM rate
 
 ``compare`` runs each (variant, checkout) in a fresh subprocess that imports ``lra`` and
 ``attention_variants`` from that checkout, alternating the two checkouts round by round
 (before/after/before/after...), so that a slow phase of the machine hits both alike; each
 subprocess reports the median of ``--steps`` timed steps after ``--warmup`` untimed ones, and the
 table gives the median over rounds with the spread (min-max of the per-round medians).
-It also counts each step's FLOPs (``torch.utils.flop_counter``, matmul-like ops) and, with
-``--peak-gflops``, states the step as a fraction of the machine's fp32 GEMM rate.
+It also counts each step's FLOPs (``torch.utils.flop_counter``, matmul-like ops) and states the step
+as a fraction of the machine's fp32 GEMM rate: ``--peak-gflops`` given, or measured (``gemm``: square
+fp32 matmuls of 2,048 on the run's threads, median of 10 after 3 of warm-up) before and after the
+comparison, the higher of the two kept and both recorded, with the memory bandwidth of a large copy.
+In the first round each side also profiles one extra step (``torch.profiler``, after the timed ones)
+for its three top self-CPU ops.
 Timings are CPU wall clock (``time.perf_counter``); compare only within one run.
 """
 from __future__ import annotations
@@ -72,8 +77,44 @@ if flops_too:
     with FlopCounterMode(display=False) as fc:
         step()
     out["flops"] = fc.get_total_flops()
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    out["top_ops"] = [[e.key, round(100 * e.self_cpu_time_total / total, 1)]
+                      for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:3]]
 print("RESULT " + json.dumps(out))
 """
+
+
+GEMM = r"""
+import json, statistics, time, torch
+torch.set_num_threads({threads})
+a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+for _ in range(3):
+    a @ b
+times = []
+for _ in range(10):
+    t0 = time.perf_counter(); a @ b; times.append(time.perf_counter() - t0)
+src, dst = torch.randn(64 * 2 ** 20), torch.empty(64 * 2 ** 20)
+for _ in range(2):
+    dst.copy_(src)
+copies = []
+for _ in range(10):
+    t0 = time.perf_counter(); dst.copy_(src); copies.append(time.perf_counter() - t0)
+print("RESULT " + json.dumps({{"gflops": 2 * 2048 ** 3 / statistics.median(times) / 1e9,
+                               "copy_gbs": 2 * src.numel() * 4 / statistics.median(copies) / 1e9}}))
+"""
+
+
+def machine_rates(threads: int) -> dict:
+    """The machine's fp32 GEMM rate (``gflops``: 2,048-square matmuls) and memory bandwidth
+    (``copy_gbs``: a 256 MiB fp32 copy, bytes read + written) on ``threads`` threads, medians of 10."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    done = subprocess.run([sys.executable, "-c", GEMM.format(threads=threads)], capture_output=True, text=True,
+                          env=env, cwd="/tmp", check=True)
+    return json.loads(done.stdout.split("RESULT ", 1)[1])
 
 
 def run_worker(root: Path, variant: str, args, flops: bool = False) -> dict:
@@ -123,25 +164,38 @@ def cmd_profile(args) -> None:
         del torch
 
 
+def cmd_gemm(args) -> None:
+    rates = machine_rates(args.threads)
+    print(f"on {args.threads} threads: fp32 GEMM 2048^2 {rates['gflops']:.1f} GFLOP/s, "
+          f"copy {rates['copy_gbs']:.1f} GB/s")
+
+
 def cmd_compare(args) -> None:
+    rates = [machine_rates(args.threads)]
     roots = [Path(args.old).resolve(), Path(args.new).resolve()]
     variants = variants_of(args)
     results: dict = {v: {"old": [], "new": []} for v in variants}
     flops: dict = {}
+    top_ops: dict = {}
     t0 = time.time()
     for r in range(args.rounds):
         for v in variants:
             order = roots if r % 2 == 0 else roots[::-1]
             for root in order:
                 side = "old" if root == roots[0] else "new"
-                res = run_worker(root, v, args, flops=(r == 0 and side == "new"))
+                res = run_worker(root, v, args, flops=(r == 0))
                 if "error" in res:
                     print(f"[{side}] {v}: {res['error']}", file=sys.stderr)
                     continue
                 results[v][side].append(res["ms"])
-                if "flops" in res:
+                if "flops" in res and side == "new":
                     flops[v] = res["flops"]
+                if "top_ops" in res:
+                    top_ops[(v, side)] = res["top_ops"]
                 print(f"round {r} {side} {v:15s} {res['ms']:9.1f} ms  backend {res['backend']}", flush=True)
+    rates.append(machine_rates(args.threads))
+    if not args.peak_gflops:
+        args.peak_gflops = round(max(r["gflops"] for r in rates), 1)
     table = []
     for v in variants:
         old, new = results[v]["old"], results[v]["new"]
@@ -150,7 +204,8 @@ def cmd_compare(args) -> None:
         mo, mn = statistics.median(old), statistics.median(new)
         row = {"variant": v, "old_ms": round(mo, 1), "old_range": [round(min(old), 1), round(max(old), 1)],
                "new_ms": round(mn, 1), "new_range": [round(min(new), 1), round(max(new), 1)],
-               "speedup": round(mo / mn, 2), "gflop_per_step": round(flops.get(v, 0) / 1e9, 2)}
+               "speedup": round(mo / mn, 2), "gflop_per_step": round(flops.get(v, 0) / 1e9, 2),
+               "old_top_ops": top_ops.get((v, "old")), "new_top_ops": top_ops.get((v, "new"))}
         if args.peak_gflops and flops.get(v):
             row["fraction_of_peak"] = round(flops[v] / (mn / 1e3) / 1e9 / args.peak_gflops, 3)
         table.append(row)
@@ -158,20 +213,24 @@ def cmd_compare(args) -> None:
     summary = {"command": " ".join(sys.argv), "rounds": args.rounds, "steps": args.steps, "warmup": args.warmup,
                "n": args.n, "batch": args.batch, "threads": args.threads, "wall_s": round(time.time() - t0),
                "old": str(roots[0]), "new": str(roots[1]), "geomean_speedup": None if gm is None else round(gm, 3),
-               "peak_gflops": args.peak_gflops, "rows": table}
+               "peak_gflops": args.peak_gflops, "machine_rates_before_after": rates,
+               "rows": table}
     print(f"\n{'variant':15s} {'old ms':>9s} {'new ms':>9s} {'speedup':>8s} {'GFLOP':>7s}")
     for row in table:
         print(f"{row['variant']:15s} {row['old_ms']:9.1f} {row['new_ms']:9.1f} {row['speedup']:8.2f} "
               f"{row['gflop_per_step']:7.2f}" + (f"  {row['fraction_of_peak']:.1%} of peak"
                                                if "fraction_of_peak" in row else ""))
-    print(f"geometric mean speedup {summary['geomean_speedup']}")
+    print(f"geometric mean speedup {summary['geomean_speedup']}; fp32 GEMM peak {args.peak_gflops} GFLOP/s")
     if args.out:
-        Path(args.out).write_text(json.dumps(summary, indent=1))
+        sys.path.insert(0, str(HERE))
+        from lra.io import write_json  # noqa: PLC0415 - this checkout's atomic writer, after the path is set
+
+        write_json(Path(args.out), summary)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("command", choices=["time", "profile", "compare"])
+    ap.add_argument("command", choices=["time", "profile", "compare", "gemm"])
     ap.add_argument("old", nargs="?")
     ap.add_argument("new", nargs="?")
     ap.add_argument("--variants", default="")
@@ -182,10 +241,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--top", type=int, default=8)
-    ap.add_argument("--peak-gflops", type=float, default=None, help="the machine's fp32 GEMM rate, GFLOP/s")
+    ap.add_argument("--peak-gflops", type=float, default=None, help="the machine's fp32 GEMM rate, GFLOP/s (default: measured)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    {"time": cmd_time, "profile": cmd_profile, "compare": cmd_compare}[args.command](args)
+    {"time": cmd_time, "profile": cmd_profile, "compare": cmd_compare, "gemm": cmd_gemm}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -92,3 +93,30 @@ def tiny_train_overrides(cache_dir, *extra):
             "trainer.task_overrides.num_val=16", "trainer.task_overrides.num_test=16",
             "trainer.model_overrides.d_model=16", "trainer.model_overrides.heads=2",
             "trainer.model_overrides.mlp_dim=32", "trainer.model_overrides.dropout=0.1", *extra]
+
+
+def train_two_steps(tmp_path: Path, task: str, *extra):
+    """Two training steps of a tiny ``attention=full`` model on ``task`` (fixture data under ``tmp_path``)."""
+    from lra.training.finetune import train
+
+    cfg = compose_train(f"task={task}", "trainer=quick", "attention=full", "trainer.steps=2", "trainer.progress=false",
+                        "trainer.batch_size=2", "trainer.eval_every=1000", "trainer.checkpoint_every=1000",
+                        f"task.cache_dir={tmp_path / 'cache'}", "model.d_model=16", "model.heads=2", "model.mlp_dim=16",
+                        "model.layers=1", *extra)
+    (tmp_path / "job").mkdir()
+    record = train(cfg, tmp_path / "job")
+    assert record["status"] == "ok", record.get("message")
+    assert record["metrics"]["steps"] == 2
+    return record
+
+
+def write_aan(root: Path, n: int = 4, bad_line: str | None = None):
+    """A tiny ACL Anthology Network in the official LRA retrieval TSV format under ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "eval", "test"):
+        lines = [f"{i % 2}\tid{i}a\tid{i}b\t{repr(('Doc A ' + str(i) + ' caf').encode() + bytes([0xC3, 0xA9]))}"
+                 f"\t{repr(b'Doc B ' + str(i).encode())}" for i in range(n)]
+        if bad_line is not None and split == "eval":
+            lines.insert(1, bad_line)
+        (root / f"new_aan_pairs.{split}.tsv").write_text("\n".join(lines) + "\n")
+    return root

@@ -18,7 +18,8 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("lra", "attention_variants")
 
 #: lra.training's modules in the order its docstring lists them: each imports only earlier ones
-TRAINING_ORDER = ("state", "verdict", "curves", "optim", "step", "config", "pretrain", "finetune", "job")
+TRAINING_ORDER = ("state", "verdict", "curves", "optim", "step", "token_task", "config", "pretrain", "finetune",
+                  "lr_sweep", "job")
 
 
 def modules_of(root: Path, packages=PACKAGES) -> dict[str, Path]:
@@ -145,7 +146,7 @@ def test_the_graph_sees_the_imports_it_should():
 
 
 def test_training_modules_import_only_the_ones_listed_before_them():
-    """lra/training/__init__.py's map: state, optim, step, config, pretrain, finetune, job; the
+    """lra/training/__init__.py's map: state, optim, step, token_task, config, pretrain, finetune, lr_sweep, job; the
     self-pretraining loop never imports the supervised one."""
     edges = import_edges(REPO)
     for i, name in enumerate(TRAINING_ORDER):

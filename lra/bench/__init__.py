@@ -15,12 +15,16 @@ The modes (``case.mode`` in the records), one module each:
 ``exactness``      :mod:`lra.bench.exactness`: error against float64 softmax attention
 ``smoothness``     :mod:`lra.bench.smoothness`: the local Lipschitz constant as N grows
 ``train_overhead`` :mod:`lra.bench.train_overhead`: ``lra-train``'s step over forward+backward (opt-in)
+``decode``         :mod:`lra.bench.decode`: time per generated token at context N (opt-in)
+``calibration``    :mod:`lra.bench.calibration`: the machine's GEMM rate, once per CPU run
 =================  ==========================================================================
 
 How a run flows: :func:`lra.bench.settings.resolve_settings` (the config with the device's
 defaults, checked before the first case) -> :func:`lra.bench.grid.plan` (the cases, N ascending
 innermost) -> :func:`lra.bench.runner.run_grid` (each case measured by its mode, one record each,
-OOM and failures recorded) -> :func:`lra.bench.summary.summary` (a text table per mode). The
+OOM, caps and failures recorded; each CPU case in a fresh process of its own:
+:mod:`lra.bench.isolation`, :mod:`lra.bench.caps`) -> :func:`lra.bench.summary.summary` (a text
+table per mode). The
 modes are data (:class:`lra.bench.registry.Mode`) in :data:`lra.bench.registry.MODES`; shared
 pieces: :mod:`lra.bench.case` (``Case``, ``Measurement``), :mod:`lra.bench.measuring` (timing
 metrics, autocast), :mod:`lra.bench.encoder` (the encoder modes' model). How time, memory and
@@ -43,7 +47,7 @@ In config only, and only if wanted: its name in ``modes:`` of ``conf/bench.yaml`
 default, and its section there shows its defaults (without one, ``+<name>.<key>=...`` sets them).
 
 Exit status of ``lra-bench``: 0; 1 when a case failed (status ``error`` or ``nan``; ``oom`` is a
-measured outcome); 2 on a config error (:func:`lra.bench.runner.exit_code`).
+measured outcome, ``skipped`` a stated one); 2 on a config error (:func:`lra.bench.runner.exit_code`).
 """
 from __future__ import annotations
 

@@ -2,8 +2,9 @@
 
 A :class:`Case` is one point of the grid -- mode, variant, length N and the mode's other axes
 (batch, dtype, input pattern, radius, causal) -- and names its record file. A mode's
-``measure(case, settings, device)`` returns a :class:`Measurement`; the runner
-(:mod:`lra.bench.runner`) turns it into a result record.
+``measure(case, settings, device)`` returns a :class:`Measurement`, or raises :class:`SkipCase`
+for a case it will not run (a variant that refuses ``causal=True``, one without a cached decoding
+path); the runner (:mod:`lra.bench.runner`) turns either into a result record.
 """
 from __future__ import annotations
 
@@ -16,17 +17,17 @@ class Case:
     """One measurement to make: ``mode`` on ``variant`` at length ``seq_len`` and the mode's other axes."""
 
     mode: str
-    variant: str
+    variant: str                    # "" for a case of the run, not of a variant (calibration)
     seq_len: int
     batch_size: int | None = None
     dtype: str | None = None
     pattern: str | None = None
     radius: float | None = None     # smoothness: the ball's radius of a synthetic pattern
-    causal: bool = False            # smoothness: the variant built with its causal knobs
+    causal: bool = False            # op_*, model_step: built with causal=True; smoothness: with its causal knobs
 
     def _parts(self, eq: str) -> list[str]:
         """mode, variant, N, B, dtype, pattern, R, causal (those set); ``eq`` joins a letter to its value."""
-        parts = [self.mode, self.variant, f"N{eq}{self.seq_len}"]
+        parts = [p for p in (self.mode, self.variant) if p] + [f"N{eq}{self.seq_len}"]
         if self.batch_size is not None:
             parts.append(f"B{eq}{self.batch_size}")
         parts += [p for p in (self.dtype, self.pattern) if p]
@@ -58,3 +59,8 @@ class Measurement:
     message: str | None = None
     timings_ms: list[float] | None = None   # raw per-call times behind metrics["ms"] (record's ``timings_ms``)
     timings_ms_by_part: dict[str, list[float]] | None = None  # train_overhead: each timed function's times
+
+
+class SkipCase(Exception):
+    """Raised by a mode's ``measure`` for a case it does not run; the record's status is
+    ``skipped`` and its message this exception's text (the reason)."""

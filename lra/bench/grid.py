@@ -1,9 +1,11 @@
 """The grid: every case of a run, in the order they run.
 
-For each mode of ``modes`` (in the order given), each variant, each of the mode's other axes
-(:attr:`lra.bench.registry.Mode.axes`) and each length N ascending -- N innermost, so that the
-runner sees a variant's small N first and skips the larger ones after an out-of-memory case.
-Size: modes x variants x axes x lengths cases.
+For each mode of ``modes`` (in the order given, modes that join a run on their own first), each
+variant, each of the mode's other axes (:attr:`lra.bench.registry.Mode.axes`: batch, dtype,
+causal, ...) and each length N ascending -- N innermost, so that the runner sees a variant's small
+N first and skips the larger ones after a case that ran out of memory or past a cap. A mode with
+its own ``cases`` (the run's calibration) gives those instead. Size: modes x variants x axes x
+lengths cases.
 """
 from __future__ import annotations
 
@@ -19,6 +21,9 @@ def plan(s: dict[str, Any]) -> list[Case]:
     cases: list[Case] = []
     for name in s["modes"]:
         mode = MODES[name]
+        if mode.cases is not None:
+            cases += mode.cases(s)
+            continue
         lengths = sorted(mode.lengths(s))
         for variant in s["variants"]:
             for axes in mode.axes(variant, s):

@@ -1,5 +1,5 @@
-"""Pieces every timed mode shares: autocast, the timing settings, and the metrics and facts
-a :class:`lra.timing.Timing` gives a record.
+"""Pieces every timed mode shares: autocast, the timing settings, the metrics and facts a
+:class:`lra.timing.Timing` gives a record, and the causal axis's refusal and knob check.
 
 The rules these follow (warm-up, synchronisation, clocks, minimum timed time, medians and
 spread, FLOP conventions, TFLOP/s fractions) are written once in ``docs/numerics.md``.
@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import torch
 
+import attention_variants as av
+
+from ..schema import ConfigError
 from ..timing import MAX_REPEATS, Timing, peak_bf16_tflops, tflops
+from .case import Case
 
 REDUCED_PRECISION = (torch.bfloat16, torch.float16)
 #: a mode's extra summary table of peak memory (:attr:`lra.bench.registry.Mode.tables`)
@@ -60,3 +64,26 @@ def first_line(err: BaseException) -> str:
     """``TypeName: first line of the message``."""
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0] if text else ''}"
+
+
+def causal_refusal(case: Case, s: dict) -> str | None:
+    """A mode's ``skip``: the variant's own refusal when the case is causal and it cannot be
+    (:func:`attention_variants.check_causal`: the reason and the causal variants), else None."""
+    if not case.causal:
+        return None
+    try:
+        av.check_causal(case.variant, True)
+    except ValueError as err:
+        return f"causal=true refused: {err}"
+    return None
+
+
+def causal_knob_check(s: dict, running: bool) -> None:
+    """A mode's ``finish``: with a causal axis running, ``knobs.<variant>.causal`` would be
+    overruled by the axis, so it is a config error (set ``causal=[...]`` instead)."""
+    if not running:
+        return
+    bad = [name for name, knobs in s["knobs"].items() if "causal" in knobs]
+    if bad:
+        raise ConfigError(f"knobs.{bad[0]}.causal is set, but op_fwd, op_fwd_bwd and model_step take causal from "
+                          f"the grid's axis; use causal=[{str(bool(s['knobs'][bad[0]]['causal'])).lower()}] instead")

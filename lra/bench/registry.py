@@ -47,6 +47,19 @@ class Mode:
     * ``finish(settings, running)``: check and complete what needs the resolved variants and
       knobs (``running``: whether the mode is in ``modes``); raises :class:`lra.schema.ConfigError`.
 
+    How its cases run, each optional:
+
+    * ``skip(case, settings) -> str | None``: the reason not to run a case (e.g. a variant that
+      refuses ``causal=True``), checked before it would run: the record is ``skipped`` with it;
+    * ``isolate``: measure each case in a fresh process of its own when isolation is on
+      (``isolate``, default on CPU: :mod:`lra.bench.isolation`), for a peak memory that no earlier
+      case's heap can hide and caps that stop it; modes that measure peak memory set it;
+    * ``uses_peak``: its records carry ``tflops``, whose ``tflops_fraction`` on a device without a
+      tabulated peak (CPU) is of the run's calibrated GEMM rate (:mod:`lra.bench.calibration`);
+    * ``cases(settings) -> list[Case]``: the mode's cases when they are not one per variant x axes x
+      length (the run's calibration); ``joins(settings, device_type) -> bool``: whether the mode
+      runs although ``modes`` does not name it (it then runs first).
+
     Records and summary: a case is ``ok`` only if its ``metric`` was measured and is finite;
     ``title`` heads its summary table (variants x N), ``tables`` adds one table per
     ``(metric, heading)`` that has values, ``columns`` adds columns to the main table;
@@ -68,6 +81,11 @@ class Mode:
     task_shaped: bool = False
     tables: tuple[tuple[str, str], ...] = ()
     columns: TableColumns | None = None
+    skip: Callable[[Case, dict], str | None] | None = None
+    isolate: bool = False
+    uses_peak: bool = False
+    cases: Callable[[dict], list[Case]] | None = None
+    joins: Callable[[dict, str], bool] | None = None
 
     def lengths(self, settings: dict) -> list[int]:
         """The lengths N this mode runs at: its section's, else the grid's."""
@@ -99,6 +117,8 @@ def sectioned() -> list[Mode]:
 
 
 def discover(package: str, path: Iterable[str]) -> None:
-    """Import every module of ``package`` (found on ``path``): the mode modules register themselves."""
+    """Import every module of ``package`` (found on ``path``) but private ones (``_name``): the mode
+    modules register themselves."""
     for module in pkgutil.iter_modules(path):
-        importlib.import_module(f"{package}.{module.name}")
+        if not module.name.startswith("_"):
+            importlib.import_module(f"{package}.{module.name}")

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 import attention_variants as av
 
 from .. import conf_dir, schema
-from ..schema import ConfigError
+from ..schema import Bool, ConfigError, Float
 from .registry import MODES, sectioned
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -24,6 +24,12 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
           "float64": torch.float64}
 #: top-level keys whose null means "the device's default"
 GRID_DEFAULTS = ("lengths", "batch_size", "heads", "head_dim", "dtype", "repeats", "warmup", "min_time_s")
+#: the caps in force (``cap:``; null: the device's default; 0: no cap): lra.bench.caps
+CAP_RULES = (Float("time_s", low=0, means="seconds one case may run; 0 = no cap", example=120),
+             Float("mem_mb", low=0, means="MiB one case may hold over its baseline (CPU); 0 = no cap",
+                   example=8192),
+             Bool("estimate", means="skip a case whose estimate from the previous N passes the time cap"))
+ISOLATE_CHOICES = ("auto", True, False)
 
 
 def plain(node) -> Any:
@@ -80,13 +86,22 @@ def resolve_settings(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     bad = [m for m in modes if m not in MODES]
     if bad:
         raise ConfigError(f"unknown mode(s) {bad}; modes are {list(MODES)}")
-    s["modes"] = modes
-    running = [mode for mode in MODES.values() if mode.name in modes]
     found = schema.problems(s, schema.BENCH)
     for mode in sectioned():
         s[mode.section] = fill(s.get(mode.section), dd.get(mode.section))
-        if s[mode.section].get("lengths") is None:
+        if s[mode.section].get("lengths") is None and mode.cases is None:
             s[mode.section]["lengths"] = s["lengths"]
+    s["cap"] = fill(s.get("cap"), dd.get("cap"))
+    found += schema.problems(s["cap"], CAP_RULES, prefix="cap.")
+    found += causal_problems(s.get("causal", [False]))
+    if s.get("isolate", "auto") not in ISOLATE_CHOICES:
+        found.append(f"isolate={s.get('isolate')!r} is invalid: it must be auto (a fresh process per case on CPU), "
+                     "true or false; fix: isolate=auto")
+    s["modes"] = modes
+    joined = [m.name for m in MODES.values() if m.name not in modes and m.joins is not None
+              and m.joins({**s, "modes": modes}, device.type)]
+    s["modes"] = modes = joined + modes
+    running = [mode for mode in MODES.values() if mode.name in modes]
     for mode in MODES.values():
         if mode.defaults is not None:
             mode.defaults(s)
@@ -104,10 +119,12 @@ def resolve_settings(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
     if found:
         raise ConfigError("; ".join(found))
     s["lengths"] = [int(n) for n in as_list(s["lengths"])]
+    s["causal"] = [bool(c) for c in as_list(s.get("causal", [False]))]
+    s["isolate"] = isolation_on(s.get("isolate", "auto"), device)
     s["batch_size"] = [int(b) for b in as_list(s["batch_size"])]
     s["dtype"] = [str(d) for d in as_list(s["dtype"])]
     for mode in running:
-        if mode.section:
+        if mode.section and mode.cases is None:
             s[mode.section]["lengths"] = [int(n) for n in as_list(s[mode.section]["lengths"])]
     s["device"] = str(device)
     for d in s["dtype"]:
@@ -118,6 +135,21 @@ def resolve_settings(cfg: DictConfig, device: torch.device) -> dict[str, Any]:
         if mode.finish is not None:
             mode.finish(s, mode in running)
     return s
+
+
+def causal_problems(value) -> list[str]:
+    """``causal`` must be a boolean or a non-empty list of booleans (the grid's causal axis)."""
+    values = as_list(value)
+    if values and all(isinstance(v, bool) for v in values):
+        return []
+    return [f"causal={value} is invalid: it must be true, false or a list of them (the causal axis of op_fwd, "
+            "op_fwd_bwd and model_step); fix: causal=[false,true]"]
+
+
+def isolation_on(setting, device: torch.device) -> bool:
+    """Whether the modes that isolate run each case in a fresh process: ``auto`` = on CPU (peak
+    RSS per case, caps that stop a case), off on CUDA (the allocator measures each case there)."""
+    return device.type == "cpu" if setting == "auto" else bool(setting)
 
 
 def resolve_variants(setting) -> list[str]:
@@ -145,7 +177,7 @@ def variant_knobs(name: str, overrides: dict | None = None) -> dict[str, Any]:
     knobs = {k: v for k, v in knobs.items() if v is not None}
     try:
         av.make_config(name, **knobs)
-    except TypeError as err:
+    except (TypeError, ValueError) as err:  # an unknown knob; causal=true on a variant that refuses it
         raise ConfigError(str(err)) from None
     schema.check(knobs, schema.knob_rules(name, av.get(name)[1]), prefix=f"knobs.{name}.")
     return knobs

@@ -2,8 +2,10 @@
 
 One table per mode that has records, in the registry's order: variants (and whichever of
 pattern, radius, causal, dtype and batch size vary) as rows, N as columns, the mode's main
-metric in the cells (``OOM``/``NaN``/``ERR`` for failed cases, ``-`` where nothing was
-measured), plus the mode's extra tables and columns (:class:`lra.bench.registry.Mode`).
+metric in the cells (``OOM``/``NaN``/``ERR`` for failed cases, ``SKIP`` for skipped ones, ``-``
+where nothing was measured), plus the mode's extra tables and columns
+(:class:`lra.bench.registry.Mode`). A mode of the run rather than of the variants (the
+calibration) is one line of its metrics.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ ROW_AXES = ("pattern", "radius", "causal", "dtype", "batch_size")
 
 def _cell(row, metric: str) -> str:
     if row["status"] != "ok":
-        return {"oom": "OOM", "nan": "NaN", "error": "ERR"}.get(row["status"], row["status"])
+        return {"oom": "OOM", "nan": "NaN", "error": "ERR", "skipped": "SKIP"}.get(row["status"], row["status"])
     value = row.get(metric)
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -45,6 +47,13 @@ def summary(records: list[dict[str, Any]]) -> str:
         if rows.empty:
             continue
         rows = rows.copy()
+        if mode.cases is not None:   # one case per run: its metrics on one line
+            for _, r in rows.iterrows():
+                values = [f"{m}={r[m]:g}" for m in [mode.metric] + [t[0] for t in mode.tables]
+                          if m in r and isinstance(r[m], (int, float)) and math.isfinite(r[m])]
+                message = r.get("message") if isinstance(r.get("message"), str) else ""
+                out.append(f"\n== {name}: {r['status']} {', '.join(values)} {message}".rstrip())
+            continue
         if mode.metric not in rows:
             rows[mode.metric] = None
         if "radius" in rows:   # cases without a radius (data patterns) keep their rows: "-"

@@ -87,9 +87,9 @@ def compare_display(cmp: pd.DataFrame) -> pd.DataFrame:
 
     return pd.DataFrame({
         "kind": cmp["kind"], "device": cmp["device_name"], "variant": cmp["variant"],
-        "task / mode": [t or m or "—" for t, m in zip(cmp["task"], cmp["mode"])] if len(cmp) else [],
+        "task / mode": [t or m or "not recorded" for t, m in zip(cmp["task"], cmp["mode"])] if len(cmp) else [],
         "N": cmp["seq_len"], "batch": cmp["batch_size"], "dtype": cmp["dtype"], "metric": cmp["metric"],
         "baseline": cmp["baseline"].map(val), "current": cmp["current"].map(val),
-        "change": cmp["change"].map(lambda c: f"{c:+.1%}" if isinstance(c, float) and np.isfinite(c) else "—"),
+        "change": cmp["change"].map(lambda c: f"{c:+.1%}" if isinstance(c, float) and np.isfinite(c) else "not compared"),
         "flag": [("⚠ " if r else "") + n for r, n in zip(cmp["regression"], cmp["note"])],
     })

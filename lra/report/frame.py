@@ -24,16 +24,22 @@ BASE_COLUMNS = ("kind", "task", "variant", "seq_len", "batch_size", "dtype", "se
                 "accuracy", "val_accuracy", "loss", "steps_per_s", "tokens_per_s", "peak_mem_mb", "ms",
                 "ms_p10", "ms_p90", "ms_fwd", "ms_fwd_bwd", "tflops", "tflops_fraction", "approx_error",
                 "lipschitz", "flops_convention", "flops_source", "repeats", "approx_error_init", "fit_steps",
-                "entropy", "softmax_entropy", "monotonicity", "weight_kl")
+                "entropy", "softmax_entropy", "monotonicity", "weight_kl", "learned", "ms_per_token", "state_bytes",
+                "query_accuracy", "val_query_accuracy", "bits_per_byte", "val_bits_per_byte", "unigram_bits_per_byte",
+                "num_kv_pairs", "d_model", "lr", "history")
 NUMERIC = ("seq_len", "batch_size", "seed", "device_count", "device_memory_mb", "accuracy", "val_accuracy",
            "loss", "steps_per_s", "tokens_per_s", "peak_mem_mb", "ms", "ms_p10", "ms_p90", "ms_fwd",
            "ms_fwd_bwd", "tflops", "tflops_fraction", "approx_error", "lipschitz", "repeats", "approx_error_init",
-           "fit_steps", "entropy", "softmax_entropy", "monotonicity", "weight_kl")
+           "fit_steps", "entropy", "softmax_entropy", "monotonicity", "weight_kl", "ms_per_token", "state_bytes",
+           "query_accuracy", "val_query_accuracy", "bits_per_byte", "val_bits_per_byte", "unigram_bits_per_byte",
+           "num_kv_pairs", "d_model", "lr")
 #: the host facts a record carries (``host`` dict, flattened to ``host_<key>``); absent in older records
 HOST_FIELDS = ("torch_threads", "interop_threads", "cpu_count", "cpus_available", "load_avg_1m",
                "omp_num_threads", "mkl_num_threads", "affinity", "loaded")
 #: columns holding a list per record; JSON text in ``tidy.csv``, lists again after :func:`normalize`
-LIST_COLUMNS = ("timings_ms", "host_affinity")
+LIST_COLUMNS = ("timings_ms", "host_affinity", "history")
+#: columns :func:`normalize` derives from others; left out of ``tidy.csv`` (derived again when it is read)
+DERIVED = ("time_ms", "time_p10", "time_p90", "n_timings", "dirty", "host_known", "learned_p", "majority_rate")
 
 
 class NoRecordsError(ValueError):
@@ -119,6 +125,44 @@ def protocol_of(config: Any, kind: Any, given: Any = None) -> str | None:
     return "scratch" if kind == "train" else None
 
 
+def experiment_of(config: Any, given: Any = None) -> str | None:
+    """The named protocol a train run belongs to (e.g. ``cpu_table``): ``config.protocol``, else
+    ``config.experiment``, else an ``experiment=NAME`` among ``config.command_line``'s overrides; a tidy
+    CSV's own ``experiment`` column otherwise; None for a run outside any named protocol."""
+    if isinstance(config, dict):
+        for key in ("protocol", "experiment"):
+            value = config.get(key)
+            if isinstance(value, str) and value:
+                return value
+            if isinstance(value, dict) and isinstance(value.get("name"), str):
+                return value["name"]
+        line = config.get("command_line")
+        words = line.split() if isinstance(line, str) else line if isinstance(line, list) else []
+        for w in words:
+            if isinstance(w, str) and w.lstrip("+").startswith("experiment="):
+                return w.split("=", 1)[1]
+        return None
+    return given if isinstance(given, str) and given else None
+
+
+def _config_value(config: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(config, dict):
+            return None
+        config = config.get(key)
+    return config
+
+
+def _learned_test(value: Any, key: str) -> Any:
+    """A field of ``metrics.learned_test`` (a dict, or its JSON text in a CSV)."""
+    if isinstance(value, str) and value.startswith("{"):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            return np.nan
+    return value.get(key, np.nan) if isinstance(value, dict) else np.nan
+
+
 def normalize(df: pd.DataFrame) -> pd.DataFrame:
     """Add missing columns, coerce types and derive the columns the report reads.
 
@@ -130,7 +174,11 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
     spread over the timed calls where recorded; ``n_timings`` counts the raw per-call times in
     ``timings_ms``; ``host_loaded`` is a nullable bool (``pd.NA`` where not recorded); a train record
     whose ``distill`` says it trained with attention distillation reports as its own variant,
-    ``<variant>+distill``.
+    ``<variant>+distill``; ``experiment`` names a train run's protocol (:func:`experiment_of`);
+    ``learned`` (nullable bool), ``learned_p`` and ``majority_rate`` come from ``metrics.learned`` and
+    ``metrics.learned_test``; ``causal`` (bool) from ``case.causal``, ``case.attention_causal`` or
+    ``config.attention.causal``; ``num_kv_pairs``, ``d_model`` and ``lr`` of a train run from its config;
+    ``dirty`` flags a ``-dirty`` commit and ``host_known`` a record that carries host facts.
     """
     df = _expand_host(df.copy())
     for col in BASE_COLUMNS:
@@ -158,6 +206,25 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
     df["recipe"] = [(c.get("recipe") or "lra") if isinstance(c, dict) and k == "train" else
                     (r if isinstance(r, str) else None) for c, k, r in zip(config, df["kind"], given)]
     df["protocol"] = [protocol_of(c, k, p) for c, k, p in zip(config, df["kind"], df.get("protocol", none))]
+    df["experiment"] = [experiment_of(c, g) for c, g in zip(config, df.get("experiment", none))]
+    # token tasks (MQAR, byte-level LM): their sizes live in the config; the record's own columns win
+    for col, path in (("num_kv_pairs", ("task", "num_kv_pairs")), ("d_model", ("model", "d_model")),
+                      ("lr", ("trainer", "lr"))):
+        from_config = pd.to_numeric(pd.Series([_config_value(c, *path) if k == "train" else None
+                                               for c, k in zip(config, df["kind"])], index=df.index, dtype=object),
+                                    errors="coerce")
+        df[col] = df[col].where(df[col].notna(), from_config)
+    df["learned"] = pd.array([as_flag(v) for v in df["learned"]], dtype="boolean")
+    tests = df.get("learned_test", none)
+    df["learned_p"] = pd.to_numeric(tests.map(lambda t: _learned_test(t, "p_value")), errors="coerce")
+    df["majority_rate"] = pd.to_numeric(tests.map(lambda t: _learned_test(t, "majority_rate")), errors="coerce")
+    causal = df["causal"] if "causal" in df else none
+    given = df["attention_causal"] if "attention_causal" in df else none
+    df["causal"] = [bool(as_flag(c) if as_flag(c) is not None else as_flag(a) if as_flag(a) is not None else
+                         as_flag(_config_value(cf, "attention", "causal")) or False)
+                    for c, a, cf in zip(causal, given, config)]
+    df["dirty"] = df["git_commit"].map(lambda c: isinstance(c, str) and c.endswith("-dirty"))
+    df["host_known"] = df[[f"host_{k}" for k in HOST_FIELDS]].notna().any(axis=1)
     time = df["ms"].copy()
     spread = time.notna()
     for mode, col in (("op_fwd_bwd", "ms_fwd_bwd"), ("op_fwd", "ms_fwd")):
@@ -169,11 +236,22 @@ def normalize(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def _filled(value: Any) -> bool:
+    """Whether a cell holds something (not NaN/None/NA, not an empty string, list or dict)."""
+    if isinstance(value, (list, dict, str)):
+        return len(value) > 0
+    return value is not None and value is not pd.NA and not (isinstance(value, float) and np.isnan(value)) \
+        and value is not pd.NaT
+
+
 def tidy(df: pd.DataFrame) -> pd.DataFrame:
-    """The frame as written to ``tidy.csv``: one row per record, the full Hydra config dropped, and
-    dict/list cells (``timings_ms``, ``variant_config``, ...) as JSON text, which :func:`normalize`
-    turns back into lists when the CSV is read again."""
-    out = df.drop(columns=[c for c in ("config", "_path") if c in df])
+    """The frame as written to ``tidy.csv``: one row per record, the full Hydra config, the columns
+    :func:`normalize` derives again (:data:`DERIVED`) and every column empty in all rows dropped, and
+    dict/list cells (``timings_ms``, ``variant_config``, ``history``, ...) as JSON text, which
+    :func:`normalize` turns back into lists when the CSV is read again. Its columns are described by
+    :mod:`lra.report.dictionary` (written beside it as ``tidy.md``)."""
+    out = df.drop(columns=[c for c in ("config", "_path", *DERIVED) if c in df])
+    out = out.loc[:, [c for c in out.columns if out[c].map(_filled).any()]]
     for col in out.columns:
         if out[col].dtype == object and out[col].map(lambda v: isinstance(v, (dict, list))).any():
             out[col] = out[col].map(lambda v: json.dumps(v, sort_keys=True, default=str)

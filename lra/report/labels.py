@@ -23,6 +23,8 @@ OP_MODES = ("op_fwd", "op_fwd_bwd")
 MODE_NAMES = {"op_fwd": "forward", "op_fwd_bwd": "forward + backward", "model_step": "model training step",
               "exactness": "approximation error", "smoothness": "smoothness"}
 UNKNOWN_DEVICE = "unknown device"
+#: a table cell for a combination without any record (every other gap shows its status or its reason)
+NOT_RUN = "not run"
 #: the mark put on a time measured while its host was loaded (``host_loaded``), and its footnote
 LOADED_MARK = "†"
 LOADED_NOTE = (f"{LOADED_MARK} measured while the host was loaded (load average above the CPUs available "
@@ -46,9 +48,9 @@ def task_order(tasks: Iterable[str]) -> list[str]:
 
 
 def length_label(n: float) -> str:
-    """1024 -> "1K", 3072 -> "3K", 500 -> "500"."""
-    n = int(n)
-    return f"{n // 1024}K" if n >= 1024 and n % 1024 == 0 else str(n)
+    """A sequence length as the report writes it everywhere: the exact count, thousands separated
+    (1024 -> "1,024", 2000 -> "2,000", 500 -> "500"), so that 1,024 and 2,000 never read alike."""
+    return f"{int(n):,}"
 
 
 def sig(x: float | None, digits: int = 3) -> str:
@@ -68,7 +70,8 @@ def ratio(x: float) -> str:
 
 
 def int_or_dash(x: Any) -> str:
-    return "—" if x is None or pd.isna(x) else f"{int(x)}"
+    """An integer field of a record, or "not recorded"."""
+    return "not recorded" if x is None or pd.isna(x) else f"{int(x)}"
 
 
 def slug(s: Any) -> str:
@@ -81,9 +84,21 @@ def anchor(*parts: Any) -> str:
     return "-".join(slug(p).replace("_", "-") for p in parts if p is not None and p != "")
 
 
+def fig_key(kind: str, device: str | None = None) -> str:
+    """The key of one figure of the report: ``kind`` (e.g. "time") of one device ("time:cpu_amd_epyc")."""
+    return kind if device is None else f"{kind}:{slug(device)}"
+
+
 def link(text: str, target: str) -> str:
-    """A markdown link to an anchor of the same document."""
-    return f"[{text}](#{target})"
+    """A markdown link to an anchor of the same page (``target`` starting with ``[[page:``: of the page
+    it names, see :func:`page_link`)."""
+    return f"[{text}]({target})" if target.startswith("[[page:") else f"[{text}](#{target})"
+
+
+def page_link(text: str, page: str, target: str = "") -> str:
+    """A markdown link to an anchor on one of the report's pages (``page``: "main", "ops", ...), resolved
+    to the page's file when the page is written (:class:`lra.report.document.Document`)."""
+    return f"[{text}]([[page:{page}]]{'#' + target if target else ''})" if target else f"[{text}]([[page:{page}]])"
 
 
 def devices(df: pd.DataFrame) -> list[str]:

@@ -62,8 +62,10 @@ def lra_length_tasks() -> dict[int, list[str]]:
 
 
 def spt_paper_table() -> pd.DataFrame:
-    """:data:`SPT_TABLE` as display strings, in the layout of :func:`paper_table` ("—" = not verified)."""
-    rows = {name: [f"{r[t]:.2f}" if t in r else "—" for t in TASKS] + [f"{r['avg']:.1f}" if "avg" in r else "—"]
+    """:data:`SPT_TABLE` as display strings, in the layout of :func:`paper_table` ("not transcribed" where a
+    cell was not verified against the paper's text)."""
+    rows = {name: [f"{r[t]:.2f}" if t in r else "not transcribed" for t in TASKS]
+            + [f"{r['avg']:.1f}" if "avg" in r else "not transcribed"]
             for name, r in SPT_TABLE.items()}
     out = pd.DataFrame.from_dict(rows, orient="index", columns=[TASK_NAMES[t] for t in TASKS] + ["Avg"])
     out.index.name = "model (paper)"

@@ -10,7 +10,8 @@ import pandas as pd
 
 from .labels import TASK_NAMES, length_label, memory_note, slug, task_order, variant_order
 from .paper import PAPER_LENGTHS
-from .plotting import FigureDir, FigureResult, plt_sns
+from .palette import styles
+from .plotting import FigureDir, FigureResult, legend_below, log_axis, plain_axis, plt_sns
 
 
 def summary_points(df: pd.DataFrame, device: str) -> tuple[pd.DataFrame, str]:
@@ -52,17 +53,20 @@ def _panel_title(task: str, n: float, recipe: str, recipes: int) -> str:
     return title + (f", recipe {recipe}" if recipes > 1 or recipe != "lra" else "")
 
 
-def summary_figure(df: pd.DataFrame, device: str, colors: dict[str, Any], out: FigureDir) -> FigureResult:
-    """Draw the summary of ``device`` (see :func:`summary_points`); ``(None, why)`` when not drawn."""
+def summary_figure(df: pd.DataFrame, device: str, colors: Any, out: FigureDir) -> FigureResult:
+    """Draw the summary of ``device`` (see :func:`summary_points`); ``(None, why)`` when not drawn.
+    Each variant in its colour and marker; a hollow marker where its runs did not learn the task."""
     pts, why = summary_points(df, device)
     if pts.empty:
         return None, why
     plt, _ = plt_sns()
+    style = styles(pts["variant"].unique())
+    learned = _learned(df, device)
     panels = sorted(pts.groupby(["task", "seq_len", "recipe"]).groups,
                     key=lambda k: (task_order(pts["task"]).index(k[0]), k[1], str(k[2])))
     ncol = min(3, len(panels))
     nrow = math.ceil(len(panels) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol + 1.0, 4.2 * nrow), squeeze=False)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.9 * ncol + 0.6, 3.3 * nrow), squeeze=False)
     has_mem = pts["peak_mem_mb"].notna().any()
     mem_max = pts["peak_mem_mb"].max() if has_mem else 1.0
     recipes = pts["recipe"].nunique()
@@ -71,8 +75,11 @@ def summary_figure(df: pd.DataFrame, device: str, colors: dict[str, Any], out: F
         g = g.set_index("variant").loc[variant_order(g["variant"])].reset_index()
         mem = g["peak_mem_mb"].fillna(g["peak_mem_mb"].median() if has_mem else mem_max)
         area = (1400.0 * mem / mem_max).clip(lower=25) if has_mem else pd.Series(250.0, index=g.index)
-        ax.scatter(g["ms_per_step"], g["accuracy"], s=area, c=[colors[v] for v in g["variant"]], alpha=0.6,
-                   edgecolors="white", linewidths=1)
+        for r, a in zip(g.itertuples(), area):
+            s = style[r.variant]
+            hollow = learned.get((key[0], key[1], r.variant)) is False
+            ax.scatter([r.ms_per_step], [r.accuracy], s=a, marker=s.marker, alpha=0.75, linewidths=1.2,
+                       facecolors="none" if hollow else s.color, edgecolors=s.color if hollow else "white")
         for r, a in zip(g.itertuples(), area):
             label = r.variant
             if np.isfinite(r.peak_mem_mb):
@@ -83,11 +90,14 @@ def summary_figure(df: pd.DataFrame, device: str, colors: dict[str, Any], out: F
                         textcoords="offset points", ha="center", va="bottom", fontsize="x-small")
         x = g["ms_per_step"]
         if x.max() / x.min() > 10:
-            ax.set_xscale("log")
+            ax.set_xlim(x.min() / 1.5, x.max() * 1.5)
+            log_axis(ax, "x")
             ax.set_xlabel("time per training step (ms, log scale)")
         else:  # from zero: a 1% difference must not fill the panel
             ax.set_xlim(0, x.max() * 1.3)
+            plain_axis(ax, "x")
             ax.set_xlabel("time per training step (ms)")
+        plain_axis(ax, "y")
         ax.margins(y=0.3)
         lo, hi = ax.get_ylim()
         if hi - lo < 5:  # at least 5 accuracy points tall, for the same reason
@@ -99,13 +109,18 @@ def summary_figure(df: pd.DataFrame, device: str, colors: dict[str, Any], out: F
         ax.set_visible(False)
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], marker="o", linestyle="", markersize=9, alpha=0.6, color=colors[v], label=v)
-               for v in variant_order(pts["variant"])]  # labels can overlap where bubbles do; colours cannot
-    fig.legend(handles=handles, title="variant", loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
-               fontsize="small", title_fontsize="small")
-    size = "bubble area proportional to peak memory" if has_mem else \
-        f"equal bubbles: {memory_note(df[df['device_name'] == device]) or 'peak memory not recorded'}"
-    fig.suptitle(f"{device}: accuracy vs time per training step (LRA Figure 3 layout)\n"
-                 f"from the training runs; {size}", fontsize="medium")
+    extra = [(Line2D([], [], marker="o", ls="", mfc="none", mec="0.3", ms=7), "did not learn")] \
+        if any(v is False for v in learned.values()) else []
+    legend_below(fig, variant_order(pts["variant"]), style, extra=extra)  # labels can overlap; colours cannot
+    size = "marker area proportional to peak memory" if has_mem else \
+        f"equal markers: {memory_note(df[df['device_name'] == device]) or 'peak memory not recorded'}"
+    fig.suptitle(f"{device}: test accuracy vs time per training step (LRA Figure 3 layout); {size}",
+                 fontsize="medium")
     fig.tight_layout()
     return out.save(fig, f"summary_{slug(device)}"), ""
+
+
+def _learned(df: pd.DataFrame, device: str) -> dict[tuple, bool]:
+    """(task, seq_len, variant) -> False where every run with a verdict did not learn, True where one did."""
+    tr = df[(df["device_name"] == device) & (df["kind"] == "train") & df["learned"].notna()]
+    return {k: bool(g["learned"].astype(bool).any()) for k, g in tr.groupby(["task", "seq_len", "variant"])}

@@ -13,8 +13,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from .labels import (LOADED_MARK, TASK_NAMES, fail_label, first_line, int_or_dash, length_label, memory_note,
-                     ratio, sig, task_order, variant_order)
+from .labels import (LOADED_MARK, NOT_RUN, TASK_NAMES, fail_label, first_line, int_or_dash, length_label,
+                     memory_note, ratio, sig, task_order, variant_order)
 from .paper import PAPER_NAMES, PAPER_TABLE1
 
 
@@ -49,7 +49,7 @@ def was_loaded(rows: pd.DataFrame) -> bool:
 def cell(r, fmt: Callable[[float], str] = sig, spread: bool = False) -> str:
     """One table cell from a :func:`median_by` row: value (lo–hi), a loaded mark, or the failure status."""
     if r.status != "ok" or not np.isfinite(r.value):
-        return r.status if r.status != "ok" else "—"
+        return r.status if r.status != "ok" else "not measured"
     text = fmt(r.value)
     if spread and np.isfinite(r.lo) and np.isfinite(r.hi):
         text += f" ({fmt(r.lo)}–{fmt(r.hi)})"
@@ -62,7 +62,7 @@ def _acc_cell(group: pd.DataFrame) -> tuple[str, float]:
     ok = group[(group["status"] == "ok") & group["accuracy"].notna()]
     failed = group[group["status"] != "ok"]
     if ok.empty:
-        return (fail_label(failed["status"]) if len(failed) else "—"), np.nan
+        return (fail_label(failed["status"]) if len(failed) else NOT_RUN), np.nan
     vals = ok["accuracy"].to_numpy(float) * 100
     mean = float(vals.mean())
     text = f"{mean:.2f}" + (f" ± {vals.std(ddof=1):.2f}" if len(vals) > 1 else "")
@@ -91,9 +91,9 @@ def accuracy_table(df: pd.DataFrame, device: str | None = None) -> tuple[pd.Data
         means.loc[v, t] = mean
     for v in variants:
         got = means.loc[v].dropna()
-        cells.loc[v, "Avg"] = "—" if len(got) == 0 else \
+        cells.loc[v, "Avg"] = "no result" if len(got) == 0 else \
             f"{got.mean():.2f}" + ("" if len(got) == len(tasks) else f" ({len(got)}/{len(tasks)})")
-    return cells.fillna("—"), means
+    return cells.fillna(NOT_RUN), means
 
 
 def gap_table(means: pd.DataFrame) -> pd.DataFrame:
@@ -112,7 +112,7 @@ def gap_table(means: pd.DataFrame) -> pd.DataFrame:
 
 
 def _differences(rows: dict[str, dict[str, float]], mean_label: str, index_name: str) -> pd.DataFrame:
-    """Signed differences in points as display strings ("+1.23", "—" where missing), one row per key
+    """Signed differences in points as display strings ("+1.23", "not compared" where missing), one row per key
     of ``rows`` that has any, plus their mean over the columns that have one."""
     out = {}
     for name, diffs in rows.items():
@@ -122,7 +122,7 @@ def _differences(rows: dict[str, dict[str, float]], mean_label: str, index_name:
     table = pd.DataFrame.from_dict(out, orient="index")
     if table.empty:
         return table
-    table = table.map(lambda g: f"{g:+.2f}" if np.isfinite(g) else "—")
+    table = table.map(lambda g: f"{g:+.2f}" if np.isfinite(g) else "not compared")
     table.index.name = index_name
     return table
 
@@ -203,7 +203,7 @@ def speed_table(rows: pd.DataFrame, reference: str | None = "full") -> pd.DataFr
                     ref = table.loc[(reference, n)]
                     out.loc[v, col] = ratio(r.value / ref.value) if (ref.status == "ok" and ref.value > 0) \
                         else f"ref {ref.status}"
-    return out.fillna("—")
+    return out.fillna(NOT_RUN)
 
 
 # ---------------------------------------------------------------------------------------------- op level
@@ -224,7 +224,8 @@ def case_table(rows: pd.DataFrame, value: str, fmt: Callable[[float], str] = sig
     for r in med.itertuples():
         if np.isfinite(r.seq_len):
             out.loc[r.variant, length_label(r.seq_len)] = cell(r, fmt, spread=lo is not None)
-    return out.fillna("—")
+    out.columns = [f"N = {c}" for c in out.columns]
+    return out.fillna(NOT_RUN)
 
 
 #: the attention-weight columns of exactness records (Hedgehog's spikiness and monotonicity, and mimicry)
@@ -251,8 +252,8 @@ def weights_table(rows: pd.DataFrame) -> tuple[pd.DataFrame, int | None]:
         for r in median_by(at, ["variant"], col).itertuples():
             out.loc[r.variant, title] = cell(r, fmt)
     ref = float(has[has["seq_len"] == n]["softmax_entropy"].median())
-    out.loc["softmax"] = [f"{ref:.2f}" if np.isfinite(ref) else "—", "1", "0", "0", "0"]
-    return out.fillna("—"), int(n)
+    out.loc["softmax"] = [f"{ref:.2f}" if np.isfinite(ref) else "not measured", "1", "0", "0", "0"]
+    return out.fillna(NOT_RUN), int(n)
 
 
 #: how records made before ``case.flops_convention`` counted FLOPs, by their ``flops_source`` and mode
@@ -286,7 +287,7 @@ def flops_conventions(rows: pd.DataFrame) -> pd.Series:
 def with_conventions(table: pd.DataFrame, rows: pd.DataFrame) -> tuple[pd.DataFrame, str | None]:
     """A TFLOP/s table (variants as index) and how its FLOPs were counted: one sentence when every
     variant used the same convention, else ``(table + a "FLOPs counted as" column, None)``."""
-    conv = flops_conventions(rows).reindex(table.index).fillna("—")
+    conv = flops_conventions(rows).reindex(table.index).fillna("no FLOPs recorded")
     if conv.nunique() == 1:
         return table, f"FLOPs counted as: {conv.iloc[0]}."
     return table.assign(**{"FLOPs counted as": conv}), None
@@ -305,7 +306,8 @@ def overhead_table(rows: pd.DataFrame) -> pd.DataFrame:
                "batch": int_or_dash(r.get("batch_size")), "dtype": r.get("dtype")}
         for col, label in OVERHEAD_COLUMNS:
             value = r.get(col)
-            row[label] = "—" if r["status"] != "ok" or value is None or pd.isna(value) else (
+            row[label] = (r["status"] if r["status"] != "ok" else "not measured") \
+                if r["status"] != "ok" or value is None or pd.isna(value) else (
                 f"{value:+.1f}" if col.endswith("_pct") else sig(value))
         row["status"] = r["status"] + (LOADED_MARK if r.get("host_loaded") is True else "")
         out.append(row)
@@ -318,7 +320,7 @@ def failures_table(df: pd.DataFrame) -> pd.DataFrame:
     what = bad["task"].astype(object).where(bad["kind"] == "train", bad["mode"])
     out = pd.DataFrame({
         "kind": bad["kind"], "device": bad["device_name"], "variant": bad["variant"],
-        "task / mode": what.fillna("—"), "N": bad["seq_len"].map(int_or_dash),
+        "task / mode": what.fillna("not recorded"), "N": bad["seq_len"].map(int_or_dash),
         "seed": bad["seed"].map(int_or_dash), "batch": bad["batch_size"].map(int_or_dash),
         "status": bad["status"], "message": bad["message"].map(first_line),
     })

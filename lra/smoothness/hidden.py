@@ -192,7 +192,7 @@ def layer_projections(model, layer: int = 0) -> Projections:
     """Query/key/value weights ``(3, H, d, d_h)`` and biases ``(3, H, d_h)`` of layer ``layer``.
 
     Reads :class:`lra.model.MultiHeadAttention`'s fused ``qkv`` linear, whose output splits as
-    ``(3, heads, d_h)`` (the order its forward uses; ``tests/test_smoothness_data.py`` checks it).
+    ``(3, heads, d_h)`` (the order its forward uses; ``tests/smoothness/test_smoothness_data.py`` checks it).
     """
     mha = model.blocks[layer].attn
     h = mha.heads

@@ -128,15 +128,20 @@ def _summary(values: list[float], bounds: list[float]) -> dict[str, Any]:
 def measure(variant: str, knobs: dict, pattern: str, n: int, sm: dict, *, radius: float | None = None,
             causal: bool = False, seed: int = 0, dtype: torch.dtype = torch.float32,
             device: torch.device | str = "cpu") -> Outcome:
-    """Measure ``variant`` (built with ``knobs``) on ``pattern`` at length ``n``."""
+    """Measure ``variant`` (built with ``knobs``) on ``pattern`` at length ``n``.
+
+    ``backend=auto`` runs the variants' reference paths here (:func:`attention_variants.reference_paths`):
+    the search differentiates twice and the power iteration runs under ``torch.func``; the fast
+    paths compute the same function but are differentiable once."""
     if pattern not in PATTERNS:
         raise ValueError(f"unknown smoothness pattern {pattern!r}; patterns are {list(PATTERNS)}")
     t0 = time.perf_counter()
-    if pattern in SYNTHETIC:
-        out = _synthetic(variant, knobs, pattern, n, sm, radius if radius is not None else float(sm.get("radius", 1.0)),
-                         seed, dtype, device)
-    else:
-        out = _data(variant, knobs, pattern, n, sm, seed, dtype, device)
+    with av.reference_paths():
+        if pattern in SYNTHETIC:
+            out = _synthetic(variant, knobs, pattern, n, sm,
+                             radius if radius is not None else float(sm.get("radius", 1.0)), seed, dtype, device)
+        else:
+            out = _data(variant, knobs, pattern, n, sm, seed, dtype, device)
     out.metrics["lipschitz_per_sqrt_n"] = out.metrics["lipschitz"] / math.sqrt(n)
     out.metrics["wall_s"] = round(time.perf_counter() - t0, 4)
     out.facts.update({"pattern": pattern, "iters": int(sm.get("iters", 20)), "sweep": False})

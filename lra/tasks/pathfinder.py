@@ -13,7 +13,7 @@ Sources (``task.source``):
   core. ``task.generator_version`` names the generator the config expects (recorded with
   every run; a mismatch with the code is an error, so a record's images are known). The
   images pass the difficulty checks of :mod:`lra.pathfinder.difficulty` as the reference's
-  do (flood fill at chance, dash and grey-level statistics; see tests/test_pathfinder*.py).
+  do (flood fill at chance, dash and grey-level statistics; see tests/tasks/test_pathfinder*.py).
 * ``release``: the LRA release's ``pathfinder32/<difficulty>/`` (``lra_release.gz``): PNGs under
   ``imgs/<batch>/`` listed by ``metadata/<batch>.npy``, which are *text* files, one line per
   image: ``subdir filename index label ...`` (label = fourth field). Lines whose image is

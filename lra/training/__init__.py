@@ -21,12 +21,15 @@ Modules, one job each; each imports only the ones above it in this list (no cycl
     optim.py       AdamW and its learning-rate schedule (make_optimizer, lr_factor)
     step.py        one supervised optimizer step over trainer.accumulate micro-batches (TrainStep, also
                    timed by lra-bench) and evaluate
+    token_task.py  token-level tasks (MQAR, text_lm): the token head's model, loss at the labelled
+                   positions, metrics, and the decoding state size every record states
     config.py      the effective configuration: layering (merge_layers, recipe_of, resolve), the
                    self-pretraining settings, validate (before any data), device_of, effective_config
     pretrain.py    the self-pretraining loop (masking, checkpoint selection): state, optim
-    finetune.py    the supervised loop (train, build_model, test_checkpoints): config, step, state, optim,
-                   pretrain, verdict, curves
-    job.py         run: one job, its record written whatever happens: config, finetune, state, verdict
+    finetune.py    the supervised loop (train, build_model, test_checkpoints): config, step, token_task,
+                   state, optim, pretrain, verdict, curves
+    lr_sweep.py    a learning-rate sweep's rule: a cell's other rates are skipped once one reached the target
+    job.py         run: one job, its record written whatever happens: config, finetune, state, lr_sweep, verdict
 
 Data flows one way::
 

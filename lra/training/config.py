@@ -5,7 +5,11 @@
   ``null`` means "not set" (:func:`merge_layers`). An explicit ``task.<key>=...`` on the command
   line beats a trainer preset's ``trainer.task_overrides.<key>`` (:func:`explicit_beats_presets`).
 * Self-pretraining settings (``pretrain=mlm|causal``): :func:`pretrain_settings`,
-  :func:`finetune_settings`, their checks :func:`pretrain_problems`, :func:`check_pretrain_attention`.
+  :func:`finetune_settings`, their check :func:`pretrain_problems`.
+* Causal attention where a run predicts tokens (:func:`causal_reason`): token-level tasks (MQAR,
+  text_lm) and ``pretrain=causal`` switch ``causal`` on for every variant that can be causal
+  (:func:`resolve`); where only causal attention can do the job (text_lm, ``pretrain=causal``) a
+  variant that cannot is refused with the causal variants (:func:`check_causal_attention`).
 * Validation (:func:`validate`): every value of the effective configuration against its valid
   range (tables in :mod:`lra.schema`) before any data is prepared; one :class:`ConfigError`
   names every bad value.
@@ -88,7 +92,30 @@ def resolve(cfg: DictConfig) -> tuple[DictConfig, dict, dict, dict]:
     knobs = merge_layers(cfg.attention)
     for key in ("name", *DISTILL_KEYS):  # training options, not the variant's knobs
         knobs.pop(key, None)
+    if causal_reason(cfg, task_cfg.name) is not None and _can_be_causal(str(cfg.attention.name)):
+        knobs["causal"] = True
     return task_cfg, model, trainer, knobs
+
+
+def causal_reason(cfg: DictConfig, task: str) -> str | None:
+    """Why this run wants causal attention (None: it does not): a token-level task (MQAR, text_lm)
+    predicts tokens, and so does ``pretrain=causal``. :func:`resolve` then sets ``causal=True`` for
+    every variant that supports it; the others run bidirectionally (MQAR) or are refused
+    (:func:`check_causal_attention`)."""
+    if pretrain_objective(cfg) == "causal":
+        return "pretrain=causal predicts each next token"
+    if tasks.needs_causal(task):
+        return f"task={task} predicts each next token"
+    if tasks.target_of(task) == "token":
+        return f"task={task} predicts tokens"
+    return None
+
+
+def _can_be_causal(name: str) -> bool:
+    try:
+        return bool(av.get(name)[0].supports_causal)
+    except KeyError:  # an unknown variant: validate() says so
+        return False
 
 
 def model_settings(cfg: DictConfig, task_cfg: DictConfig, *later) -> dict[str, Any]:
@@ -204,13 +231,42 @@ def pretrain_problems(cfg: DictConfig, task: str, trainer: dict) -> list[str]:
     return found
 
 
-def check_pretrain_attention(cfg: DictConfig, attention) -> None:
-    """``pretrain=causal`` needs causal attention (a query sees no later position), else the next token
-    is in view: :class:`ConfigError` naming the fix."""
-    if pretrain_objective(cfg) == "causal" and not getattr(attention, "causal", False):
-        raise ConfigError(f"pretrain=causal predicts each next token, which needs causal attention (queries see "
-                          f"no later position), but attention={cfg.attention.name} is bidirectional here; use "
-                          f"pretrain=mlm, or a causal variant (attention=random_feature attention.gate=true)")
+def check_causal_attention(cfg: DictConfig, task: str, attention) -> None:
+    """``pretrain=causal`` and the tasks that only causal attention can do (``NEEDS_CAUSAL``: text_lm)
+    need a built ``attention`` whose queries see no later position, else the next token is in view:
+    :class:`ConfigError` with the variant's reason and the causal variants."""
+    needed = pretrain_objective(cfg) == "causal" or tasks.needs_causal(task)
+    if not needed or getattr(attention, "causal", False):
+        return
+    name, causal = str(cfg.attention.name), av.available(causal=True)
+    try:
+        av.check_causal(name, True)
+        refusal = f"attention={name} is bidirectional here. Causal variants: {', '.join(causal)}"
+    except ValueError as err:  # names `causal`, the variant's reason and the causal variants
+        refusal = str(err).rstrip(".")
+    gated = "" if "random_feature" in causal else " (and random_feature with attention.gate=true, causal by construction)"
+    raise ConfigError(f"{causal_reason(cfg, task)}, which needs causal attention (a query sees no later position): "
+                      f"{refusal}{gated}. Choose one with attention=<name>"
+                      + ("; or pretrain=mlm" if pretrain_objective(cfg) == "causal" else ""))
+
+
+def token_task_problems(cfg: DictConfig, task: str, trainer: dict) -> list[str]:
+    """What a token-level task (:func:`lra.tasks.target_of`) cannot run with: self-pretraining (it
+    trains its token head from scratch), a compiled step (the labelled positions change the shapes),
+    and ``trainer.lr_sweep_skip`` without ``trainer.stop_at_val_accuracy`` (any task)."""
+    found = []
+    if trainer.get("lr_sweep_skip") and trainer.get("stop_at_val_accuracy") is None:
+        found.append("trainer.lr_sweep_skip=true skips the learning rates of a cell once one reached "
+                     "trainer.stop_at_val_accuracy, which is not set; fix: trainer.stop_at_val_accuracy=0.99")
+    if tasks.target_of(task) != "token":
+        return found
+    if pretrain_objective(cfg) != "none":
+        found.append(f"pretrain={pretrain_objective(cfg)} is for the classification tasks; task={task} trains its "
+                     "token head from scratch; fix: pretrain=none")
+    if trainer.get("compile"):
+        found.append(f"trainer.compile=true is not supported for task={task} (the labelled positions change the "
+                     "shapes of every batch); fix: trainer.compile=false")
+    return found
 
 
 def finetune_settings(spt: dict | None, model: dict, trainer: dict) -> tuple[dict, dict]:
@@ -284,6 +340,7 @@ def validate(cfg: DictConfig) -> None:
     found += schema.threads_problems(cfg.get("threads", "auto"))
     found += logger_problems(cfg.get("logger", "none"))
     found += pretrain_problems(cfg, task_cfg.name, trainer)
+    found += token_task_problems(cfg, task_cfg.name, trainer)
     if found:
         raise ConfigError("; ".join(found))
     if model["d_model"] % model["heads"]:
@@ -293,7 +350,7 @@ def validate(cfg: DictConfig) -> None:
     autocast_dtype(trainer.get("precision", "auto"), device)
     attn = av.build(name, heads=model["heads"], head_dim=model["d_model"] // model["heads"],
                     max_length=int(task_cfg.seq_len) + 1, **knobs)
-    check_pretrain_attention(cfg, attn)
+    check_causal_attention(cfg, task_cfg.name, attn)
     if distill_settings(cfg)["on"] and not has_feature_map(attn):
         raise ConfigError(f"attention.distill needs a non-causal kernel variant exposing feature_map "
                           f"(hedgehog, taylor, performer, linear, random_feature without gate); got attention={name}")

@@ -30,6 +30,12 @@ Throughput (README "Training throughput"): length-bucketed batches (``trainer.bu
 (``trainer.device=packed``, :mod:`lra.devices`); the record says which ran (``case.bucketing``,
 ``case.compile``, ``case.packed``; :func:`throughput_facts`).
 
+Token-level tasks (MQAR, text_lm: ``TaskData.target == "token"``) train the encoder with a token
+head and score the labelled positions (:mod:`lra.training.token_task`); everything else is the same
+loop. ``trainer.stop_at_val_accuracy`` ends a run at the first validation that reaches it
+(``case.early_stop``). Every record states the decoding state of the model at the task's length
+(``metrics.state_bytes``, ``case.state``) and whether its attention was causal (``case.attention_causal``).
+
 Failures after validation never raise: NaN/inf losses give status ``nan`` (with the first bad
 step), out-of-memory ``oom``, a run that did not train or evaluate and anything else ``error``
 (:func:`lra.training.state.loop_failure`, :func:`lra.training.state.trained_and_evaluated`).
@@ -52,7 +58,7 @@ from ..distill import LayerDistiller
 from ..model import Encoder, EncoderConfig
 from ..progress import progress
 from ..results import host_info, make_record, now
-from . import pretrain
+from . import pretrain, token_task
 from .config import (autocast_dtype, device_of, distill_settings, effective_config, finetune_settings,
                      pretrain_settings, resolve, validate)
 from .optim import make_optimizer
@@ -78,6 +84,8 @@ def build_model(data: tasks.TaskData, model: dict, attention: str, knobs: dict) 
 
 def bucketing_of(tr: dict, data: tasks.TaskData, model: Encoder, attention: str) -> tuple[bool, str]:
     """Whether this run buckets by length, and why (:func:`lra.bucketing.choose` on the built model)."""
+    if data.target == "token":
+        return False, "off: the labels of a token-level task are per position (a cut batch would drop them)"
     return bucketing.choose(tr.get("bucketing", "auto"), pad_id=data.pad_id, variant=attention,
                             attention_module=model.blocks[0].attn.attention, pooling=model.cfg.pooling,
                             pool_masked=model.cfg.pool_masked, cls_last=model.causal)
@@ -112,8 +120,10 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
 
     torch.manual_seed(cfg.seed)
     model = build_model(data, model_kw, cfg.attention.name, {**knobs, "seed": int(cfg.seed)}).to(device)
+    token = data.target == "token"  # a label per position: the encoder trains with a token head (token_task)
+    net = token_task.predictor(model).to(device) if token else model
     steps = int(tr["steps"])
-    opt, sched = make_optimizer(model, tr)
+    opt, sched = make_optimizer(net, tr)
     bucket_on, bucket_why = bucketing_of(tr, data, model, cfg.attention.name)
     print(f"[lra] length bucketing {bucket_why}")
     batching = dict(bucket_multiple=int(tr.get("bucket_multiple") or bucketing.DEFAULT_MULTIPLE) if bucket_on else None,
@@ -122,8 +132,8 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
                             **batching)
     val_b = DeviceBatches(*data.splits["val"], tr["batch_size"], device, data.pad_id, shuffle=False, **batching)
     test_b = DeviceBatches(*data.splits["test"], tr["batch_size"], device, data.pad_id, shuffle=False, **batching)
-    step_fn = CompiledModel(model, mode=tr.get("compile_mode") or "auto", backend=tr.get("compile_backend") or "inductor",
-                            device=device) if tr.get("compile") else model
+    step_fn = CompiledModel(net, mode=tr.get("compile_mode") or "auto", backend=tr.get("compile_backend") or "inductor",
+                            device=device) if tr.get("compile") else net
 
     if train_b.batch_size != int(tr["batch_size"]):
         print(f"[lra] trainer.batch_size={tr['batch_size']} exceeds the {len(data.splits['train'][1])} training "
@@ -152,7 +162,7 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
                                        "which a compiled (CUDA-graph) forward would not run as eager code"))
     step, train_time, history = 0, 0.0, []
     saved: dict[str, Any] = {}
-    ckpt = LoopCheckpoint(ckpt_path, model, opt, sched, device)
+    ckpt = LoopCheckpoint(ckpt_path, net, opt, sched, device)
     if ckpt.exists():
         saved = ckpt.restore(("step", "train_time", "history", "best", "curves", "chance_warned", "window",
                               "last_window"))
@@ -161,12 +171,19 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
     accumulate = int(tr.get("accumulate") or 1)
     best = BestWeights(**(saved.get("best") or {}))  # the best validation's weights (a CPU copy)
     chance = ChanceWarning(data.name, steps, warned=bool(saved.get("chance_warned")))
-    majority = majority_rate(data.splits["train"][1])  # the "did not learn" baseline
+    majority = majority_rate(data.splits["train"][1])  # the "did not learn" baseline (labelled positions only)
     curves = Curves(job_dir, make_logger(cfg.get("logger", "none"), job_dir, step, f"{data.name}/{cfg.attention.name}",
                                          config), saved.get("curves"))
-    train_step = TrainStep(model, step_fn, opt, sched, train_b, amp, tr.get("grad_clip"),
-                           aux_loss=distiller.loss if distiller else None, accumulate=accumulate)
-    train_step.load_window_state(saved.get("window"))
+    stop_at = tr.get("stop_at_val_accuracy")
+    reached = stop_at is not None and any(h["val_accuracy"] >= stop_at for h in history)  # also when resumed
+
+    def score(batches: DeviceBatches, max_batches: int | None = None) -> dict[str, float]:
+        """``accuracy``, ``loss`` and ``tokens`` (targets scored) of a split; token-level tasks: over its
+        labelled positions (with their other measures, :func:`lra.training.token_task.evaluate`)."""
+        if token:
+            return token_task.evaluate(net, batches, amp, max_batches)
+        accuracy, loss = evaluate(model, batches, amp, max_batches)
+        return {"accuracy": accuracy, "loss": loss, "tokens": evaluated_count(batches, max_batches)}
 
     def checkpoint():
         ckpt.save(step=step, train_time=train_time, history=history, best=best.state(), curves=curves.rows,
@@ -176,16 +193,20 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
     signals = PreemptionSignals()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    train_step = TrainStep(net, step_fn, opt, sched, train_b, amp, tr.get("grad_clip"),
+                           aux_loss=distiller.loss if distiller else None, outputs=token_task.outputs if token else None,
+                           accumulate=accumulate)
+    train_step.load_window_state(saved.get("window"))
     last_window = saved.get("last_window")  # the last closed log window (a validation's train_loss)
     log_every = max(1, int(tr.get("log_every", 50)))
     status, message = "ok", None
-    model.train()
+    net.train()
     bar = progress(total=steps, initial=step, desc=f"{data.name}/{cfg.attention.name}", unit="step",
                    disable=not tr.get("progress", True))
     t0 = window_t0 = time.perf_counter()
     paused = 0.0  # seconds of evaluation and checkpointing inside the current log window
     try:
-        while step < steps:
+        while step < steps and not reached:
             train_step(step)
             step += 1
             bar.update()
@@ -210,10 +231,12 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
                 pause_t0 = time.perf_counter()
                 train_time += pause_t0 - t0
                 if eval_now:
-                    val_acc, val_loss = evaluate(model, val_b, amp, tr.get("eval_batches"))
-                    n_val = evaluated_count(val_b, tr.get("eval_batches"))
-                    val_test = binomial_test(correct_count(val_acc, n_val), n_val, majority, "val")
-                    best.update(step, val_acc, model)
+                    val_scores = score(val_b, tr.get("eval_batches"))
+                    val_acc, val_loss = val_scores["accuracy"], val_scores["loss"]
+                    val_test = binomial_test(correct_count(val_acc, val_scores["tokens"]), val_scores["tokens"],
+                                             majority, "val")
+                    best.update(step, val_acc, net)
+                    reached = stop_at is not None and val_acc >= stop_at
                     distill_window = distiller.window() if distiller else None
                     history.append({"step": step, "val_accuracy": val_acc, "val_loss": val_loss,
                                     # training loss / accuracy over the last log_every steps
@@ -225,7 +248,8 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
                                distill_loss=sum(distill_window) / len(distill_window) if distill_window else None)
                     train_part = f" train_loss {last_window[0]:.4f}" if last_window else ""
                     bar.write(f"[lra] step {step}:{train_part} val_accuracy {val_acc:.4f} val_loss {val_loss:.4f}"
-                              f"{'' if learned(val_test) else ' (at chance)'}")
+                              f"{'' if learned(val_test) else ' (at chance)'}"
+                              + (f"; reached trainer.stop_at_val_accuracy={stop_at}: stopping" if reached else ""))
                     chance.check(step, val_test, bar.write)
                     curves.write()
                 if ckpt_now:
@@ -250,8 +274,11 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
     case: dict[str, Any] = {}
     if status == "ok":
         checkpoint()
-        tested = test_checkpoints(model, best, step, val_b, test_b, amp, majority,
-                                  tr.get("test_checkpoint") or "final", chance)
+        metrics_of = ((lambda val, test: token_task.record_metrics(data, val, test)) if token else
+                      (lambda val, test: {"val_accuracy": val["accuracy"], "val_loss": val["loss"],
+                                          "accuracy": test["accuracy"], "loss": test["loss"]}))
+        tested = test_checkpoints(net, best, step, score, val_b, test_b, majority,
+                                  tr.get("test_checkpoint") or "final", chance, metrics_of)
         metrics.update(tested["metrics"])
         case["test_checkpoint"] = tested["case"]
         curves.add(step, val_loss=metrics["val_loss"], val_accuracy=metrics["val_accuracy"])
@@ -265,9 +292,14 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
     metrics.update(speed)
     if device.type == "cuda":
         metrics["peak_mem_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    metrics["params"] = sum(p.numel() for p in model.parameters())
+    metrics["params"] = sum(p.numel() for p in net.parameters())
+    state = token_task.state_size(model, data.seq_len, torch.finfo(amp or torch.float32).bits // 8)
+    metrics["state_bytes"] = state["bytes"]
     backend = getattr(model.blocks[0].attn.attention, "last_backend", None)
     case = {"history": history, "curves": CURVES_FILE, **case, **({"backend": backend} if backend else {}),
+            "state": state, "attention_causal": model.causal,
+            **({"early_stop": {"threshold": stop_at, "reached": reached, "step": step if reached else None}}
+               if stop_at is not None else {}),
             **({"distill_loss_layers": distill_layers} if distill_layers else {}), **facts}
     notes = data_notes(task_cfg, data)
     if notes:
@@ -278,34 +310,35 @@ def train(cfg: DictConfig, job_dir: Path) -> dict[str, Any]:
     return make_record("train", status=status, message=message, metrics=metrics, case=case, **base)
 
 
-def test_checkpoints(model: Encoder, best: BestWeights, step: int, val_b: DeviceBatches, test_b: DeviceBatches,
-                     amp, majority: float, tested: str, chance: ChanceWarning) -> dict[str, dict[str, Any]]:
+def test_checkpoints(net: torch.nn.Module, best: BestWeights, step: int, score, val_b: DeviceBatches,
+                     test_b: DeviceBatches, majority: float, tested: str, chance: ChanceWarning,
+                     metrics_of) -> dict[str, dict[str, Any]]:
     """The end of a run that trained: validate the final weights (a validation like the others: it
     may become the best), test them and, when they differ, the best validation's weights; test the
     ``tested`` ones (``trainer.test_checkpoint``) for ``metrics.accuracy``/``loss`` and the learned
-    verdict. ``model`` ends holding the best validation's weights when they differ from the final
-    ones (the checkpoint holds the final ones). Returns ``{"metrics": ..., "case": ...}``:
-    ``val_accuracy``, ``val_loss``, ``val_learned`` (the last validation's test),
-    ``accuracy_final``, ``accuracy_best_val``, ``accuracy``, ``loss``, ``best_val_accuracy``,
-    ``learned``, ``learned_test``; the case's ``{"tested", "best_val_step", "best_val_accuracy"}``."""
-    m: dict[str, Any] = {}
-    m["val_accuracy"], m["val_loss"] = evaluate(model, val_b, amp)
-    n_val = evaluated_count(val_b)
-    val_test = binomial_test(correct_count(m["val_accuracy"], n_val), n_val, majority, "val")
-    m["val_learned"], m["val_learned_test"] = learned(val_test), val_test
+    verdict. ``score(batches)`` gives a split's ``accuracy``, ``loss`` and ``tokens`` (targets scored);
+    ``metrics_of(val_scores, test_scores)`` the record's metrics of a validation and a test. ``net``
+    ends holding the best validation's weights when they differ from the final ones (the checkpoint
+    holds the final ones). Returns ``{"metrics": ..., "case": ...}``: ``metrics_of``'s (with the final
+    weights' validation and the tested weights' test), ``val_learned``/``val_learned_test`` (the last
+    validation's test), ``accuracy_final``, ``accuracy_best_val``, ``best_val_accuracy``, ``learned``,
+    ``learned_test``; the case's ``{"tested", "best_val_step", "best_val_accuracy"}``."""
+    val = score(val_b)
+    val_test = binomial_test(correct_count(val["accuracy"], val["tokens"]), val["tokens"], majority, "val")
     chance.check(step, val_test)
-    best.update(step, m["val_accuracy"], model)
-    results = {"final": evaluate(model, test_b, amp)}
+    best.update(step, val["accuracy"], net)
+    results = {"final": score(test_b)}
     if best.step == step:  # the final weights are the best validation's
         results["best_val"] = results["final"]
     else:
-        best.load(model)
-        results["best_val"] = evaluate(model, test_b, amp)
-    m["accuracy_final"], m["accuracy_best_val"] = results["final"][0], results["best_val"][0]
-    m["accuracy"], m["loss"] = results[tested]
+        best.load(net)
+        results["best_val"] = score(test_b)
+    m = metrics_of(val, results[tested])
+    m["val_learned"], m["val_learned_test"] = learned(val_test), val_test
+    m["accuracy_final"], m["accuracy_best_val"] = results["final"]["accuracy"], results["best_val"]["accuracy"]
     m["best_val_accuracy"] = best.accuracy
-    n = evaluated_count(test_b)
-    test = binomial_test(correct_count(m["accuracy"], n), n, majority, "test")
+    t = results[tested]
+    test = binomial_test(correct_count(t["accuracy"], t["tokens"]), t["tokens"], majority, "test")
     m["learned"], m["learned_test"] = learned(test), test
     return {"metrics": m, "case": {"tested": tested, "best_val_step": best.step, "best_val_accuracy": best.accuracy}}
 

@@ -7,6 +7,8 @@ turns a config error (single runs raise it) or a bug into a record with status `
 sweep goes on and its report is built), and writes ``record.json`` into the job directory and,
 with ``results_dir=...``, a copy there; it prints the summary, the learned verdict
 (:func:`lra.training.verdict.verdict_line`) and the record's path. Only :class:`lra.training.state.Preempted` passes through.
+With ``trainer.lr_sweep_skip=true`` a job of a learning-rate sweep whose cell another rate already
+solved writes a ``skipped`` record instead of training (:mod:`lra.training.lr_sweep`).
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 from .. import tasks
 from ..results import RECORD_FILENAME, make_record, read_record, write_record
 from ..schema import ConfigError
-from .config import effective_config, explicit_beats_presets
+from . import lr_sweep
+from .config import effective_config, explicit_beats_presets, resolve
 from .finetune import train
 from .state import Preempted
 from .verdict import verdict_line
@@ -32,6 +35,19 @@ def _recorded_config(cfg: DictConfig) -> dict[str, Any]:
         return effective_config(cfg)
     except Exception:  # noqa: BLE001
         return {"composed": OmegaConf.to_container(cfg, resolve=False)}
+
+
+def _solved_cell(cfg: DictConfig, job_dir: Path, overrides: list[str] | None) -> tuple[dict | None, float | None]:
+    """(the record that solved this job's cell, the threshold) under ``trainer.lr_sweep_skip``, else
+    (None, None). A config that does not resolve is left for :func:`train` to report."""
+    try:
+        trainer = resolve(cfg)[2]
+    except Exception:  # noqa: BLE001 - train() raises it properly
+        return None, None
+    threshold = trainer.get("stop_at_val_accuracy")
+    if not trainer.get("lr_sweep_skip") or threshold is None or overrides is None:
+        return None, None
+    return lr_sweep.solved_by(job_dir, overrides, float(threshold)), float(threshold)
 
 
 def run(cfg: DictConfig, job_dir: Path, raise_config_errors: bool = True,
@@ -56,8 +72,14 @@ def run(cfg: DictConfig, job_dir: Path, raise_config_errors: bool = True,
         return make_record("train", variant=str(cfg.attention.get("name")), task=str(cfg.task.get("name")),
                            status="error", message=message, seed=cfg.get("seed"), config=_recorded_config(cfg))
 
+    solved, threshold = _solved_cell(cfg, job_dir, cli_overrides)
     try:
-        record = train(cfg, job_dir)
+        if solved is not None:
+            record = make_record("train", variant=str(cfg.attention.get("name")), task=str(cfg.task.get("name")),
+                                 status="skipped", message=lr_sweep.skip_message(solved, threshold),
+                                 seed=cfg.get("seed"), config=_recorded_config(cfg))
+        else:
+            record = train(cfg, job_dir)
     except Preempted:
         raise
     except (ConfigError, tasks.DataNotFoundError, ValueError, KeyError, TypeError) as err:

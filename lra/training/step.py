@@ -26,26 +26,33 @@ class TrainStep:
     ``ts(step)`` runs one optimizer step over ``accumulate`` (k) micro-batches: batches ``step * k``
     to ``step * k + k - 1`` of ``batches`` (:meth:`lra.data.DeviceBatches.batch`), each one's forward
     pass of ``step_fn`` under autocast (``amp``: dtype or None), cross-entropy in fp32 (plus
-    ``aux_loss()``, if given: attention distillation) and backward, its loss weighted by its share of
-    the step's examples (``n_i / sum_j n_j``) so that the accumulated gradient is that of the mean over
-    all the step's real examples, whatever each micro-batch's size or padded length; then
+    ``aux_loss()``, if given: attention distillation) and backward of its summed loss, the accumulated
+    gradient then divided by the step's target count (examples; labelled positions for token tasks),
+    so that it is the gradient of the mean over all the step's real targets, whatever each
+    micro-batch's size or padded length (:meth:`_forward_backward`); then
     gradient-norm clipping (``grad_clip``; 0/None = off), one optimizer and one scheduler step, and
     the on-device bookkeeping (first step with a non-finite loss, running loss and accuracy sums) --
-    no host sync. With k = 1 it is the plain step (the weight 1 is not applied). Memory: one
+    no host sync. With k = 1 it is the plain step (the mean loss, no division). Memory: one
     micro-batch's activations at a time; the effective batch is ``batch_size * k``.
     :meth:`boundary` is the loop's only host sync, once per ``log_every`` steps.
 
     ``step_fn`` may be a :class:`lra.compiled.CompiledModel`: when its compiled forward or
     backward raises, the whole step is redone eagerly from the random state it started with (the
     gradients cleared; nothing else has changed yet), and the run goes on eagerly.
+
+    ``outputs(step_fn, x, mask, y) -> (logits, targets)`` (default: ``(step_fn(x, mask), y)``, one
+    class per example) is what the loss compares: token-level tasks pass
+    :func:`lra.training.token_task.outputs` (logits at the labelled positions only), and the running
+    accuracy is then over those positions.
     """
 
     def __init__(self, model: torch.nn.Module, step_fn, opt, sched, batches: DeviceBatches,
                  amp: torch.dtype | None, grad_clip: float | None, aux_loss: Callable[[], torch.Tensor] | None = None,
-                 accumulate: int = 1):
+                 outputs: Callable | None = None, accumulate: int = 1):
         if int(accumulate) < 1:
             raise ValueError(f"accumulate={accumulate!r}: micro-batches per optimizer step must be >= 1")
         self.model, self.step_fn, self.opt, self.sched, self.batches = model, step_fn, opt, sched, batches
+        self.outputs = outputs or (lambda step_fn, x, mask, y: (step_fn(x, mask), y))
         self.amp, self.grad_clip, self.accumulate = amp, grad_clip, int(accumulate)
         self.aux_loss = aux_loss  # added to the task loss after the forward (attention distillation)
         self.device = batches.labels.device
@@ -63,24 +70,37 @@ class TrainStep:
 
     def _forward_backward(self, micro: list):
         """Forward and backward of each micro-batch (gradients accumulate); returns the step's
-        (mean task loss over its examples, right answers, whether every loss was finite), on device."""
+        (mean task loss over its targets, right answers, targets, whether every loss was finite), on
+        device. One micro-batch: the plain mean loss. Several: each one's summed loss (plus its
+        ``aux_loss()`` times its target count) is backpropagated and the accumulated gradients are
+        divided by the step's target count, so the gradient is that of the mean over every target of
+        the step whatever each micro-batch's size, padding or number of labelled positions."""
         self.opt.zero_grad(set_to_none=True)
-        n_total = sum(len(y) for _, _, y in micro)
+        single = len(micro) == 1
         loss_sum = correct = finite = None
+        n_total = 0
         for x, mask, y in micro:
             with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
-                logits = self.step_fn(x, mask)
-            loss = F.cross_entropy(logits.float(), y)
-            total = loss if self.aux_loss is None else loss + self.aux_loss()
-            share = len(y) / n_total
-            (total if len(micro) == 1 else total * share).backward()
-            part = loss.detach() if len(micro) == 1 else loss.detach() * share
+                logits, y = self.outputs(self.step_fn, x, mask, y)
+            n = len(y)
+            loss = F.cross_entropy(logits.float(), y, reduction="mean" if single else "sum")
+            if self.aux_loss is None:
+                total = loss
+            else:
+                total = loss + (self.aux_loss() if single else self.aux_loss() * n)
+            total.backward()
             hits = (logits.detach().argmax(-1) == y).sum()  # read now: a CUDA-graph output is overwritten next call
             ok = torch.isfinite(total.detach())
-            loss_sum = part if loss_sum is None else loss_sum + part
+            loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
             correct = hits if correct is None else correct + hits
             finite = ok if finite is None else finite & ok
-        return loss_sum, correct, finite
+            n_total += n
+        if not single:
+            for p in self.model.parameters():
+                if p.grad is not None:
+                    p.grad.div_(max(1, n_total))
+            loss_sum = loss_sum / max(1, n_total)
+        return loss_sum, correct, n_total, finite
 
     def __call__(self, step: int) -> None:
         device = self.device
@@ -88,15 +108,15 @@ class TrainStep:
         if isinstance(self.step_fn, CompiledModel) and self.step_fn.active:
             rng = rng_state(device)
             try:
-                loss, correct, finite = self._forward_backward(micro)
+                loss, correct, n, finite = self._forward_backward(micro)
             except Exception as err:  # noqa: BLE001 - any failure of the compiled code: redo eagerly
                 if is_oom(err):
                     raise
                 self.step_fn.fall_back(err)
                 set_rng_state(rng, device)
-                loss, correct, finite = self._forward_backward(micro)
+                loss, correct, n, finite = self._forward_backward(micro)
         else:
-            loss, correct, finite = self._forward_backward(micro)
+            loss, correct, n, finite = self._forward_backward(micro)
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.opt.step()
@@ -104,7 +124,7 @@ class TrainStep:
         self.bad_step = torch.where((self.bad_step < 0) & ~finite, torch.tensor(step, device=device), self.bad_step)
         self.loss_sum += loss
         self.correct_sum += correct
-        self.seen += sum(len(y) for _, _, y in micro)
+        self.seen += n
         self.steps_seen += 1
         self.positions += sum(x.numel() for x, _, _ in micro)
 
@@ -132,7 +152,7 @@ class TrainStep:
         first_bad = int(bad)
         if first_bad >= 0:
             return first_bad, None
-        # every training step holds the same number of examples: the mean over steps is the mean over examples
+        # the mean over optimizer steps of each step's mean loss over its targets
         window = (loss_sum / max(1, self.steps_seen), correct / max(1, self.seen))
         self.loss_sum.zero_(), self.correct_sum.zero_()
         self.window_positions = self.positions

@@ -21,7 +21,7 @@ Data flows one way through the package::
                  per variant, the softmax bound), alpha vs R
 
 alpha is the least-squares slope of log L against log N over every measured N (the median L per N);
-O(rows) per table. :mod:`lra.report.sections` shows the tables and findings, :mod:`lra.report.figures`
+O(rows) per table. :mod:`lra.report.side_pages` shows the tables and findings, :mod:`lra.report.figures`
 draws the figures.
 """
 from .figures import pattern_figure, radius_figure, smoothness_figures

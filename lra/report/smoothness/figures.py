@@ -13,8 +13,9 @@ import numpy as np
 import pandas as pd
 
 from ..labels import length_label, slug
-from ..plotting import (FigureDir, FigureResult, coinciding, exponent_label, legend_outside, length_axis, log_y,
-                        overlap_note, plt_sns, ylabel)
+from ..palette import styles
+from ..plotting import (FigureDir, FigureResult, coinciding, exponent_label, legend_outside, length_axis, log_axis,
+                        mark_off_scale, overlap_note, plt_sns, robust_limits, ylabel)
 from .rows import (BOUND_VARIANT, COINCIDE_RTOL, PATTERN_NAMES, data_setting, label_order, main_rows, median_curve,
                    pattern_order, radius_text, slope, smoothness_rows)
 from .tables import radius_table
@@ -26,10 +27,13 @@ def _draw_lines(ax, med: pd.DataFrame, x: str, y: str, colors: dict[str, Any], l
     drawn last, so that its colour shows where other lines coincide with it. Returns the legend's
     ``(handle, text)`` in label order."""
     order = label_order(med["label"].unique())
+    style = styles({lab.split(" (")[0] for lab in order})
     for lab in sorted(order, key=lambda lab: lab == reference):
         g = med[med["label"] == lab].sort_values(x)
-        ax.plot(g[x], g[y], marker="o", ms=4, lw=1.6, color=colors.get(lab.split(" (")[0], "0.3"),
-                ls="--" if lab.endswith("(causal)") else "-", label=labels[lab], zorder=3 + (lab == reference))
+        s = style[lab.split(" (")[0]]
+        ax.plot(g[x], g[y], marker=s.marker, ms=4.5, lw=1.5, color=s.color, markeredgecolor="white",
+                markeredgewidth=0.4, ls="--" if lab.endswith("(causal)") else "-", label=labels[lab],
+                zorder=3 + (lab == reference))
     by_text = dict(zip(*reversed(ax.get_legend_handles_labels())))
     return [(by_text[labels[lab]], labels[lab]) for lab in order]
 
@@ -65,7 +69,7 @@ def pattern_figure(rows: pd.DataFrame, pattern: str, device: str, colors: dict[s
         labels[lab] = f"{lab} ({exponent_label(a)})" if np.isfinite(a) else lab
         if lab in same:
             labels[lab] += f", same as {same[lab]}"
-    fig, ax = plt.subplots(figsize=(8.0, 4.8))
+    fig, ax = plt.subplots(figsize=(7.0, 3.8))
     handles = _draw_lines(ax, med, "seq_len", "lipschitz", colors, labels, reference)
     ref = main[main["label"] == reference]
     bound = median_curve(ref, "softmax_bound") if len(ref) else pd.Series(dtype=float)
@@ -78,14 +82,22 @@ def pattern_figure(rows: pd.DataFrame, pattern: str, device: str, colors: dict[s
         for k, style, name in ((0.5, ":", "1/2"), (0.25, "-.", "1/4")):
             (h,) = ax.plot(ns, ref_l.iloc[0] * (ns / ns[0]) ** k, color="0.4", ls=style, lw=1.1, zorder=2)
             handles.append((h, rf"slope $N^{{{name}}}$ from {reference}'s first point"))
-    log_y(ax)
+    values = pd.concat([med["lipschitz"], bound]) if len(bound) else med["lipschitz"]
+    limits = robust_limits(values, log=True)
+    ax.set_ylim(*limits)
+    log_axis(ax, "y")
+    off = mark_off_scale(ax, med.assign(variant=med["label"].str.split(" (", regex=False).str[0])
+                         .rename(columns={"seq_len": "x", "lipschitz": "y"}),
+                         limits, styles(med["label"].str.split(" (", regex=False).str[0].unique()))
     length_axis(ax, main["seq_len"])
     ylabel(ax, "local Lipschitz constant L")
     ax.set_title(f"{device}: smoothness, {pattern} inputs ({_figure_setting(main, pattern)})\n"
                  + _wrap(PATTERN_NAMES.get(pattern, "")), fontsize="small")
-    legend_outside(ax, r"variant ($L \propto N^{\alpha}$, least squares over all N)",
-                   [h for h, _ in handles], [n for _, n in handles])
-    return out.save(fig, stem), overlap_note(same)
+    fig.legend([h for h, _ in handles], [n for _, n in handles], loc="upper center", bbox_to_anchor=(0.5, 0.0),
+               ncol=3, frameon=False, fontsize="x-small",
+               title=r"variant ($L \propto N^{\alpha}$, least squares over all N)", title_fontsize="x-small")
+    fig.tight_layout()
+    return out.save(fig, stem), " ".join(x for x in [overlap_note(same)] + [n + "." for n in off] if x)
 
 
 def radius_figure(rows: pd.DataFrame, device: str, colors: dict[str, Any], out: FigureDir, stem: str

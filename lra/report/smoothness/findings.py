@@ -81,7 +81,8 @@ def _setup(rows: pd.DataFrame) -> str:
         head = f"one head, d = {int(dim.iloc[0])}" if len(dim) else "one head"
         if len(std):
             head += f", W_Q, W_K, W_V ~ N(0, {std.iloc[0]:g}²)"
-        parts.append(f"synthetic patterns: {head}, main radius R = {radius_text(syn)}, {_lengths(syn)}")
+        radius = f"main radius R = {radius_text(syn)}, " if syn["radius"].notna().any() else ""
+        parts.append(f"synthetic patterns: {head}, {radius}{_lengths(syn)}")
     data = rows[rows["pattern"].isin(("data", "data_trained"))]
     if len(data):
         parts.append(f"data patterns: {data_setting(data)}, {_lengths(data)} (+1 CLS row where the encoder "
