@@ -177,3 +177,48 @@ def test_accumulation_runs_with_distillation_pretraining_and_compile(tmp_path, e
         eager = run(compose_train(*_tiny(tmp_path)), tmp_path / "eager")
         assert [h["train_loss"] for h in rec["case"]["history"]] == pytest.approx(
             [h["train_loss"] for h in eager["case"]["history"]], rel=1e-4, abs=1e-5)
+
+
+class _PerPosition(torch.nn.Module):
+    """A token-level model for :func:`lra.training.token_task.outputs`: logits (K, V) at the K labelled
+    positions ``where`` of a batch (an embedding, a position mix and a linear head)."""
+
+    def __init__(self, vocab=20, width=8):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb, self.mix, self.head = (torch.nn.Embedding(vocab, width), torch.nn.Linear(width, width),
+                                         torch.nn.Linear(width, vocab))
+
+    def forward(self, x, mask, where):
+        h = self.emb(x)
+        h = h + torch.tanh(self.mix(h.mean(1, keepdim=True)))
+        return self.head(h)[where]
+
+
+def test_token_tasks_average_over_labelled_positions_across_micro_batches():
+    from lra.training.token_task import IGNORE, outputs
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randint(1, 20, (6, 10), generator=g)
+    y = torch.full((6, 10), IGNORE)
+    for row, k in zip(y, (1, 1, 2, 6, 7, 9)):          # 4 labelled positions in the first micro-batch, 22 in the second
+        row[-k:] = torch.randint(0, 20, (k,), generator=g)
+    whole = FixedBatches([(x, None, y)])
+    micro = FixedBatches([(x[:3], None, y[:3]), (x[3:], None, y[3:])])
+    reference = _PerPosition().double()
+    one, accumulated = copy.deepcopy(reference), copy.deepcopy(reference)
+    for model, batches, k in ((one, whole, 1), (accumulated, micro, 2)):
+        opt, sched = _sgd(model)
+        ts = TrainStep(model, model, opt, sched, batches, None, grad_clip=None, outputs=outputs, accumulate=k)
+        ts(0)
+        assert ts.seen == 26                            # the running accuracy counts labelled positions
+    for (name, a), b in zip(one.named_parameters(), accumulated.parameters()):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-14), name
+    # weighting each micro-batch by its examples (3 and 3) instead would give another update
+    naive = copy.deepcopy(reference)
+    opt, _ = _sgd(naive)
+    for xs, _, ys in micro._batches:
+        logits, targets = outputs(naive, xs, None, ys)
+        (torch.nn.functional.cross_entropy(logits, targets) / 2).backward()
+    opt.step()
+    assert any(not torch.allclose(a, b, rtol=1e-6, atol=1e-9) for a, b in zip(one.parameters(), naive.parameters()))
