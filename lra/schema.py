@@ -231,6 +231,8 @@ SCHEDULES = ("rsqrt", "linear", "cosine", "onecycle", "constant")
 #: which parameters weight decay applies to (lra.training.optim.make_optimizer): every one (both references) |
 #: matrices other than position embeddings (this suite's earlier choice)
 DECAY_SCOPES = ("all", "matrices")
+#: which weights a run tests (lra.training.finetune): the last step's | those of the best validation
+TEST_CHECKPOINTS = ("final", "best_val")
 #: ``pretrain.objective`` (lra.training.pretrain)
 OBJECTIVES = ("none", "mlm", "causal")
 
@@ -262,6 +264,9 @@ TRAINER = [
     Int("bucket_multiple", optional=True, means="bucketed batches are cut to multiples of this length", example=128),
     Int("bucket_window", optional=True, means="batches per length-sorting window", example=64),
     Int("jobs_per_gpu", optional=True, means="jobs sharing one GPU with trainer.device=packed", example=4),
+    Int("accumulate", optional=True, means="micro-batches per optimizer step (gradient accumulation); "
+        "the effective batch is batch_size x accumulate", example=2),
+    Choice("test_checkpoint", TEST_CHECKPOINTS, optional=True),
 ]
 
 #: ``pretrain.*`` of a self-pretraining run (pretrain=mlm|causal), after the task's defaults

@@ -18,7 +18,8 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("lra", "attention_variants")
 
 #: lra.training's modules in the order its docstring lists them: each imports only earlier ones
-TRAINING_ORDER = ("state", "optim", "step", "token_task", "config", "pretrain", "finetune", "lr_sweep", "job")
+TRAINING_ORDER = ("state", "verdict", "curves", "optim", "step", "token_task", "config", "pretrain", "finetune",
+                  "lr_sweep", "job")
 
 
 def modules_of(root: Path, packages=PACKAGES) -> dict[str, Path]:

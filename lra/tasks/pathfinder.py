@@ -22,11 +22,20 @@ Sources (``task.source``):
   shuffles before its ``[:80%]`` / ``[80%:90%]`` / ``[90%:]`` splits). Needs Pillow.
 
 ``seq_len`` other than size^2 (e.g. ``trainer=quick``'s) resizes the images to the largest
-square that fits (area averaging): a smaller task for quick runs, not comparable to LRA.
+square that fits (area averaging): a smaller task for quick runs, not comparable to LRA. A length
+that is not a square (1000) runs at the square below it (31 x 31 = 961; the record says so). The
+smallest valid length (:func:`smallest_side`, checked by :func:`check_config` before any work) keeps
+each marker at least one pixel wide after the resize, ``side >= size / (2 * marker_radius)`` with
+the generator's marker radius at the native size: 11 x 11 = 121 pixels for Pathfinder-32 (markers of
+radius 1.5), 22 x 22 = 484 for Path-X (radius 3). Area averaging fades a marker gradually, so the
+line is this stated convention; ``tests/training/test_bad_input.py`` measures on generated images
+that at 11 x 11 the two markers are still distinct spots with a pixel of room between them, and at
+3 x 3 they are not.
 """
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -116,6 +125,31 @@ def generator_params(cfg, size: int) -> PathfinderParams:
     if "paddle_margin" in overrides and overrides["paddle_margin"] is not None:
         overrides["paddle_margin"] = tuple(np.atleast_1d(overrides["paddle_margin"]).tolist())
     return params_for(size, str(cfg.difficulty), **overrides)
+
+
+def smallest_side(params: PathfinderParams, size: int) -> int:
+    """The smallest image side at which a marker (a disc of ``params.marker_radius`` pixels of the
+    ``size``-pixel image) is still at least one pixel wide after area-averaging down: ``ceil(size /
+    (2 * marker_radius))``, capped at ``size``."""
+    return min(size, math.ceil(size / (2 * params.marker_radius) - 1e-9))
+
+
+def check_config(cfg, size: int = 32, name: str = "pathfinder") -> None:
+    """``task.seq_len`` too small to hold two markers and a path (:func:`smallest_side`): ``ValueError``
+    naming the smallest valid length. Cheap (no image is generated or read)."""
+    seq_len = int(cfg.seq_len)
+    try:
+        params = generator_params(cfg, size)
+    except ValueError:
+        return  # a bad generator override is reported where the images are generated
+    side = smallest_side(params, size)
+    if math.isqrt(seq_len) < side:
+        got = math.isqrt(seq_len)
+        raise ValueError(f"task.seq_len={seq_len} is too small for {name}: it would resize the {size}x{size} images to "
+                         f"{got}x{got} pixels, where a marker (radius {params.marker_radius} px at {size}x{size}) no longer "
+                         f"fills a pixel and the two markers and the path between them cannot be told apart; the "
+                         f"smallest valid length is {side * side} ({side}x{side}); fix: task.seq_len={side * side} "
+                         f"(or {size * size}, the LRA size)")
 
 
 def prepare_pathfinder(cfg, name: str, size: int, res_dir: str) -> TaskData:

@@ -11,8 +11,13 @@ LRA paper beat chance on it.
 """
 from __future__ import annotations
 
-from .pathfinder import prepare_pathfinder
+from .pathfinder import check_config as check_pathfinder, prepare_pathfinder
 
 
 def prepare(cfg):
     return prepare_pathfinder(cfg, "pathx", 128, "pathfinder128")
+
+
+def check_config(cfg):
+    """Path-X lengths too small for two markers and a path: :func:`lra.tasks.pathfinder.check_config`."""
+    return check_pathfinder(cfg, 128, "pathx")

@@ -13,23 +13,28 @@ built): the record's status says ``nan``, ``oom`` or ``error``; the exit statuse
 
 Modules, one job each; each imports only the ones above it in this list (no cycle)::
 
-    state.py       RNG state, atomic checkpoints (LoopCheckpoint: save/restore for both loops),
-                   preemption signals (Preempted), how a loop ended (loop_failure, trained_and_evaluated)
+    state.py       RNG state, atomic checkpoints (LoopCheckpoint: save/restore for both loops), the best
+                   validation's weights (BestWeights), preemption signals (Preempted), how a loop ended
+                   (loop_failure, trained_and_evaluated)
+    verdict.py     did the run learn: the binomial test against the majority class, the chance warning
+    curves.py      curves.csv beside the record, TensorBoard / W&B loggers (logger=...)
     optim.py       AdamW and its learning-rate schedule (make_optimizer, lr_factor)
-    step.py        one supervised optimizer step (TrainStep, also timed by lra-bench) and evaluate
+    step.py        one supervised optimizer step over trainer.accumulate micro-batches (TrainStep, also
+                   timed by lra-bench) and evaluate
     token_task.py  token-level tasks (MQAR, text_lm): the token head's model, loss at the labelled
                    positions, metrics, and the decoding state size every record states
     config.py      the effective configuration: layering (merge_layers, recipe_of, resolve), the
                    self-pretraining settings, validate (before any data), device_of, effective_config
     pretrain.py    the self-pretraining loop (masking, checkpoint selection): state, optim
-    finetune.py    the supervised loop (train, build_model): config, step, token_task, state, optim, pretrain
+    finetune.py    the supervised loop (train, build_model, test_checkpoints): config, step, token_task,
+                   state, optim, pretrain, verdict, curves
     lr_sweep.py    a learning-rate sweep's rule: a cell's other rates are skipped once one reached the target
-    job.py         run: one job, its record written whatever happens: config, finetune, state, lr_sweep
+    job.py         run: one job, its record written whatever happens: config, finetune, state, lr_sweep, verdict
 
 Data flows one way::
 
     Hydra cfg --config.resolve/validate--> settings --finetune.train--> [pretrain.phase] --> TrainStep
-    steps, evaluate --> record dict --job.run--> record.json (lra.results.write_record)
+    steps, evaluate (+ verdict, curves) --> record dict --job.run--> record.json (lra.results.write_record)
 
 Nothing here imports :mod:`lra.cli` or :mod:`lra.bench`; the benchmark imports
 :class:`~lra.training.step.TrainStep`, :func:`~lra.training.optim.make_optimizer` and

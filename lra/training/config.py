@@ -34,6 +34,7 @@ from ..distill import has_feature_map
 from ..model import EncoderConfig
 from ..results import variant_config
 from ..schema import OBJECTIVES, ConfigError
+from .curves import logger_problems
 
 #: the attention-distillation training options under ``attention.`` (conf/train.yaml)
 DISTILL_KEYS = ("distill", "distill_queries")
@@ -337,6 +338,7 @@ def validate(cfg: DictConfig) -> None:
     found += schema.problems({"seed": cfg.get("seed")}, schema.RUN)
     found += schema.problems(knobs, schema.knob_rules(name, config_cls), "attention.")
     found += schema.threads_problems(cfg.get("threads", "auto"))
+    found += logger_problems(cfg.get("logger", "none"))
     found += pretrain_problems(cfg, task_cfg.name, trainer)
     found += token_task_problems(cfg, task_cfg.name, trainer)
     if found:
@@ -399,6 +401,9 @@ def effective_config(cfg: DictConfig, model_cfg: EncoderConfig | None = None,
         model = {k: v for k, v in dataclasses.asdict(model_cfg).items() if k not in ("attention", "attention_cfg")}
     if batch_size is not None:
         trainer = {**trainer, "batch_size": batch_size}
+    if isinstance(trainer.get("batch_size"), int) and isinstance(trainer.get("accumulate", 1), int):
+        # examples per optimizer step (trainer.accumulate micro-batches of batch_size)
+        trainer["effective_batch_size"] = trainer["batch_size"] * trainer.get("accumulate", 1)
     name = str(cfg.attention.name)
     heads, d_model = int(model["heads"]), int(model["d_model"])
     max_length = int(task["seq_len"]) + (model.get("pooling", "cls") == "cls")
@@ -409,4 +414,5 @@ def effective_config(cfg: DictConfig, model_cfg: EncoderConfig | None = None,
         attention = dict(knobs)
     return {"task": task, "model": model, "trainer": trainer, "attention": {"name": name, **attention},
             "recipe": cfg.get("recipe") or "lra", "protocol": cfg.get("protocol"), "seed": cfg.get("seed"),
-            "threads": cfg.get("threads", "auto"), "results_dir": cfg.get("results_dir")}
+            "threads": cfg.get("threads", "auto"), "logger": cfg.get("logger", "none"),
+            "results_dir": cfg.get("results_dir")}

@@ -5,7 +5,8 @@ run and in each job of a ``-m`` sweep. It applies the command-line rule
 (:func:`lra.training.config.explicit_beats_presets`), runs :func:`lra.training.finetune.train`,
 turns a config error (single runs raise it) or a bug into a record with status ``error`` (so a
 sweep goes on and its report is built), and writes ``record.json`` into the job directory and,
-with ``results_dir=...``, a copy there. Only :class:`lra.training.state.Preempted` passes through.
+with ``results_dir=...``, a copy there; it prints the summary, the learned verdict
+(:func:`lra.training.verdict.verdict_line`) and the record's path. Only :class:`lra.training.state.Preempted` passes through.
 With ``trainer.lr_sweep_skip=true`` a job of a learning-rate sweep whose cell another rate already
 solved writes a ``skipped`` record instead of training (:mod:`lra.training.lr_sweep`).
 """
@@ -24,6 +25,7 @@ from . import lr_sweep
 from .config import effective_config, explicit_beats_presets, resolve
 from .finetune import train
 from .state import Preempted
+from .verdict import verdict_line
 
 
 def _recorded_config(cfg: DictConfig) -> dict[str, Any]:
@@ -96,5 +98,7 @@ def run(cfg: DictConfig, job_dir: Path, raise_config_errors: bool = True,
                         for k in ("val_accuracy", "accuracy", "steps_per_s", "peak_mem_mb") if k in m)
     print(f"[lra] {record['task']}/{record['variant']}: status {record['status']}"
           f"{' (' + record['message'].splitlines()[0] + ')' if record['message'] else ''}; {summary}")
+    if isinstance(m.get("learned_test"), dict):
+        print(verdict_line(m["learned_test"]))
     print(f"[lra] result record: {path}")
     return record

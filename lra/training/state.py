@@ -6,6 +6,8 @@
   a unique temporary name beside it); :class:`LoopCheckpoint` is the file both loops
   (:mod:`lra.training.finetune`, :mod:`lra.training.pretrain`) keep -- model, optimizer,
   schedule and RNG state plus the loop's own entries -- saved and restored in one place.
+* The best validation's weights (:class:`BestWeights`): a CPU copy kept inside the loop's one
+  checkpoint, so ``trainer.test_checkpoint=best_val`` needs no second checkpoint per evaluation.
 * Preemption: :class:`PreemptionSignals` turns SIGTERM / SIGUSR1 / SIGUSR2 into a flag the loop
   checks after each step; the loop then checkpoints and :meth:`~PreemptionSignals.hand_over`
   raises :class:`Preempted` (exit status 143, :mod:`lra.cli.app`).
@@ -67,13 +69,41 @@ class LoopCheckpoint:
 
     def restore(self, keys: Iterable[str]) -> dict[str, Any]:
         """Load the model, optimizer, schedule and RNG state saved at :attr:`path`; returns the loop's
-        entries ``keys``."""
+        entries ``keys`` (None for an entry the file does not hold: a checkpoint of an earlier version)."""
         saved = torch.load(self.path, map_location=self.device, weights_only=False)
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         set_rng_state(saved["rng"], self.device)
-        return {k: saved[k] for k in keys}
+        return {k: saved.get(k) for k in keys}
+
+
+class BestWeights:
+    """The weights of the best validation so far, kept as a CPU copy of the model's state (no second
+    checkpoint file per evaluation): :meth:`update` after each validation, :meth:`state` into the
+    loop's one checkpoint and back (``BestWeights(**saved)``), :meth:`load` into a model to test them.
+    The first of equal accuracies stays the best. Memory: one copy of the parameters and buffers
+    in host memory; a device-to-host copy only when a validation beats the best."""
+
+    def __init__(self, step: int | None = None, accuracy: float | None = None, weights: dict | None = None):
+        self.step, self.accuracy, self.weights = step, accuracy, weights
+
+    def update(self, step: int, accuracy: float, model: torch.nn.Module) -> bool:
+        """Keep ``model``'s weights if ``accuracy`` beats the best so far; whether it did."""
+        if self.accuracy is not None and not accuracy > self.accuracy:
+            return False
+        self.step, self.accuracy = int(step), float(accuracy)
+        self.weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        return True
+
+    def state(self) -> dict[str, Any]:
+        return {"step": self.step, "accuracy": self.accuracy, "weights": self.weights}
+
+    def load(self, model: torch.nn.Module) -> None:
+        """Put the best weights into ``model`` (on its device)."""
+        if self.weights is None:
+            raise RuntimeError("no validation has run: there are no best-validation weights")
+        model.load_state_dict(self.weights)
 
 
 # ----------------------------------------------------------------------------- preemption

@@ -250,12 +250,14 @@ def test_pathfinder_generated_task(tmp_path):
 
 
 def test_pathfinder_trains(tmp_path):
-    train_two_steps(tmp_path, "pathfinder", "trainer.task_overrides.seq_len=64", "trainer.task_overrides.num_train=16",
+    # 121 = 11x11, the smallest Pathfinder length that holds two markers and a path (lra.tasks.pathfinder)
+    train_two_steps(tmp_path, "pathfinder", "trainer.task_overrides.seq_len=121", "trainer.task_overrides.num_train=16",
                     "trainer.task_overrides.num_val=4", "trainer.task_overrides.num_test=4")
 
 
 def test_pathx_trains(tmp_path):
-    train_two_steps(tmp_path, "pathx", "trainer.task_overrides.seq_len=64", "trainer.task_overrides.num_train=8",
+    # 484 = 22x22, the smallest Path-X length that holds two markers and a path (lra.tasks.pathfinder)
+    train_two_steps(tmp_path, "pathx", "trainer.task_overrides.seq_len=484", "trainer.task_overrides.num_train=8",
                     "trainer.task_overrides.num_val=2", "trainer.task_overrides.num_test=2",
                     "task.gen_batch_size=16")
 

@@ -395,7 +395,7 @@ def test_pixel_task_pretrains_on_the_256_intensities(tmp_path):
     as one of 256 intensity classes."""
     from conftest import train_two_steps
 
-    rec = train_two_steps(tmp_path, "pathfinder", "trainer.task_overrides.seq_len=64",
+    rec = train_two_steps(tmp_path, "pathfinder", "trainer.task_overrides.seq_len=121",  # the smallest valid
                           "trainer.task_overrides.num_train=16", "trainer.task_overrides.num_val=4",
                           "trainer.task_overrides.num_test=4", "pretrain=mlm", "pretrain.steps=2",
                           "pretrain.warmup=1", "pretrain.eval_every=2", "pretrain.batch_size=4")
