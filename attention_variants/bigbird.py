@@ -247,7 +247,10 @@ class BigBirdAttention(Attention):
         if length > cfg.max_length:
             return None, f"bigbird: length {length} exceeds max_length={cfg.max_length} (the layout's extent)"
         bs = cfg.block_size
-        tokens = int(self.decode_blocks(length).sum()) * bs + cfg.heads * (length % bs)
+        current = length % bs
+        if length // bs >= self.max_blocks:  # every block of the layout is complete: the last one is cached whole
+            current = bs
+        tokens = int(self.decode_blocks(length).sum()) * bs + cfg.heads * current
         return (2 * tokens * cfg.head_dim * element_bytes,
                 "keys and values of the global blocks, the window and every past block a later row picks as "
                 "random (per head), and of the current block so far; no cached decoding path")

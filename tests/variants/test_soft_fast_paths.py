@@ -468,6 +468,11 @@ def test_state_bytes_match_a_hand_count():
     assert bb.decode_state_bytes(length)[0] == 2 * tokens * 8 * 4
     assert bb.decode_state_bytes(length)[0] < full.decode_state_bytes(length)[0]
     assert av.build("bigbird", heads=2, head_dim=8, max_length=64).decode_state_bytes(10)[0] is None
+    # a full layout (length = max_length, a whole number of blocks): the last block is cached whole; one
+    # block of 64 is full attention, so its state is full's KV cache (the MQAR length-64 records)
+    one_block = av.build("bigbird", heads=4, head_dim=16, max_length=64, block_size=64, causal=True)
+    assert one_block.decode_state_bytes(64)[0] == av.build("full", heads=4, head_dim=16).decode_state_bytes(64)[0]
+    assert bb.decode_state_bytes(64)[0] >= bb.decode_state_bytes(63)[0] > 0
 
     reformer = av.build("reformer", heads=4, head_dim=16, n_hashes=2, causal=True)
     assert reformer.decode_state_bytes(100)[0] == 100 * 4 * (2 * 16 * 4 + 2 * 4)   # q and v, 2 int32 buckets
