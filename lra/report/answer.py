@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from .accuracy import TOKEN_TASKS
 from .document import fig_ref
 from .fits import MIN_LENGTHS, TOO_FEW, derived_numbers, tied
 from .labels import (LOADED_MARK, LOADED_NOTE, TASK_NAMES, anchor, fail_label, fig_key, is_exact, length_label,
@@ -90,7 +91,7 @@ def _did_not_learn(rows: pd.DataFrame) -> bool | None:
 
 def accuracy_evidence(df: pd.DataFrame, device: str) -> AccuracyEvidence:
     """Compare each approximate variant with exact attention on the tasks both were trained on."""
-    tr = df[(df["kind"] == "train") & (df["device_name"] == device) & ~df["task"].isin(("mqar", "text_lm"))]
+    tr = df[(df["kind"] == "train") & (df["device_name"] == device) & ~df["task"].isin(TOKEN_TASKS)]
     if tr.empty:
         return AccuracyEvidence(reason="no training runs on this device, so no accuracy", short="no accuracy on this device")
     ok = tr[(tr["status"] == "ok") & tr["accuracy"].notna()]
@@ -162,7 +163,7 @@ def step_times(df: pd.DataFrame, device: str) -> pd.DataFrame:
     ms = d[(d["kind"] == "bench") & (d["mode"] == "model_step")]
     parts.append(ms.assign(source="model_step", setting=ms["task"].fillna(""),
                            t=ms["time_ms"].fillna(1e3 / ms["steps_per_s"]), lo=ms["time_p10"], hi=ms["time_p90"]))
-    tr = d[(d["kind"] == "train") & ~d["task"].isin(("mqar", "text_lm"))]
+    tr = d[(d["kind"] == "train") & ~d["task"].isin(TOKEN_TASKS)]
     parts.append(tr.assign(source="train", setting=tr["task"].fillna(""), t=1e3 / tr["steps_per_s"],
                            lo=np.nan, hi=np.nan))
     rows = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else None
@@ -236,7 +237,7 @@ def fastest_cell(at: pd.DataFrame, allowed: set[str], op: pd.DataFrame, target: 
 def answer_lengths(df: pd.DataFrame, device: str) -> list[float]:
     """The lengths the answer is given at: the device's bench and train lengths and the LRA task lengths."""
     d = non_causal(df[(df["device_name"] == device) & df["seq_len"].notna()])
-    timed = d[((d["kind"] == "train") & ~d["task"].isin(("mqar", "text_lm"))) |
+    timed = d[((d["kind"] == "train") & ~d["task"].isin(TOKEN_TASKS)) |
               d["mode"].isin(["op_fwd_bwd", "model_step"])]["seq_len"]
     return sorted({float(n) for n in timed} | {float(n) for n in PAPER_LENGTHS.values()})
 
@@ -251,7 +252,8 @@ def answer_table(df: pd.DataFrame, device: str) -> tuple[pd.DataFrame, list[str]
     der = derived_numbers(df, device, "op_fwd_bwd", causal=False)
     ref = der["reference"].dropna().iloc[0] if der["reference"].notna().any() else None
     grid_max = op["seq_len"].max() if len(op) else np.nan
-    has_train = ((df["device_name"] == device) & (df["kind"] == "train")).any()
+    # a Table 1 block (main_page.accuracy) exists only for the LRA tasks, not the token-level ones
+    has_train = ((df["device_name"] == device) & (df["kind"] == "train") & ~df["task"].isin(TOKEN_TASKS)).any()
     acc_target = anchor("accuracy", device) if has_train else "accuracy"
     acc_link = link if has_train else (lambda text, _: text)
     tasks_at = lra_length_tasks()

@@ -148,3 +148,27 @@ def test_tidy_csv_has_no_empty_column_and_a_dictionary(built):
     words = (built / "tidy.md").read_text()
     for col in tidy.columns:
         assert f"| `{col}`" in words, col
+
+
+def test_token_task_records_alone_leave_no_link_to_a_missing_accuracy_table(tmp_path):
+    """A device whose only training records are token-level (MQAR) has no Table 1 block, so its
+    answer cells must not link to one (they did: every '#accuracy-<device>' link was broken)."""
+    from report_fixtures import CPU, _write
+
+    for v, t in (("full", 3.0), ("linear", 1.0)):
+        for n in (256, 512, 1024):
+            ms = t * (n / 256) ** (2 if v == "full" else 1)
+            _write(tmp_path / "rec", CPU, "bench", variant=v, seq_len=n, batch_size=2, dtype="float32",
+                   case={"mode": "op_fwd_bwd", "causal": False},
+                   metrics={"ms": ms, "ms_p10": 0.97 * ms, "ms_p90": 1.03 * ms})
+        _write(tmp_path / "rec", CPU, "train", variant=v, task="mqar", seq_len=64, seed=0,
+               config={"task": {"seq_len": 64, "num_kv_pairs": 4}, "model": {"d_model": 64},
+                       "trainer": {"lr": 3e-3}, "attention": {"causal": True}},
+               case={"state": "kv cache", "attention_causal": True},
+               metrics={"query_accuracy": 0.99, "accuracy": 0.99, "state_bytes": 65536})
+    report.build_report([tmp_path / "rec"], tmp_path / "out")
+    md = _page(tmp_path / "out", "main")
+    ids = set(re.findall(r'<a id="([^"]+)"', md))
+    targets = set(re.findall(r"\]\(#([^)]+)\)", md))
+    assert targets and targets <= ids, sorted(targets - ids)
+    assert "Which attention recalls?" in md
