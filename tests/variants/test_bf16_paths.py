@@ -256,30 +256,6 @@ def test_auto_is_fast_for_the_fp32_kernel_variants(name):
         av.build(name, heads=2, head_dim=16, backend="triton")
 
 
-#: the variants whose ``auto`` takes a path without a forward-mode rule on the CPU, with tiny knobs
-UNDER_FUNC = {"full": {}, "local": {"window": 8}, "bigbird": {"block_size": 4}, "reformer": {"bucket_size": 8},
-              "linformer": {"k": 8}, "nystrom": {"landmarks": 8, "conv_kernel": 5}, "performer": {"num_features": 16}}
-
-
-@pytest.mark.parametrize("name", sorted(UNDER_FUNC))
-def test_auto_runs_the_reference_path_under_torch_func(name):
-    """The fast paths' custom autograd functions and torch's fused CPU kernel have no forward-mode
-    rule: under ``torch.func.jvp`` (the smoothness measures) ``auto`` runs the reference path, its
-    output equals the plain forward's and (for the hash-free variants) its tangent equals the
-    central finite difference."""
-    attn = av.build(name, heads=2, head_dim=8, max_length=32, **UNDER_FUNC[name]).double().eval()
-    g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(1, 2, 32, 8, generator=g, dtype=torch.float64) for _ in range(3))
-    dq = torch.randn(q.shape, generator=g, dtype=torch.float64)
-    out, tangent = torch.func.jvp(lambda x: attn(x, k, v), (q,), (dq,))
-    assert (getattr(attn, "last_path", None) or attn.last_backend) == "reference"
-    torch.testing.assert_close(out, attn(q, k, v), rtol=1e-10, atol=1e-12)
-    if name != "reformer":  # its buckets move under a perturbation of q: no finite difference
-        eps = 1e-6
-        fd = (attn(q + eps * dq, k, v) - attn(q - eps * dq, k, v)) / (2 * eps)
-        torch.testing.assert_close(tangent, fd, rtol=1e-5, atol=1e-7)
-
-
 def test_cpu_never_compiles(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("torch.compile called on CPU")
