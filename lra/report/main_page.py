@@ -19,6 +19,7 @@ from .figures import CAPTIONS, Drawer
 from .labels import anchor, devices, fig_key, link, memory_note, page_link, setting
 from .questions import gap_notes, question_table
 from .recall import TARGET, recall_cells, recall_table
+from .side_pages import place
 
 #: the side pages: key -> (title, what it shows in a few words)
 PAGES = {
@@ -83,7 +84,7 @@ def answer(doc: Document, df: pd.DataFrame, draw: Drawer) -> None:
             doc.p(f"**Largest N that fits** (attention forward+backward, peak memory there; {fig_ref(fig_key('memory', dev))}"
                   f"): {line}.")
         doc.note(" ".join(notes))
-        _figure(doc, draw, "summary", dev, empty="Nothing here says which variant is accurate enough.")
+        place(doc, draw, "summary", dev, empty="Nothing here says which variant is accurate enough.")
         if has_causal(df, dev):
             doc.h(3, f"{dev}: decoders (causal attention)", anchor=anchor("decoder", dev))
             table, notes = causal_table(df, dev)
@@ -96,15 +97,6 @@ def answer(doc: Document, df: pd.DataFrame, draw: Drawer) -> None:
         cpu = " (a CPU result)" if set(df[df["task"] == "mqar"]["device_type"].dropna()) == {"cpu"} else ""
         doc.p(f"**Which attention recalls?** {link('Recall against state size', 'recall')}{cpu}: the smallest "
               f"width and decoding state at which each variant reaches {TARGET:g} query accuracy on MQAR.")
-
-
-def _figure(doc: Document, draw: Drawer, kind: str, dev: str | None, empty: str = "") -> None:
-    path, note = draw.draw(kind, dev)
-    caption = (f"{dev}: " if dev else "") + CAPTIONS[kind]
-    if path is None:
-        doc.note(f"*{caption[0].upper() + caption[1:]}: not drawn ({note}).{' ' + empty if empty else ''}*")
-    else:
-        doc.figure(fig_key(kind, dev), caption, path, draw.out.path.parent, note)
 
 
 def questions(doc: Document, df: pd.DataFrame, draw: Drawer) -> None:
@@ -135,9 +127,9 @@ def questions(doc: Document, df: pd.DataFrame, draw: Drawer) -> None:
                 doc.table(mem)
                 doc.note(gap_notes(d, mem))
             doc.row_start()
-            _figure(doc, draw, "time", dev)
+            place(doc, draw, "time", dev)
             doc.row_next()
-            _figure(doc, draw, "memory", dev)
+            place(doc, draw, "memory", dev)
             doc.row_end()
         if tr:
             accuracy(doc, df, dev, tr)

@@ -17,12 +17,13 @@ from .smoothness import smoothness_rows
 from .tables import case_table, overhead_table, weights_table, with_conventions
 
 
-def place(doc: Document, draw: Drawer, kind: str, dev: str | None) -> None:
-    """Draw figure ``kind`` of ``dev`` and place it, or say in one line why it is not drawn."""
+def place(doc: Document, draw: Drawer, kind: str, dev: str | None, empty: str = "") -> None:
+    """Draw figure ``kind`` of ``dev`` and place it, or say in one line why it is not drawn (then
+    ``empty``, a sentence that follows, if given)."""
     path, note = draw.draw(kind, dev)
     caption = (f"{dev}: " if dev else "") + CAPTIONS[kind]
     if path is None:
-        doc.note(f"*{caption[0].upper() + caption[1:]}: not drawn ({note}).*")
+        doc.note(f"*{caption[0].upper() + caption[1:]}: not drawn ({note}).{' ' + empty if empty else ''}*")
     else:
         doc.figure(fig_key(kind, dev), caption, path, draw.out.path.parent, note)
 
