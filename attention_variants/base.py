@@ -24,6 +24,12 @@ import torch
 from torch import nn
 
 
+class NoDecodingPath(NotImplementedError):
+    """A variant without a cached decoding path (KV cache or running state) was asked to decode
+    (:meth:`Attention.decode_init` / :meth:`Attention.decode_step`): generate with its causal
+    forward instead. A ``NotImplementedError``, so callers that catch that keep working."""
+
+
 @dataclass
 class AttentionConfig:
     """Fields every variant's config carries; variants subclass it to add their own knobs."""
@@ -77,13 +83,13 @@ class Attention(nn.Module):
 
     def decode_init(self, batch: int, device: torch.device, dtype: torch.dtype):
         """The empty decoding state of ``batch`` sequences (before any token); see :meth:`decode_step`."""
-        raise NotImplementedError(f"{self.name or type(self).__name__} has no cached decoding path")
+        raise NoDecodingPath(f"{self.name or type(self).__name__} has no cached decoding path")
 
     def decode_step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, state):
         """One generated token: ``q, k, v (B, H, 1, D)`` of the new position -> ``(out (B, H, 1, D),
         new state)``, equal to the causal forward's output at that position. Only variants with a
         cached path (KV cache, running state) implement it."""
-        raise NotImplementedError(f"{self.name or type(self).__name__} has no cached decoding path")
+        raise NoDecodingPath(f"{self.name or type(self).__name__} has no cached decoding path")
 
     def extra_repr(self) -> str:
         return repr(self.config)

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from ._decode import KVCache
 from ._fast import auto_or_reference
 from ._precision import lowest, upcast
-from .base import Attention, AttentionConfig
+from .base import Attention, AttentionConfig, NoDecodingPath
 from .full import softmax_attention
 from .masking import normalize_key_padding_mask
 from .registry import register
@@ -405,7 +405,7 @@ class LocalAttention(Attention):
     def decode_init(self, batch: int, device: torch.device, dtype: torch.dtype) -> KVCache:
         """A :class:`KVCache` that keeps the last ``window + 1`` tokens (the window and the new one)."""
         if not self.causal:
-            raise NotImplementedError("local: decoding needs causal=True (the bidirectional window reads "
+            raise NoDecodingPath("local: decoding needs causal=True (the bidirectional window reads "
                                       "future tokens)")
         c = self.config
         return KVCache(batch, c.heads, c.head_dim, device, dtype, keep=c.window + 1)
