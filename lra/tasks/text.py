@@ -118,20 +118,27 @@ def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray,
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-def prepare(cfg) -> TaskData:
-    seq_len = int(cfg.seq_len)
-    data_dir = Path(str(cfg.get("data_dir") or "")).expanduser()
+def imdb_sources(cfg, task: str) -> tuple[Path, str, dict[str, list[Path]], object]:
+    """``(data_dir, layout, files per split, fingerprint)`` of the IMDb reviews under ``cfg.data_dir`` (the
+    ``text`` and ``text_lm`` tasks): a clear error, before any work, when the folder is not given or
+    holds no reviews; the fingerprint keys the tensor cache."""
     if not cfg.get("data_dir"):
-        raise DataNotFoundError("task text needs task.data_dir (a folder with the IMDb data). " + missing_message(
-            Path("<data_dir>")))
+        raise DataNotFoundError(f"task {task} needs task.data_dir (a folder with the IMDb data). "
+                                + missing_message(Path("<data_dir>")))
+    data_dir = Path(str(cfg.data_dir)).expanduser()
     kind, files = find_or_download(cfg, data_dir, find_layout, download, missing_message)
-    all_files = [p for s in SPLITS for p in files[s]]
     if kind == "aclimdb" and any(len(files[s]) == 0 for s in SPLITS):
         raise DataNotFoundError(f"{data_dir}: the aclImdb folders hold no *.txt reviews. {missing_message(data_dir)}")
+    fp = source_fingerprint([p for s in SPLITS for p in files[s]]) if kind == "parquet" else \
+        [(s, len(files[s]), max(int(p.stat().st_mtime) for p in files[s])) for s in SPLITS]
+    return data_dir, kind, files, fp
+
+
+def prepare(cfg) -> TaskData:
+    seq_len = int(cfg.seq_len)
+    data_dir, kind, files, fp = imdb_sources(cfg, "text")
     val_fraction = float(cfg.get("val_fraction", 0.1))
     seed = int(cfg.get("data_seed", 0))
-    fp = source_fingerprint(all_files) if kind == "parquet" else \
-        [(s, len(files[s]), max(int(p.stat().st_mtime) for p in files[s])) for s in SPLITS]
     key = {"task": "text", "layout": kind, "files": fp, "seq_len": seq_len, "val_fraction": val_fraction,
            "seed": seed}
 

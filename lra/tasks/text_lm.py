@@ -18,14 +18,11 @@ a variant that cannot be causal is refused before any work (:mod:`lra.training.c
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
-from ..data import cached_tensors, default_cache_dir, source_fingerprint, subsample
-from . import IGNORE, DataNotFoundError, TaskData, find_or_download
-from .text import (SPLITS, VOCAB_SIZE, download, encode_bytes, find_layout, missing_message, read_aclimdb,
-                   read_parquet, split_train_val)
+from ..data import cached_tensors, default_cache_dir, subsample
+from . import IGNORE, TaskData
+from .text import SPLITS, VOCAB_SIZE, encode_bytes, imdb_sources, read_aclimdb, read_parquet, split_train_val
 
 TARGET = "token"
 #: a bidirectional model would see the byte it is asked for
@@ -65,17 +62,9 @@ def prepare(cfg) -> TaskData:
     """The three splits (``(n, seq_len)`` inputs and next-byte labels; see the module docstring) and the
     unigram baselines in ``meta["metrics"]``; the reviews are read once, then cached. O(n seq_len)."""
     seq_len = int(cfg.seq_len)
-    if not cfg.get("data_dir"):
-        raise DataNotFoundError("task text_lm needs task.data_dir (a folder with the IMDb data). "
-                                + missing_message(Path("<data_dir>")))
-    data_dir = Path(str(cfg.data_dir)).expanduser()
-    kind, files = find_or_download(cfg, data_dir, find_layout, download, missing_message)
-    if kind == "aclimdb" and any(len(files[s]) == 0 for s in SPLITS):
-        raise DataNotFoundError(f"{data_dir}: the aclImdb folders hold no *.txt reviews. {missing_message(data_dir)}")
+    data_dir, kind, files, fp = imdb_sources(cfg, "text_lm")
     val_fraction = float(cfg.get("val_fraction", 0.1))
     seed = int(cfg.get("data_seed", 0))
-    fp = source_fingerprint([p for s in SPLITS for p in files[s]]) if kind == "parquet" else \
-        [(s, len(files[s]), max(int(p.stat().st_mtime) for p in files[s])) for s in SPLITS]
     key = {"task": "text_lm", "layout": kind, "files": fp, "seq_len": seq_len, "val_fraction": val_fraction,
            "seed": seed}
 

@@ -71,10 +71,10 @@ class NoLogger:
     """``logger=none``: the CSV only."""
 
     def log(self, row: dict[str, Any]) -> None:
-        pass
+        """Nothing beyond the CSV, which :class:`Curves` writes."""
 
     def close(self) -> None:
-        pass
+        """Nothing to close."""
 
 
 class TensorBoardLogger:
