@@ -56,3 +56,8 @@ class KVCache:
         if self.keep is not None:
             self._start = max(self._start, self._end - self.keep)
         return self.keys[..., self._start: self._end, :], self.values[..., self._start: self._end, :]
+
+
+def kv_cache_bytes(heads: int, head_dim: int, length: int, element_bytes: int = 4) -> tuple[int, str]:
+    """``decode_state_bytes`` of exact attention: the keys and values of ``length`` tokens, all heads."""
+    return 2 * length * heads * head_dim * element_bytes, "KV cache: the keys and values of every past token"

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from ._decode import KVCache
+from ._decode import KVCache, kv_cache_bytes
 from .base import Attention, AttentionConfig
 from .masking import normalize_key_padding_mask
 from .registry import register
@@ -214,8 +214,7 @@ class FlashAttention(Attention):
 
     # ------------------------------------------------------------------ decoding
     def decode_state_bytes(self, length: int, element_bytes: int = 4) -> tuple[int | None, str]:
-        c = self.config
-        return 2 * length * c.heads * c.head_dim * element_bytes, "KV cache: the keys and values of every past token"
+        return kv_cache_bytes(self.config.heads, self.config.head_dim, length, element_bytes)
 
     def decode_init(self, batch: int, device: torch.device, dtype: torch.dtype) -> KVCache:
         return KVCache(batch, self.config.heads, self.config.head_dim, device, dtype)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch.autograd.function import once_differentiable
 
-from ._decode import KVCache
+from ._decode import KVCache, kv_cache_bytes
 from ._fast import auto_or_reference, no_autocast
 from ._precision import lowest, upcast, working_dtype
 from .base import Attention, AttentionConfig
@@ -230,8 +230,7 @@ class FullAttention(Attention):
         return softmax_attention(q, k, v, mask)
 
     def decode_state_bytes(self, length: int, element_bytes: int = 4) -> tuple[int | None, str]:
-        c = self.config
-        return 2 * length * c.heads * c.head_dim * element_bytes, "KV cache: the keys and values of every past token"
+        return kv_cache_bytes(self.config.heads, self.config.head_dim, length, element_bytes)
 
     def decode_init(self, batch: int, device: torch.device, dtype: torch.dtype) -> KVCache:
         return KVCache(batch, self.config.heads, self.config.head_dim, device, dtype)
