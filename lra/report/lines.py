@@ -25,15 +25,21 @@ def _bounded_log_y(ax, values: pd.Series, points: pd.DataFrame, style: dict[str,
     return mark_off_scale(ax, points, (lo, hi), style, unit)
 
 
+def ok_medians(rows: pd.DataFrame, value: str) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The records with status ok and a positive ``value``, and the median ``value`` per (variant, N)
+    over them (None: there are none)."""
+    ok = rows[(rows["status"] == "ok") & rows[value].notna() & rows["seq_len"].notna() & (rows[value] > 0)]
+    return ok, None if ok.empty else ok.groupby(["variant", "seq_len"], as_index=False)[value].median()
+
+
 def scaling_figure(rows: pd.DataFrame, value: str, y_label: str, title: str, colors: dict[str, Style] | None,
                    out: FigureDir, stem: str, fitted: str = "fitted over the upper lengths, ≥ 3") -> FigureResult:
     """Log-log lines of ``value`` against N per variant, each labelled with its fitted exponent; failed
     lengths (OOM, skipped, ...) marked with a cross at the top edge in the variant's colour."""
     plt, _ = plt_sns()
-    ok = rows[(rows["status"] == "ok") & rows[value].notna() & rows["seq_len"].notna() & (rows[value] > 0)]
-    if ok.empty:
+    ok, med = ok_medians(rows, value)
+    if med is None:
         return None, "no measurement with status ok"
-    med = ok.groupby(["variant", "seq_len"], as_index=False)[value].median()
     order = variant_order(med["variant"].unique())
     style = styles(set(order) | set(rows["variant"]))
     same = coinciding(med, value)
@@ -108,10 +114,9 @@ def exactness_figure(rows: pd.DataFrame, device: str, colors: dict[str, Style] |
 def values_figure(rows: pd.DataFrame, value: str, y_label: str, title: str, out: FigureDir, stem: str) -> FigureResult:
     """Plain log-log lines of ``value`` against N per variant (decode time per token, ...), labelled directly."""
     plt, _ = plt_sns()
-    ok = rows[(rows["status"] == "ok") & rows[value].notna() & rows["seq_len"].notna() & (rows[value] > 0)]
-    if ok.empty:
+    _, med = ok_medians(rows, value)
+    if med is None:
         return None, "no measurement with status ok"
-    med = ok.groupby(["variant", "seq_len"], as_index=False)[value].median()
     order = variant_order(med["variant"].unique())
     style = styles(order)
     fig, ax = plt.subplots(figsize=(6.2, 3.7))
