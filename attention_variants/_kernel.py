@@ -58,6 +58,20 @@ def mask_keys(x: torch.Tensor, mask: torch.Tensor | None, value: float = 0.0) ->
     return x.masked_fill(~mask[:, None, :, None], value)
 
 
+def zero_padded_rows_(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Set the rows of padded keys of ``x: (B, H, M, F)`` to 0 in place (``mask: (B, M)``, True = real)
+    and return ``x``. An assignment, so inf/NaN there cannot survive as ``0 * inf``. On CPU it writes
+    the padded rows by index (``O(padded rows)``; a broadcast boolean ``masked_fill_`` costs several
+    passes over all of ``x`` there); on other devices ``masked_fill_`` (no host sync for the indices)."""
+    if mask is None:
+        return x
+    if x.device.type == "cpu":
+        b, m = (~mask).nonzero(as_tuple=True)
+        x.transpose(1, 2)[b, m] = 0.0
+        return x
+    return x.masked_fill_(~mask[:, None, :, None], 0.0)
+
+
 def safe_denominator(den: torch.Tensor, floor: torch.Tensor | None = None) -> torch.Tensor:
     """The normalizer ``den`` ready to divide by: ``|den|`` raised to ``floor`` (sign kept, 0 counts
     as positive) where a floor is given, then exact zeros replaced by 1.
@@ -399,12 +413,13 @@ def _chunked_sums(phi_q: torch.Tensor, phi_k: torch.Tensor, v1: torch.Tensor, ch
     return out.reshape(b, h, nc * chunk, e)[:, :, :n]
 
 
-def _ones_column(v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """``[v | 1]`` ``(B, H, M, D + 1)`` with padded keys' rows zeroed (masked_fill: no inf/NaN leaks)."""
-    if mask is None:
-        return torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)
-    real = mask[:, None, :, None]
-    return torch.cat([v.masked_fill(~real, 0.0), real.to(v.dtype).expand(*v.shape[:-1], 1)], dim=-1)
+def ones_column(v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """``[v | 1]`` ``(B, H, M, D + 1)``, contiguous, with padded keys' rows zeroed
+    (:func:`zero_padded_rows_`: no inf/NaN leaks); differentiable in ``v`` (padded rows get zero gradient)."""
+    v1 = torch.empty(*v.shape[:-1], v.shape[-1] + 1, dtype=v.dtype, device=v.device)
+    v1[..., :-1] = v
+    v1[..., -1] = 1.0
+    return zero_padded_rows_(v1, mask)
 
 
 def causal_kernel_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor,
@@ -434,7 +449,7 @@ def causal_kernel_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.T
     work = working_dtype(phi_q.dtype, phi_k.dtype, v.dtype)
     with fp32(v.device):
         phi_q, phi_k, v = phi_q.to(work), phi_k.to(work), v.to(work)
-        v1 = _ones_column(v, mask)
+        v1 = ones_column(v, mask)
         if log_w is not None:
             log_w = log_w.to(work)
             if mask is not None:
@@ -474,7 +489,7 @@ def causal_kernel_attention_reference(phi_q: torch.Tensor, phi_k: torch.Tensor, 
     with fp32(v.device):
         phi_q, phi_k, v = phi_q.to(work), phi_k.to(work), v.to(work)
         phi_k = mask_keys(phi_k, mask)
-        v1 = _ones_column(v, mask)
+        v1 = ones_column(v, mask)
         k_norm = phi_k.norm(dim=-1)
         if log_w is None:
             s = torch.cumsum(phi_k.unsqueeze(-1) * v1.unsqueeze(-2), dim=2)        # (B, H, N, F, D + 1)
@@ -791,7 +806,7 @@ def fused_kernel_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Te
     work = working_dtype(phi_q.dtype, phi_k.dtype, v.dtype)
     with fp32(v.device):
         phi_q, phi_k, v = phi_q.to(work), phi_k.to(work), v.to(work)
-        v1 = _ones_column(v, mask)                                             # (B, H, M, D + 1)
+        v1 = ones_column(v, mask)                                             # (B, H, M, D + 1)
         w = None
         if log_w is not None:
             log_w = log_w.to(work)

@@ -15,11 +15,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from ._fast import REDUCED, CudaCompiled, check_backend, compute_dtype, no_autocast
 from ._kernel import (causal_kernel_attention_reference, fast_kernel_attention, fp32, fused_kernel_attention,
                       in_batch_groups, kernel_attention, kernel_backend, kernel_decode_init, kernel_decode_step, kernel_state_bytes,
-                      mask_keys)
+                      mask_keys, ones_column, zero_padded_rows_)
 from ._precision import upcast, working_dtype
 from .base import Attention, AttentionConfig
 from .masking import normalize_key_padding_mask
@@ -71,6 +72,63 @@ class _EluFeatures(torch.autograd.Function):
         return _elu_plus_one_backward(grad, phi).to(ctx.x_dtype), None
 
 
+def _elu_plus_one_contiguous(x: torch.Tensor) -> torch.Tensor:
+    """:func:`elu_plus_one` of ``x`` (any strides) into a fresh contiguous tensor of ``x``'s dtype, no
+    autograd: ``exp(min(x, 0)) + max(x, 0)`` in four passes, the first reading ``x`` where it lies
+    (the encoder's ``q``/``k`` are strided views of one projection), so every later pass and matmul
+    sees contiguous memory (a strided operand would make ``matmul`` copy it each time)."""
+    phi = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    torch.clamp(x, max=0.0, out=phi).exp_()
+    return phi.add_(x.clamp(min=0.0))
+
+
+class _LinearAttentionFunction(torch.autograd.Function):
+    """Non-causal linear attention in the working dtype (fp32/float64) with a hand-written backward:
+    ``q, k, v (B, H, N|M, D)``, ``mask (B, M)`` or None -> ``(B, H, N, D)``.
+
+    Forward: ``phi = elu(x) + 1`` (:func:`_elu_plus_one_contiguous`), padded keys' feature rows and
+    value rows zeroed (:func:`~attention_variants._kernel.zero_padded_rows_`: an inf/NaN there cannot leak), ``S = phi_k^T [v | 1]``
+    ``(F, D + 1)``, ``[num | den] = phi_q S`` (two matmuls; the normalizer rides along as the ones
+    column) and ``out = num * (1 / den)``, the reciprocal taken once per row (a row whose keys are all
+    padded has ``den = num = 0`` and outputs 0, :func:`~attention_variants._kernel.safe_denominator`).
+
+    Backward, from ``g = dL/dout``: ``dL/dnum = g / den`` and ``dL/dden = -(g . out) / den`` side by side
+    as ``G (N, D + 1)``; then ``dphi_q = G S^T``, ``dS = phi_q^T G``, ``dphi_k = [v | 1] dS^T``, ``dv =
+    phi_k dS[:, :D]`` and the feature map's derivative ``min(phi, 1)`` (1 for ``x >= 0``, ``e^x = phi``
+    below). Padded keys get exactly zero gradient: their rows of ``phi_k`` and ``[v | 1]`` are 0. Four
+    matmuls and no ``(N, D + 1)`` zero-fill or strided division, which autograd's graph of the same
+    forward spends. Saves ``phi_q, phi_k, [v | 1], S``, the reciprocals and ``out``: O((N + M)(F + D)).
+    First-order only (``once_differentiable``): double backward and ``torch.func`` use the reference path."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask):
+        d = v.shape[-1]
+        phi_q, phi_k = _elu_plus_one_contiguous(q), _elu_plus_one_contiguous(k)
+        v1 = ones_column(v, mask)                                                # [v | 1], padded rows 0
+        zero_padded_rows_(phi_k, mask)
+        s = torch.matmul(phi_k.transpose(-1, -2), v1)                             # (B, H, F, D + 1)
+        sums = torch.matmul(phi_q, s)                                             # (B, H, N, D + 1)
+        den = sums[..., d]
+        inv = torch.where(den == 0, torch.ones_like(den), den).reciprocal_()      # (B, H, N)
+        out = sums[..., :d] * inv.unsqueeze(-1)
+        ctx.save_for_backward(phi_q, phi_k, v1, s, inv, out)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g):
+        phi_q, phi_k, v1, s, inv, out = ctx.saved_tensors
+        d = out.shape[-1]
+        gs = torch.empty(*g.shape[:-1], d + 1, dtype=g.dtype, device=g.device)    # [dL/dnum | dL/dden]
+        torch.mul(g, inv.unsqueeze(-1), out=gs[..., :d])
+        gs[..., d] = torch.linalg.vecdot(g, out).mul_(inv).neg_()
+        g_s = torch.matmul(phi_q.transpose(-1, -2), gs)                           # (B, H, F, D + 1)
+        g_q = torch.matmul(gs, s.transpose(-1, -2)).mul_(phi_q.clamp(max=1.0))
+        g_k = torch.matmul(v1, g_s.transpose(-1, -2)).mul_(phi_k.clamp(max=1.0))
+        g_v = torch.matmul(phi_k, g_s[..., :d])
+        return g_q, g_k, g_v, None
+
+
 @dataclass
 class LinearConfig(AttentionConfig):
     #: "auto" (= fast, on every device and dtype) | "reference" | "fast"
@@ -84,8 +142,8 @@ class LinearAttention(Attention):
     """Katharopoulos et al. 2020: ``q, k, v (B, H, N, D) -> (B, H, N, D)``, O(N), no parameters.
 
     Backends (``backend``): ``reference`` (at least fp32), ``fast`` (in fp32/float64:
-    :func:`attention_variants._kernel.fused_kernel_attention`, the normalizer as a ones column of
-    the values; under bf16/fp16: features and matmuls in the compute dtype,
+    :class:`_LinearAttentionFunction`, the normalizer as a ones column of the values, with a
+    hand-written backward; under bf16/fp16: features and matmuls in the compute dtype,
     :func:`attention_variants._kernel.fast_kernel_attention`), ``auto`` = ``fast``.
 
     ``causal=True``: causal linear attention by prefix sums; the fast path is chunked
@@ -124,12 +182,16 @@ class LinearAttention(Attention):
         return kernel_attention(phi_q, phi_k, v, mask)
 
     def _fused_attention(self, q, k, v, mask):
-        """The fp32/float64 fast path: :class:`_EluFeatures` (saving only the features; padded keys'
-        rows zeroed so their features are finite) and :func:`~attention_variants._kernel.fused_kernel_attention`."""
+        """The fp32/float64 fast path. Non-causal: :class:`_LinearAttentionFunction` (features, both
+        matmuls and a hand-written backward). Causal: :class:`_EluFeatures` (saving only the features;
+        padded keys' rows zeroed so their features are finite) and the chunked
+        :func:`~attention_variants._kernel.fused_kernel_attention`."""
         work = working_dtype(compute_dtype(q))
         with fp32(q.device):
+            if not self.causal:
+                return _LinearAttentionFunction.apply(q.to(work), k.to(work), v.to(work), mask).to(v.dtype)
             phi_q, phi_k = _EluFeatures.apply(q, work), _EluFeatures.apply(mask_keys(k, mask), work)
-            out = fused_kernel_attention(phi_q, phi_k, v, mask, causal=self.causal, chunk=self.config.chunk_size)
+            out = fused_kernel_attention(phi_q, phi_k, v, mask, causal=True, chunk=self.config.chunk_size)
         return out.to(v.dtype)
 
     def decode_state_bytes(self, length: int, element_bytes: int = 4) -> tuple[int | None, str]:

@@ -164,3 +164,25 @@ def test_torch_func_transforms_run_the_reference_path(case):
     ins = q.clone().requires_grad_()
     torch.testing.assert_close(vjp(grad)[0], torch.autograd.grad(f(ins), ins, grad)[0])
     assert fast.last_backend == "fast"
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_linear_hand_written_backward_passes_gradcheck(masked):
+    """linear's non-causal fast path differentiates by hand (``_LinearAttentionFunction``): float64
+    gradcheck on strided q/k/v (views of one projection, as the encoder passes them), with no mask and
+    with a mask that pads one sequence's tail and the whole of another (its output and gradients 0)."""
+    from attention_variants.linear import _LinearAttentionFunction
+    g = torch.Generator().manual_seed(5)
+    qkv = torch.randn(3, 6, 3, 2, 4, generator=g, dtype=torch.float64).mul(2.0).requires_grad_()
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)                                   # (B 3, H 2, N 6, D 4), strided
+    mask = None
+    if masked:
+        mask = torch.ones(3, 6, dtype=torch.bool)
+        mask[0, 4:] = False
+        mask[2] = False
+    assert torch.autograd.gradcheck(lambda a, b, c: _LinearAttentionFunction.apply(a, b, c, mask), (q, k, v))
+    if masked:
+        out = _LinearAttentionFunction.apply(q, k, v, mask)
+        out.sum().backward()
+        assert torch.equal(out[2], torch.zeros_like(out[2]))
+        assert (qkv.grad[2] == 0).all() and (qkv.grad[0, 4:, 1:] == 0).all()   # padded keys: no k/v gradient
