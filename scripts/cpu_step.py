@@ -14,8 +14,10 @@ backward, AdamW. Each variant runs with its ``conf/attention/<name>.yaml`` knobs
 ``compare`` runs each (variant, checkout) in a fresh subprocess that imports ``lra`` and
 ``attention_variants`` from that checkout, alternating the two checkouts round by round
 (before/after/before/after...), so that a slow phase of the machine hits both alike; each
-subprocess reports the median of ``--steps`` timed steps after ``--warmup`` untimed ones, and the
-table gives the median over rounds with the spread (min-max of the per-round medians).
+subprocess reports the median of ``--steps`` timed steps after ``--warmup`` untimed ones (more steps
+until ``--min-time`` seconds have passed, so a fast variant's side is not one short phase of the
+machine), and the table gives the median over rounds with the spread (min-max of the per-round
+medians) and the median of the per-round ratios (``paired``: each round's two sides ran back to back).
 It also counts each step's FLOPs (``torch.utils.flop_counter``, matmul-like ops) and states the step
 as a fraction of the machine's fp32 GEMM rate: ``--peak-gflops`` given, or measured (``gemm``: square
 fp32 matmuls of 2,048 on the run's threads, median of 10 after 3 of warm-up) before and after the
@@ -46,7 +48,7 @@ import attention_variants as av
 from lra.model import Encoder, EncoderConfig
 assert av.__file__.startswith({root!r}), av.__file__
 torch.set_num_threads({threads})
-variant, n, batch, steps, warmup, flops_too = {variant!r}, {n}, {batch}, {steps}, {warmup}, {flops}
+variant, n, batch, steps, warmup, flops_too, min_time = {variant!r}, {n}, {batch}, {steps}, {warmup}, {flops}, {min_time}
 path = {root!r} + "/conf/attention/" + variant + ".yaml"
 knobs = {{k: v for k, v in (OmegaConf.to_container(OmegaConf.load(path)) or {{}}).items() if k != "name" and v is not None}}
 knobs.update({extra!r})
@@ -70,7 +72,8 @@ def step():
 for _ in range(warmup):
     step()
 times = []
-for _ in range(steps):
+start = time.perf_counter()
+while len(times) < steps or (steps and time.perf_counter() - start < min_time):
     t0 = time.perf_counter(); step(); times.append(time.perf_counter() - t0)
 out = {{"variant": variant, "ms": 1e3 * statistics.median(times), "times_ms": [1e3 * t for t in times],
         "backend": getattr(model.blocks[0].attn.attention, "last_backend", None)}}
@@ -134,7 +137,8 @@ def parse_knobs(pairs: list[str]) -> dict:
 
 def run_worker(root: Path, variant: str, args, flops: bool = False, extra: dict | None = None) -> dict:
     code = WORKER.format(root=str(root), threads=args.threads, variant=variant, n=args.n, batch=args.batch,
-                         steps=args.steps, warmup=args.warmup, flops=flops, extra=extra or {})
+                         steps=args.steps, warmup=args.warmup, flops=flops, extra=extra or {},
+                         min_time=args.min_time)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd="/tmp")
     for line in done.stdout.splitlines():
@@ -165,7 +169,8 @@ def cmd_profile(args) -> None:
 
     for v in variants_of(args):
         code = WORKER.format(root=str(HERE), threads=args.threads, variant=v, n=args.n, batch=args.batch,
-                             steps=0, warmup=args.warmup, flops=False, extra={}).split("times = []")[0]
+                             steps=0, warmup=args.warmup, flops=False, extra={},
+                             min_time=0).split("times = []")[0]
         scope: dict = {}
         exec(compile(code, "worker", "exec"), scope)  # builds model, inputs and step(), runs the warm-up
         with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -217,22 +222,26 @@ def cmd_compare(args) -> None:
         if not old or not new:
             continue
         mo, mn = statistics.median(old), statistics.median(new)
+        paired = [o / n for o, n in zip(old, new)]  # each round's two sides ran back to back
         row = {"variant": v, "old_ms": round(mo, 1), "old_range": [round(min(old), 1), round(max(old), 1)],
                "new_ms": round(mn, 1), "new_range": [round(min(new), 1), round(max(new), 1)],
-               "speedup": round(mo / mn, 2), "gflop_per_step": round(flops.get(v, 0) / 1e9, 2),
+               "speedup": round(mo / mn, 2), "paired_speedups": [round(x, 3) for x in paired],
+               "paired_median": round(statistics.median(paired), 2), "gflop_per_step": round(flops.get(v, 0) / 1e9, 2),
                "old_top_ops": top_ops.get((v, "old")), "new_top_ops": top_ops.get((v, "new"))}
         if args.peak_gflops and flops.get(v):
             row["fraction_of_peak"] = round(flops[v] / (mn / 1e3) / 1e9 / args.peak_gflops, 3)
         table.append(row)
     gm = statistics.geometric_mean([r["speedup"] for r in table]) if table else None
     summary = {"command": " ".join(sys.argv), "rounds": args.rounds, "steps": args.steps, "warmup": args.warmup,
+               "min_time_s": args.min_time,
                "n": args.n, "batch": args.batch, "threads": args.threads, "knobs": knobs, "wall_s": round(time.time() - t0),
                "old": str(roots[0]), "new": str(roots[1]), "geomean_speedup": None if gm is None else round(gm, 3),
                "peak_gflops": args.peak_gflops, "machine_rates_before_after": rates,
                "rows": table}
-    print(f"\n{'variant':15s} {'old ms':>9s} {'new ms':>9s} {'speedup':>8s} {'GFLOP':>7s}")
+    print(f"\n{'variant':15s} {'old ms':>9s} {'new ms':>9s} {'speedup':>8s} {'paired':>7s} {'GFLOP':>7s}")
     for row in table:
         print(f"{row['variant']:15s} {row['old_ms']:9.1f} {row['new_ms']:9.1f} {row['speedup']:8.2f} "
+              f"{row['paired_median']:7.2f} "
               f"{row['gflop_per_step']:7.2f}" + (f"  {row['fraction_of_peak']:.1%} of peak"
                                                if "fraction_of_peak" in row else ""))
     print(f"geometric mean speedup {summary['geomean_speedup']}; fp32 GEMM peak {args.peak_gflops} GFLOP/s")
@@ -254,6 +263,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--min-time", type=float, default=0.0,
+                    help="time at least this many seconds of steps per side and round (more steps for fast variants)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--top", type=int, default=8)
     ap.add_argument("--peak-gflops", type=float, default=None, help="the machine's fp32 GEMM rate, GFLOP/s (default: measured)")
