@@ -73,14 +73,20 @@ def iterative_pinv(a: torch.Tensor, iterations: int) -> torch.Tensor:
     float64 for float64 input (the reference of the same algorithm).
     """
     a = upcast(a)
-    eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+    shape, m = a.shape, a.shape[-1]
+    a = a.reshape(-1, m, m)                    # (batch, m, m): baddbmm's layout
+    eye = torch.eye(m, dtype=a.dtype, device=a.device)
     norm_1 = a.abs().sum(dim=-2).amax(dim=-1)  # max column sum
     norm_inf = a.abs().sum(dim=-1).amax(dim=-1)  # max row sum
     z = a.transpose(-2, -1) / (norm_1 * norm_inf)[..., None, None]
     for _ in range(iterations):  # sequential by nature; every step is batched over (B, H)
-        az = a @ z
-        z = 0.25 * z @ (13 * eye - az @ (15 * eye - az @ (7 * eye - az)))
-    return z
+        az = torch.bmm(a, z)
+        # z (13 I - az (15 I - az (7 I - az))) / 4, each "c I - az t" one baddbmm (no separate
+        # subtraction, in the forward or the backward); the 1/4 folds into the last one
+        t = torch.baddbmm(15 * eye, az, 7 * eye - az, alpha=-1.0)
+        t = torch.baddbmm(3.25 * eye, az, t, alpha=-0.25)
+        z = torch.bmm(z, t)
+    return z.reshape(shape)
 
 
 @dataclass
@@ -172,7 +178,8 @@ class NystromAttention(Attention):
         """The fast backend on padded inputs ``(B, H, Np, D)`` in the compute dtype (see the
         module docstring); returns ``(B, H, Np, D)``.
 
-        The values are centred on their mean over the real tokens, ``c``: kernel_3's rows sum to 1
+        In fp32/float64 it is ``kernel_1 (z (kernel_3 V))``: two fused attentions and the fp32
+        pseudo-inverse. Under bf16/fp16 the values are centred on their mean over the real tokens, ``c``: kernel_3's rows sum to 1
         over the real keys, so ``kernel_3 V = kernel_3 (V - c) + 1 c^T`` and the output is
         ``kernel_1 z kernel_3 (V - c) + (kernel_1 z 1) c^T``, the same function (``c`` a constant for
         autograd). Without it, with values sharing an offset (biased projections) the two bf16
@@ -187,13 +194,20 @@ class NystromAttention(Attention):
             key_bias, lm_bias = additive_mask(full_mask, cd), additive_mask(~empty, cd)
         acc = working_dtype(cd)
         d = qp.shape[-1]
+        eye = torch.eye(m, dtype=acc, device=qp.device)
+        if cd == acc:  # fp32/float64: no rounding to tame, so no centring and no extra value columns
+            ctx3 = F.scaled_dot_product_attention(q_l, kp, vp, attn_mask=key_bias)     # kernel_3 V: (B, H, m, D)
+            s2 = (q_l @ k_l.transpose(-2, -1)) * scale                                 # (B, H, m, m)
+            kernel_2 = torch.softmax(s2.masked_fill(empty[:, None, None, :], torch.finfo(acc).min), dim=-1)
+            kernel_2 = torch.where(empty[:, None, :, None], eye, kernel_2)
+            ctx = iterative_pinv(kernel_2, self.config.pinv_iterations) @ ctx3          # z kernel_3 V
+            return F.scaled_dot_product_attention(qp, k_l, ctx, attn_mask=lm_bias, scale=scale)
         keep = full_mask[:, None, :, None]
         center = _value_center(vp, full_mask, acc)  # the mean real value: a constant, see below
         v_c = (vp.to(acc) - center).to(cd).masked_fill(~keep, 0)
         ctx3 = F.scaled_dot_product_attention(q_l, kp, v_c, attn_mask=key_bias)     # kernel_3 (V - c): (B, H, m, D)
         s2 = (q_l.to(acc) @ k_l.to(acc).transpose(-2, -1)) * scale                     # (B, H, m, m) fp32
         kernel_2 = torch.softmax(s2.masked_fill(empty[:, None, None, :], torch.finfo(acc).min), dim=-1)
-        eye = torch.eye(m, dtype=acc, device=qp.device)
         kernel_2 = torch.where(empty[:, None, :, None], eye, kernel_2)
         z = iterative_pinv(kernel_2, self.config.pinv_iterations)                     # (B, H, m, m) fp32
         # kernel_1 z kernel_3 V = kernel_1 [z kernel_3 (V - c) | z 1] [I ; c]: one attention over the

@@ -123,7 +123,8 @@ def imdb_sources(cfg, task: str) -> tuple[Path, str, dict[str, list[Path]], obje
     ``text`` and ``text_lm`` tasks): a clear error, before any work, when the folder is not given or
     holds no reviews; the fingerprint keys the tensor cache."""
     if not cfg.get("data_dir"):
-        raise DataNotFoundError(f"task {task} needs task.data_dir (a folder with the IMDb data). "
+        raise DataNotFoundError(f"task {task} needs task.data_dir (a folder with the IMDb data; under "
+                                "experiment=cpu_table give it as imdb_dir=<folder>). "
                                 + missing_message(Path("<data_dir>")))
     data_dir = Path(str(cfg.data_dir)).expanduser()
     kind, files = find_or_download(cfg, data_dir, find_layout, download, missing_message)
