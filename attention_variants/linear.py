@@ -87,8 +87,8 @@ class _LinearAttentionFunction(torch.autograd.Function):
     ``q, k, v (B, H, N|M, D)``, ``mask (B, M)`` or None -> ``(B, H, N, D)``.
 
     Forward: ``phi = elu(x) + 1`` (:func:`_elu_plus_one_contiguous`), padded keys' feature rows and
-    value rows zeroed (:func:`~attention_variants._kernel.zero_padded_rows_`: an inf/NaN there cannot leak), ``S = phi_k^T [v | 1]``
-    ``(F, D + 1)``, ``[num | den] = phi_q S`` (two matmuls; the normalizer rides along as the ones
+    value rows zeroed (:func:`~attention_variants._kernel.zero_padded_rows_`: an inf/NaN there cannot
+    leak), ``S = phi_k^T [v | 1]`` ``(F, D + 1)``, ``[num | den] = phi_q S`` (two matmuls; the normalizer rides along as the ones
     column) and ``out = num * (1 / den)``, the reciprocal taken once per row (a row whose keys are all
     padded has ``den = num = 0`` and outputs 0, :func:`~attention_variants._kernel.safe_denominator`).
 

@@ -179,8 +179,8 @@ class NystromAttention(Attention):
         module docstring); returns ``(B, H, Np, D)``.
 
         In fp32/float64 it is ``kernel_1 (z (kernel_3 V))``: two fused attentions and the fp32
-        pseudo-inverse. Under bf16/fp16 the values are centred on their mean over the real tokens, ``c``: kernel_3's rows sum to 1
-        over the real keys, so ``kernel_3 V = kernel_3 (V - c) + 1 c^T`` and the output is
+        pseudo-inverse. Under bf16/fp16 the values are centred on their mean over the real tokens,
+        ``c``: kernel_3's rows sum to 1 over the real keys, so ``kernel_3 V = kernel_3 (V - c) + 1 c^T`` and the output is
         ``kernel_1 z kernel_3 (V - c) + (kernel_1 z 1) c^T``, the same function (``c`` a constant for
         autograd). Without it, with values sharing an offset (biased projections) the two bf16
         attentions' backward passes cancel large terms and the pseudo-inverse amplifies their
