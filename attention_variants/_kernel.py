@@ -415,11 +415,9 @@ def _chunked_sums(phi_q: torch.Tensor, phi_k: torch.Tensor, v1: torch.Tensor, ch
 
 def ones_column(v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """``[v | 1]`` ``(B, H, M, D + 1)``, contiguous, with padded keys' rows zeroed
-    (:func:`zero_padded_rows_`: no inf/NaN leaks); differentiable in ``v`` (padded rows get zero gradient)."""
-    v1 = torch.empty(*v.shape[:-1], v.shape[-1] + 1, dtype=v.dtype, device=v.device)
-    v1[..., :-1] = v
-    v1[..., -1] = 1.0
-    return zero_padded_rows_(v1, mask)
+    (:func:`augment_ones`, then :func:`zero_padded_rows_`: no inf/NaN leaks); differentiable in ``v``
+    (padded rows get zero gradient)."""
+    return zero_padded_rows_(augment_ones(v), mask)
 
 
 def causal_kernel_attention(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor,

@@ -123,8 +123,8 @@ class _LinearAttentionFunction(torch.autograd.Function):
         torch.mul(g, inv.unsqueeze(-1), out=gs[..., :d])
         gs[..., d] = torch.linalg.vecdot(g, out).mul_(inv).neg_()
         g_s = torch.matmul(phi_q.transpose(-1, -2), gs)                           # (B, H, F, D + 1)
-        g_q = torch.matmul(gs, s.transpose(-1, -2)).mul_(phi_q.clamp(max=1.0))
-        g_k = torch.matmul(v1, g_s.transpose(-1, -2)).mul_(phi_k.clamp(max=1.0))
+        g_q = _elu_plus_one_backward(torch.matmul(gs, s.transpose(-1, -2)), phi_q)
+        g_k = _elu_plus_one_backward(torch.matmul(v1, g_s.transpose(-1, -2)), phi_k)
         g_v = torch.matmul(phi_k, g_s[..., :d])
         return g_q, g_k, g_v, None
 

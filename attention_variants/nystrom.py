@@ -194,22 +194,17 @@ class NystromAttention(Attention):
             key_bias, lm_bias = additive_mask(full_mask, cd), additive_mask(~empty, cd)
         acc = working_dtype(cd)
         d = qp.shape[-1]
-        eye = torch.eye(m, dtype=acc, device=qp.device)
+        s2 = (q_l.to(acc) @ k_l.to(acc).transpose(-2, -1)) * scale                     # (B, H, m, m) fp32
+        kernel_2 = torch.softmax(s2.masked_fill(empty[:, None, None, :], torch.finfo(acc).min), dim=-1)
+        kernel_2 = torch.where(empty[:, None, :, None], torch.eye(m, dtype=acc, device=qp.device), kernel_2)
+        z = iterative_pinv(kernel_2, self.config.pinv_iterations)                     # (B, H, m, m) fp32
         if cd == acc:  # fp32/float64: no rounding to tame, so no centring and no extra value columns
             ctx3 = F.scaled_dot_product_attention(q_l, kp, vp, attn_mask=key_bias)     # kernel_3 V: (B, H, m, D)
-            s2 = (q_l @ k_l.transpose(-2, -1)) * scale                                 # (B, H, m, m)
-            kernel_2 = torch.softmax(s2.masked_fill(empty[:, None, None, :], torch.finfo(acc).min), dim=-1)
-            kernel_2 = torch.where(empty[:, None, :, None], eye, kernel_2)
-            ctx = iterative_pinv(kernel_2, self.config.pinv_iterations) @ ctx3          # z kernel_3 V
-            return F.scaled_dot_product_attention(qp, k_l, ctx, attn_mask=lm_bias, scale=scale)
+            return F.scaled_dot_product_attention(qp, k_l, z @ ctx3, attn_mask=lm_bias, scale=scale)
         keep = full_mask[:, None, :, None]
         center = _value_center(vp, full_mask, acc)  # the mean real value: a constant, see below
         v_c = (vp.to(acc) - center).to(cd).masked_fill(~keep, 0)
         ctx3 = F.scaled_dot_product_attention(q_l, kp, v_c, attn_mask=key_bias)     # kernel_3 (V - c): (B, H, m, D)
-        s2 = (q_l.to(acc) @ k_l.to(acc).transpose(-2, -1)) * scale                     # (B, H, m, m) fp32
-        kernel_2 = torch.softmax(s2.masked_fill(empty[:, None, None, :], torch.finfo(acc).min), dim=-1)
-        kernel_2 = torch.where(empty[:, None, :, None], eye, kernel_2)
-        z = iterative_pinv(kernel_2, self.config.pinv_iterations)                     # (B, H, m, m) fp32
         # kernel_1 z kernel_3 V = kernel_1 [z kernel_3 (V - c) | z 1] [I ; c]: one attention over the
         # landmarks with the value columns [z kernel_3 (V - c) | z 1 | 0 ...], width a multiple of 8;
         # queries and landmark keys get zero columns up to that width (their scores are unchanged;
