@@ -54,7 +54,8 @@ class Block:
         return f"Table 1, {kind} ({name}{spt}): not comparable to the LRA paper"
 
     def settings(self) -> str:
-        """"N = ListOps 512, Text 1,024; d_model 64, 2 layers; 2,000 steps of 32; seeds 1-3" from the runs."""
+        """"N = ListOps 512, Text 1,024; d_model 64, 2 layers; 2,000 steps of 32; seeds 1-3" from the runs,
+        and how many of them ended on a loaded host (``host.loaded``), whose times per step are rough."""
         r = self.rows
         lengths = ", ".join(f"{TASK_NAMES.get(t, t)} {length_label(n)}"
                             for t in task_order(r["task"].dropna().unique())
@@ -79,7 +80,11 @@ class Block:
         seeds = r.groupby(["variant", "task"])["seed"].nunique()
         lo, hi = (int(seeds.min()), int(seeds.max())) if len(seeds) else (1, 1)
         seed_text = "1 seed per cell" if hi <= 1 else f"{hi} seeds per cell" if lo == hi else f"{lo}–{hi} seeds per cell"
-        return "; ".join(x for x in (*parts, model, steps, seed_text) if x)
+        loaded = r["host_loaded"].map(lambda x: x is True or x == 1) if "host_loaded" in r else pd.Series(dtype=bool)
+        load_text = (f"ms/step as trained, {int(loaded.sum())} of {len(r)} runs on a loaded host "
+                     f"(1-minute load above its cores at the end of the run): compare times with care"
+                     if loaded.any() else "")
+        return "; ".join(x for x in (*parts, model, steps, seed_text, load_text) if x)
 
 
 def blocks(df: pd.DataFrame, device: str) -> list[Block]:

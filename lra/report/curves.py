@@ -4,6 +4,8 @@ majority-class rate as a dotted line where the runs recorded it.
 
 The points come from each train record's ``case.history`` (``{step, val_accuracy, val_loss, ...}`` per
 evaluation), or from the ``curves.csv`` beside the record (``case.curves``) when the history is missing.
+The history holds the validations during training; the run's last one (of the final weights, after its
+last step: ``metrics.val_accuracy``/``val_loss`` at ``metrics.steps``) ends each line.
 """
 from __future__ import annotations
 
@@ -35,6 +37,23 @@ def _history(row) -> list[dict]:
     return []
 
 
+def _number(value) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) else None
+
+
+def _with_final(hist: list[dict], row) -> list[dict]:
+    """``hist`` ending with the run's final validation (after ``metrics.steps``) when it is not there yet."""
+    steps, acc, loss = _number(row.get("steps")), _number(row.get("val_accuracy")), _number(row.get("val_loss"))
+    last = max((_number(h.get("step")) or 0.0 for h in hist), default=0.0)
+    if steps is None or steps <= last or (acc is None and loss is None):
+        return hist
+    return [*hist, {"step": steps, "val_accuracy": acc, "val_loss": loss}]
+
+
 def curve_points(df: pd.DataFrame, device: str) -> pd.DataFrame:
     """Long frame of the device's training curves: run, task, seq_len, variant, learned, majority_rate,
     step, val_accuracy, val_loss (one row per evaluation that has either)."""
@@ -44,7 +63,7 @@ def curve_points(df: pd.DataFrame, device: str) -> pd.DataFrame:
     for i, (_, r) in enumerate(tr.iterrows()):
         lv = r.get("learned")
         learned = None if lv is None or lv is pd.NA or (isinstance(lv, float) and np.isnan(lv)) else bool(lv)
-        for h in _history(r):
+        for h in _with_final(_history(r), r):
             acc, loss = h.get("val_accuracy"), h.get("val_loss")
             if h.get("step") is None or (acc is None and loss is None):
                 continue

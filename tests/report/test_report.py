@@ -386,3 +386,37 @@ def test_recipes_get_their_own_accuracy_tables(tmp_path, monkeypatch):
     assert "recipe `lra`" in md and "recipe `small`" in md
     assert _plain(_row(md, "flash", after="recipe `lra`"))[1] == "16.30"  # not averaged with the other recipe
     assert _plain(_row(md, "flash", after="recipe `small`"))[1] == "37.10"
+
+
+def test_curve_ends_with_the_final_validation(tmp_path):
+    """A run's history holds the validations during training; its line ends at the final weights'
+    validation (``metrics.val_accuracy`` at ``metrics.steps``), which the history does not hold."""
+    from lra.report.curves import curve_points
+    history = [{"step": 250, "val_accuracy": 0.30, "val_loss": 1.9}, {"step": 750, "val_accuracy": 0.33,
+                                                                       "val_loss": 1.8}]
+    for variant, steps in (("full", 1000), ("flash", 750)):  # flash's last validation is its last step
+        _write(tmp_path, A100, "train", variant=variant, task="listops", seq_len=512, seed=0,
+               case={"history": history}, metrics={"accuracy": 0.33, "steps": steps, "val_accuracy": 0.34,
+                                                   "val_loss": 1.7})
+    df = report.load_frame(tmp_path)
+    pts = curve_points(df, A100["name"])
+    full = pts[pts["variant"] == "full"].sort_values("step")
+    assert full["step"].tolist() == [250, 750, 1000]
+    assert full["val_accuracy"].iloc[-1] == pytest.approx(0.34) and full["val_loss"].iloc[-1] == pytest.approx(1.7)
+    assert pts[pts["variant"] == "flash"]["step"].tolist() == [250, 750]
+
+
+def test_cpu_table_block_says_how_many_runs_shared_a_loaded_host(tmp_path):
+    """Training times of runs that ended on a loaded host are rough: the block's settings line says how many."""
+    from lra.report.accuracy import blocks
+    for v, loaded in (("full", True), ("flash", False)):
+        rec = make_record("train", variant=v, task="listops", seq_len=512, seed=0,
+                          config={"protocol": "cpu_table"}, metrics={"accuracy": 0.33, "steps_per_s": 1.0})
+        rec["device"] = dict(CPU)
+        rec["host"] = {**rec["host"], "load_avg_1m": 3.5 if loaded else 1.0, "loaded": loaded}
+        write_record(rec, tmp_path)
+    (block,) = blocks(report.load_frame(tmp_path), CPU["name"])
+    assert "1 of 2 runs on a loaded host" in block.settings()
+    rows = block.rows.assign(host_loaded=False)
+    assert "loaded host" not in type(block)(block.device, block.experiment, block.recipe, block.protocol,
+                                            rows).settings()
