@@ -149,6 +149,9 @@ class EncoderConfig:
     mask_token: bool = False
     #: base of the rotary frequencies (``pos_emb="rotary"``): theta_i = base^(-2i/head_dim)
     rotary_base: float = 10000.0
+    #: image tasks: square patches of ``patch x patch`` pixels as tokens (:meth:`Encoder.patch_tokens`);
+    #: 1 = one token per pixel. ``max_length`` stays the pixel count; the blocks see ``max_length / patch^2``
+    patch: int = 1
 
     def __post_init__(self):
         width = self.qkv_dim or self.d_model
@@ -167,6 +170,23 @@ class EncoderConfig:
         if self.pos_emb == "rotary" and (width // self.heads) % 2:
             raise ValueError(f"model.pos_emb=rotary rotates pairs of q/k dimensions, but each head has "
                              f"{width // self.heads} (odd); pick heads so that qkv_dim/heads is even")
+        if self.patch < 1:
+            raise ValueError(f"model.patch={self.patch} must be an integer >= 1 (1 = one token per pixel)")
+        if self.patch > 1:
+            side = math.isqrt(self.max_length)
+            if side * side != self.max_length or side % self.patch or self.dual or self.mask_token:
+                sides = [p for p in range(1, side + 1) if side * side == self.max_length and side % p == 0]
+                raise ValueError(
+                    f"model.patch={self.patch} cuts a square image of max_length pixels into patch x patch tokens: "
+                    + ("not for two-document inputs (dual)" if self.dual else
+                       "not with masked self-pretraining, which predicts single pixels" if self.mask_token else
+                       f"max_length={self.max_length} is not a square" if side * side != self.max_length else
+                       f"the image side {side} is not divisible by {self.patch}; valid patch sizes: {sides}"))
+
+    @property
+    def tokens(self) -> int:
+        """Positions the blocks see for a full-length input (before a CLS token): the pixels, or the patches."""
+        return self.max_length // (self.patch * self.patch)
 
 
 def sinusoidal_table(length: int, dim: int) -> torch.Tensor:
@@ -213,7 +233,7 @@ class MultiHeadAttention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * self.width, bias=cfg.qkv_bias)
         self.out = nn.Linear(self.width, cfg.d_model, bias=cfg.qkv_bias)
         attn_cfg = {"heads": cfg.heads, "head_dim": self.width // cfg.heads,
-                    "max_length": cfg.max_length + (cfg.pooling == "cls"), **cfg.attention_cfg}
+                    "max_length": cfg.tokens + (cfg.pooling == "cls"), **cfg.attention_cfg}
         # each layer draws its own random projections: seed + layer
         attn_cfg["seed"] = int(attn_cfg.get("seed", 0)) * 1009 + layer
         self.attention = av.build(cfg.attention, **attn_cfg)
@@ -330,10 +350,12 @@ class Encoder(nn.Module):
         extra = 1 if cfg.pooling == "cls" else 0
         self.embed = nn.Embedding(cfg.vocab_size + int(cfg.mask_token), cfg.d_model)
         nn.init.normal_(self.embed.weight, std=cfg.token_init_std)
+        #: model.patch > 1: a patch's pixel embeddings, concatenated, map to one token (patch_tokens)
+        self.patch_proj = nn.Linear(cfg.patch * cfg.patch * cfg.d_model, cfg.d_model) if cfg.patch > 1 else None
         if cfg.pos_emb == "learned":
-            self.pos = nn.Parameter(torch.randn(cfg.max_length + extra, cfg.d_model) * 0.02)
+            self.pos = nn.Parameter(torch.randn(cfg.tokens + extra, cfg.d_model) * 0.02)
         elif cfg.pos_emb == "sinusoidal":
-            self.register_buffer("pos", sinusoidal_table(cfg.max_length + extra, cfg.d_model), persistent=False)
+            self.register_buffer("pos", sinusoidal_table(cfg.tokens + extra, cfg.d_model), persistent=False)
         else:  # rotary: positions enter through q and k (MultiHeadAttention)
             self.pos = None
         if extra:
@@ -386,7 +408,10 @@ class Encoder(nn.Module):
         if cfg.mask_zero_tokens:
             real = tokens != 0
             mask = real if mask is None else mask & real
-        x = self.embed(tokens)
+        if self.patch_proj is None:
+            x = self.embed(tokens)
+        else:
+            x, mask = self.patch_tokens(tokens, mask)
         if cfg.pooling == "cls":  # first; last for causal attention, where it then sees every token
             last = self.causal
             x = torch.cat([x, self.cls.expand(b, 1, -1)] if last else [self.cls.expand(b, 1, -1), x], dim=1)
@@ -400,6 +425,26 @@ class Encoder(nn.Module):
             x = block(x, keys, mask)
         return self.norm(x), mask
 
+    def patch_tokens(self, tokens: torch.Tensor, mask: torch.Tensor | None
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(B, N)`` pixel tokens of a row-major ``S x S`` image (``N = S^2``) -> ``(B, N / p^2, d_model)``
+        patch embeddings (``p = cfg.patch``; patches row-major too) and their mask ``(B, N / p^2)``: a
+        patch is real when any of its pixels is. Each patch's ``p^2`` pixel embeddings are concatenated
+        (row-major inside the patch) and mapped to ``d_model`` by one linear layer, ViT's patch embedding
+        over embedded pixels. O(B N d + B (N / p^2) p^2 d^2)."""
+        b, n = tokens.shape
+        p, side = self.cfg.patch, math.isqrt(n)
+        if side * side != n or side % p:
+            raise ValueError(f"model.patch={p} needs a square image whose side divides by {p}; "
+                             f"got {n} tokens (length bucketing cannot cut patched images: trainer.bucketing=false)")
+
+        def patches(t: torch.Tensor) -> torch.Tensor:  # (B, N, ...) -> (B, N / p^2, p^2, ...)
+            g = side // p
+            return t.reshape(b, g, p, g, p, *t.shape[2:]).transpose(2, 3).reshape(b, g * g, p * p, *t.shape[2:])
+
+        x = self.patch_proj(patches(self.embed(tokens)).flatten(2))
+        return x, None if mask is None else patches(mask).any(dim=-1)
+
     def pool(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """``(B, N', d)`` states -> ``(B, d)`` features (CLS token, or mean per ``pool_masked``)."""
         cfg = self.cfg
@@ -409,7 +454,7 @@ class Encoder(nn.Module):
             return x.mean(dim=1)
         m = mask.unsqueeze(-1).to(x.dtype)
         if cfg.pool_masked == "zero":  # over the length the reference pads every input to (also when
-            return (x * m).sum(1) / cfg.max_length  # length bucketing cut this batch shorter)
+            return (x * m).sum(1) / cfg.tokens  # length bucketing cut this batch shorter)
         return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

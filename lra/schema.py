@@ -224,6 +224,8 @@ MODEL = [
     Choice("masked_queries", _model.MASKED_QUERIES, optional=True),
     Choice("cls_mask", _model.CLS_MASKS, optional=True),
     Choice("pool_masked", _model.POOL_MASKED, optional=True),
+    Int("patch", optional=True, means="image tasks: pixels per side of a patch token; 1 = a token per pixel",
+        example=2),
 ]
 
 #: learning-rate schedules of ``trainer.schedule`` and ``pretrain.schedule`` (lra.training.optim.lr_factor)

@@ -82,7 +82,7 @@ class Block:
         seed_text = "1 seed per cell" if hi <= 1 else f"{hi} seeds per cell" if lo == hi else f"{lo}–{hi} seeds per cell"
         loaded = r["host_loaded"].map(lambda x: x is True or x == 1) if "host_loaded" in r else pd.Series(dtype=bool)
         load_text = (f"ms/step as trained, {int(loaded.sum())} of {len(r)} runs on a loaded host "
-                     f"(1-minute load above its cores at the end of the run): compare times with care"
+                     f"(1-minute load above its cores when the run started): compare times with care"
                      if loaded.any() else "")
         return "; ".join(x for x in (*parts, model, steps, seed_text, load_text) if x)
 

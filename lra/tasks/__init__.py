@@ -98,6 +98,12 @@ def target_of(name: str) -> str:
     return getattr(get(name), "TARGET", "class")
 
 
+def is_image(name: str) -> bool:
+    """Whether task ``name``'s tokens are the pixels of a square image, row-major (its module sets
+    ``IMAGE``): what ``model.patch`` can cut into patch tokens."""
+    return bool(getattr(get(name), "IMAGE", False))
+
+
 def needs_causal(name: str) -> bool:
     """Whether task ``name`` can only be learned with causal attention (next-token prediction:
     a bidirectional model would see the answer)."""

@@ -35,6 +35,8 @@ TEST_FILE = "test_batch"
 FOLDER = "cifar-10-batches-py"
 GRAY_WEIGHTS = np.array([0.2989, 0.5870, 0.1140], dtype=np.float32)  # tf.image.rgb_to_grayscale
 SIZE = 32
+#: a square grayscale image, one pixel token per position, row-major (model.patch may group them)
+IMAGE = True
 
 
 def to_grayscale(rgb_planar: np.ndarray) -> np.ndarray:

@@ -50,6 +50,8 @@ from . import DataNotFoundError, TaskData
 from .image import square_splits
 
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
+#: a square grayscale image, one pixel token per position, row-major (model.patch may group them)
+IMAGE = True
 
 
 def _sizes(cfg) -> dict[str, int | None]:

@@ -12,6 +12,8 @@ LRA paper beat chance on it.
 from __future__ import annotations
 
 from .pathfinder import check_config as check_pathfinder, prepare_pathfinder
+#: a square grayscale image, one pixel token per position, row-major (model.patch may group them)
+IMAGE = True
 
 
 def prepare(cfg):

@@ -269,6 +269,31 @@ def token_task_problems(cfg: DictConfig, task: str, trainer: dict) -> list[str]:
     return found
 
 
+def patch_problems(cfg: DictConfig, task_cfg: DictConfig, model: dict, trainer: dict) -> list[str]:
+    """What ``model.patch`` > 1 (patches of pixels as tokens, :meth:`lra.model.Encoder.patch_tokens`)
+    cannot run with: a task that is not a square image, an image side it does not divide, masked
+    self-pretraining (it predicts single pixels) and length bucketing (it would cut an image)."""
+    patch = model.get("patch") or 1
+    if not isinstance(patch, int) or patch <= 1:
+        return []
+    name, found = task_cfg.name, []
+    if not tasks.is_image(name):
+        images = [t for t in tasks.TASKS if tasks.is_image(t)]
+        return [f"model.patch={patch} groups the pixels of an image task ({', '.join(images)}); task={name} is not "
+                "one; fix: model.patch=1"]
+    side = math.isqrt(int(task_cfg.seq_len))
+    if side % patch:
+        found.append(f"model.patch={patch} does not divide the image side {side} (task.seq_len={task_cfg.seq_len}); "
+                     f"valid patch sizes: {[p for p in range(1, side + 1) if side % p == 0]}")
+    if pretrain_objective(cfg) == "mlm":
+        found.append(f"model.patch={patch} with pretrain=mlm: masked pretraining predicts single pixels; fix: "
+                     "model.patch=1 or pretrain=none")
+    if trainer.get("bucketing") is True:
+        found.append(f"model.patch={patch} with trainer.bucketing=true: a bucketed batch would cut the image; "
+                     "fix: trainer.bucketing=false")
+    return found
+
+
 def finetune_settings(spt: dict | None, model: dict, trainer: dict) -> tuple[dict, dict]:
     """The model and trainer settings of the fine-tuning model: with masked pretraining the encoder
     carries the [MASK] embedding row (unused when fine-tuning); ``budget=shared`` shortens
@@ -341,6 +366,7 @@ def validate(cfg: DictConfig) -> None:
     found += logger_problems(cfg.get("logger", "none"))
     found += pretrain_problems(cfg, task_cfg.name, trainer)
     found += token_task_problems(cfg, task_cfg.name, trainer)
+    found += patch_problems(cfg, task_cfg, model, trainer)
     if found:
         raise ConfigError("; ".join(found))
     if model["d_model"] % model["heads"]:
@@ -348,8 +374,9 @@ def validate(cfg: DictConfig) -> None:
                           "each head gets d_model/heads dimensions: change model.heads or model.d_model")
     device = device_of(trainer.get("device", "auto"))
     autocast_dtype(trainer.get("precision", "auto"), device)
+    tokens = int(task_cfg.seq_len) // (model.get("patch") or 1) ** 2  # positions the blocks see
     attn = av.build(name, heads=model["heads"], head_dim=model["d_model"] // model["heads"],
-                    max_length=int(task_cfg.seq_len) + 1, **knobs)
+                    max_length=tokens + 1, **knobs)
     check_causal_attention(cfg, task_cfg.name, attn)
     if distill_settings(cfg)["on"] and not has_feature_map(attn):
         raise ConfigError(f"attention.distill needs a non-causal kernel variant exposing feature_map "
@@ -357,7 +384,7 @@ def validate(cfg: DictConfig) -> None:
     check = getattr(attn, "check_length", None)
     if check is not None:
         try:
-            check(int(task_cfg.seq_len) + (model.get("pooling", "cls") == "cls"))
+            check(tokens + (model.get("pooling", "cls") == "cls"))
         except ValueError as err:
             raise ConfigError(f"attention={name} cannot take task {task_cfg.name!r} at length "
                               f"{task_cfg.seq_len}: {err}") from None

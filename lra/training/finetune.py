@@ -86,6 +86,8 @@ def bucketing_of(tr: dict, data: tasks.TaskData, model: Encoder, attention: str)
     """Whether this run buckets by length, and why (:func:`lra.bucketing.choose` on the built model)."""
     if data.target == "token":
         return False, "off: the labels of a token-level task are per position (a cut batch would drop them)"
+    if model.cfg.patch > 1:
+        return False, f"off: model.patch={model.cfg.patch} cuts whole images into patches (a cut batch would not be one)"
     return bucketing.choose(tr.get("bucketing", "auto"), pad_id=data.pad_id, variant=attention,
                             attention_module=model.blocks[0].attn.attention, pooling=model.cfg.pooling,
                             pool_masked=model.cfg.pool_masked, cls_last=model.causal)
