@@ -174,14 +174,14 @@ class EncoderConfig:
             raise ValueError(f"model.patch={self.patch} must be an integer >= 1 (1 = one token per pixel)")
         if self.patch > 1:
             side = math.isqrt(self.max_length)
-            if side * side != self.max_length or side % self.patch or self.dual or self.mask_token:
-                sides = [p for p in range(1, side + 1) if side * side == self.max_length and side % p == 0]
-                raise ValueError(
-                    f"model.patch={self.patch} cuts a square image of max_length pixels into patch x patch tokens: "
-                    + ("not for two-document inputs (dual)" if self.dual else
-                       "not with masked self-pretraining, which predicts single pixels" if self.mask_token else
-                       f"max_length={self.max_length} is not a square" if side * side != self.max_length else
-                       f"the image side {side} is not divisible by {self.patch}; valid patch sizes: {sides}"))
+            why = ("not for two-document inputs (dual)" if self.dual else
+                   "not with masked self-pretraining, which predicts single pixels" if self.mask_token else
+                   f"max_length={self.max_length} is not a square" if side * side != self.max_length else
+                   f"the image side {side} is not divisible by {self.patch}; valid patch sizes: "
+                   f"{[p for p in range(1, side + 1) if side % p == 0]}" if side % self.patch else None)
+            if why:
+                raise ValueError(f"model.patch={self.patch} cuts a square image of max_length pixels into "
+                                 f"patch x patch tokens: {why}")
 
     @property
     def tokens(self) -> int:

@@ -73,3 +73,15 @@ def test_pathfinder_trains_on_patches(tmp_path):
                           "trainer.task_overrides.num_test=4", "model.patch=2", "model.pos_emb=learned")
     assert rec["config"]["model"]["patch"] == 2
     assert rec["case"]["bucketing"]["on"] is False
+
+
+@pytest.mark.parametrize("kw,expected", [
+    ({"max_length": 64, "patch": 3}, "the image side 8 is not divisible by 3; valid patch sizes: [1, 2, 4, 8]"),
+    ({"max_length": 60, "patch": 2}, "max_length=60 is not a square"),
+    ({"max_length": 64, "patch": 2, "dual": True}, "not for two-document inputs"),
+    ({"max_length": 64, "patch": 2, "mask_token": True}, "not with masked self-pretraining"),
+])
+def test_encoder_config_refuses_patches_it_cannot_cut(kw, expected):
+    with pytest.raises(ValueError, match="model.patch") as err:
+        EncoderConfig(vocab_size=256, num_classes=2, d_model=8, heads=1, **kw)
+    assert expected in str(err.value)
