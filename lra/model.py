@@ -7,6 +7,8 @@ Shapes: tokens ``(B, N)`` int64 -> logits ``(B, num_classes)``; for dual-input t
 and the classifier sees ``[u, v]`` (``dual_head="concat"``, the LRA reference's) or
 ``[u, v, u*v, u-v]`` (``"nli"``, the Nystromformer code's).
 Cost per block: the attention's (O(N^2) for exact softmax) plus O(N d^2) for the projections/MLP.
+On the image tasks ``patch`` = p > 1 embeds square p x p patches of pixels as tokens
+(:meth:`Encoder.patch_tokens`): the blocks see N / p^2 positions.
 
 Position information: ``pos_emb`` ``learned`` or ``sinusoidal`` adds a table to the embeddings;
 ``rotary`` (Su et al. 2021, RoFormer; the position encoding of Amos et al. 2024's SPT Transformers)
