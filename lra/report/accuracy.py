@@ -141,7 +141,8 @@ def _acc_cell(g: pd.DataFrame) -> tuple[str, float]:
 def accuracy_time_table(rows: pd.DataFrame) -> pd.DataFrame:
     """Variant rows; per task its test accuracy (%, mean ± std over seeds, :data:`NOT_LEARNED` where runs
     did not learn) and its median time per training step (ms); the mean accuracy over the tasks run.
-    Sorted by that mean (best first); the best accuracy and the fastest step of each task in bold."""
+    Sorted by that mean (best first), the variants run on every task before those run on some; the best
+    accuracy and the fastest step of each task in bold."""
     tasks = task_order(rows["task"].dropna().unique())
     variants = variant_order(rows["variant"].unique())
     cells: dict[str, dict[str, str]] = {v: {} for v in variants}
@@ -154,7 +155,10 @@ def accuracy_time_table(rows: pd.DataFrame) -> pd.DataFrame:
         sps = g[(g["status"] == "ok")]["steps_per_s"].dropna()
         times.loc[v, t] = 1e3 / float(sps.median()) if len(sps) else np.nan
     avg = means.mean(axis=1, skipna=True)
-    order = sorted(variants, key=lambda v: (not np.isfinite(avg[v]), -avg[v] if np.isfinite(avg[v]) else 0, v))
+    counts = means.notna().sum(axis=1)
+    # variants run on every task first (a mean over fewer tasks is not comparable), each group by its mean
+    order = sorted(variants, key=lambda v: (not np.isfinite(avg[v]), counts[v] < len(tasks),
+                                            -avg[v] if np.isfinite(avg[v]) else 0, v))
     out = pd.DataFrame(index=pd.Index(order, name="variant"), dtype=object)
     for t in tasks:
         name = TASK_NAMES.get(t, t)
@@ -165,7 +169,6 @@ def accuracy_time_table(rows: pd.DataFrame) -> pd.DataFrame:
         out[f"{name} ms/step"] = [(f"**{sig(times.loc[v, t])}**" if v == best_t else sig(times.loc[v, t]))
                                   if np.isfinite(times.loc[v, t]) else ("no time recorded" if t in cells[v] else NOT_RUN)
                                   for v in order]
-    counts = means.notna().sum(axis=1)
     out["mean (%)"] = [f"{avg[v]:.2f}" + ("" if counts[v] == len(tasks) else f" ({counts[v]}/{len(tasks)} tasks)")
                        if np.isfinite(avg[v]) else NOT_RUN for v in order]
     return out

@@ -420,3 +420,16 @@ def test_cpu_table_block_says_how_many_runs_shared_a_loaded_host(tmp_path):
     rows = block.rows.assign(host_loaded=False)
     assert "loaded host" not in type(block)(block.device, block.experiment, block.recipe, block.protocol,
                                             rows).settings()
+
+
+def test_a_variant_run_on_fewer_tasks_sorts_after_those_run_on_all():
+    """A mean over one easy task must not rank above means over every task (the CPU protocol mid-campaign)."""
+    from lra.report.accuracy import accuracy_time_table
+    rows = pd.DataFrame([
+        dict(variant="full", task="listops", accuracy=0.33, status="ok", steps_per_s=1.0, learned=True),
+        dict(variant="full", task="text", accuracy=0.58, status="ok", steps_per_s=2.0, learned=True),
+        dict(variant="linformer", task="text", accuracy=0.50, status="ok", steps_per_s=2.0, learned=False),
+    ])
+    table = accuracy_time_table(rows)
+    assert table.index.tolist() == ["full", "linformer"]
+    assert table.loc["linformer", "mean (%)"] == "50.00 (1/2 tasks)"
