@@ -180,7 +180,7 @@ class EncoderConfig:
                    "not with masked self-pretraining, which predicts single pixels" if self.mask_token else
                    f"max_length={self.max_length} is not a square" if side * side != self.max_length else
                    f"the image side {side} is not divisible by {self.patch}; valid patch sizes: "
-                   f"{[p for p in range(1, side + 1) if side % p == 0]}" if side % self.patch else None)
+                   f"{patch_sizes(side)}" if side % self.patch else None)
             if why:
                 raise ValueError(f"model.patch={self.patch} cuts a square image of max_length pixels into "
                                  f"patch x patch tokens: {why}")
@@ -189,6 +189,11 @@ class EncoderConfig:
     def tokens(self) -> int:
         """Positions the blocks see for a full-length input (before a CLS token): the pixels, or the patches."""
         return self.max_length // (self.patch * self.patch)
+
+
+def patch_sizes(side: int) -> list[int]:
+    """The values of ``patch`` that cut a ``side x side`` image into whole patches: the divisors of ``side``."""
+    return [p for p in range(1, side + 1) if side % p == 0]
 
 
 def sinusoidal_table(length: int, dim: int) -> torch.Tensor:

@@ -31,7 +31,7 @@ import attention_variants as av
 from .. import schema, tasks
 from ..devices import acquire_free_gpu, acquire_gpu_slot
 from ..distill import has_feature_map
-from ..model import EncoderConfig
+from ..model import EncoderConfig, patch_sizes
 from ..results import variant_config
 from ..schema import OBJECTIVES, ConfigError
 from .curves import logger_problems
@@ -284,7 +284,7 @@ def patch_problems(cfg: DictConfig, task_cfg: DictConfig, model: dict, trainer: 
     side = math.isqrt(int(task_cfg.seq_len))
     if side % patch:
         found.append(f"model.patch={patch} does not divide the image side {side} (task.seq_len={task_cfg.seq_len}); "
-                     f"valid patch sizes: {[p for p in range(1, side + 1) if side % p == 0]}")
+                     f"valid patch sizes: {patch_sizes(side)}")
     if pretrain_objective(cfg) == "mlm":
         found.append(f"model.patch={patch} with pretrain=mlm: masked pretraining predicts single pixels; fix: "
                      "model.patch=1 or pretrain=none")
