@@ -81,7 +81,7 @@ class Block:
         seeds = r.groupby(["variant", "task"])["seed"].nunique()
         lo, hi = (int(seeds.min()), int(seeds.max())) if len(seeds) else (1, 1)
         seed_text = "1 seed per cell" if hi <= 1 else f"{hi} seeds per cell" if lo == hi else f"{lo}–{hi} seeds per cell"
-        loaded = r["host_loaded"].map(lambda x: as_flag(x) is True) if "host_loaded" in r else pd.Series(dtype=bool)
+        loaded = r["host_loaded"].map(as_flag).eq(True) if "host_loaded" in r else pd.Series(dtype=bool)
         load_text = (f"ms/step as trained, {int(loaded.sum())} of {len(r)} runs on a loaded host "
                      f"(1-minute load above its cores when the run started): compare times with care"
                      if loaded.any() else "")

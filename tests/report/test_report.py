@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from lra import report
+from lra.report.accuracy import accuracy_time_table, blocks
 from lra.results import make_record, write_record
 from test_report_answer import assert_links_resolve
 
@@ -408,7 +409,6 @@ def test_curve_ends_with_the_final_validation(tmp_path):
 
 def test_cpu_table_block_says_how_many_runs_shared_a_loaded_host(tmp_path):
     """Training times of runs that ended on a loaded host are rough: the block's settings line says how many."""
-    from lra.report.accuracy import blocks
     for v, loaded in (("full", True), ("flash", False)):
         rec = make_record("train", variant=v, task="listops", seq_len=512, seed=0,
                           config={"protocol": "cpu_table"}, metrics={"accuracy": 0.33, "steps_per_s": 1.0})
@@ -424,7 +424,6 @@ def test_cpu_table_block_says_how_many_runs_shared_a_loaded_host(tmp_path):
 
 def test_a_variant_run_on_fewer_tasks_sorts_after_those_run_on_all():
     """A mean over one easy task must not rank above means over every task (the CPU protocol mid-campaign)."""
-    from lra.report.accuracy import accuracy_time_table
     rows = pd.DataFrame([
         dict(variant="full", task="listops", accuracy=0.33, status="ok", steps_per_s=1.0, learned=True),
         dict(variant="full", task="text", accuracy=0.58, status="ok", steps_per_s=2.0, learned=True),
